@@ -1,0 +1,1 @@
+"""analysis: see ../shared/DESIGN.md (filled in by later issues)."""

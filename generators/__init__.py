@@ -1,0 +1,1 @@
+"""generators: see ../shared/DESIGN.md (filled in by later issues)."""

@@ -1,0 +1,1 @@
+"""Hot paths as pure tensor code: batched population forward/evaluation. Imports nothing of the project."""

@@ -1,0 +1,1 @@
+"""weightspace: see ../shared/DESIGN.md (filled in by later issues)."""

@@ -1,0 +1,238 @@
+"""Immutable tensor packs: safetensors files whose keys are tensor ids.
+
+One pack is written per write batch, so a population written together loads from one memory map.
+
+Writes are atomic: the pack is written under ``packs/.tmp/``, flushed and fsynced, then renamed to
+``packs/<pack id>.safetensors`` (and the folder fsynced). Only then does the caller commit the
+catalog transaction. A crash in between leaves an orphan pack that ``Zoo.verify`` reports and
+``Zoo.gc`` removes.
+
+Layout of a pack (the safetensors format): 8 bytes little-endian header length, a JSON header
+``{tensor id: {dtype, shape, data_offsets}}`` padded with spaces to a multiple of 8, then the data.
+Tensors are laid out by decreasing item size, so every tensor is aligned to its item size and can be
+viewed in place from a memory map.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zoo.errors import CorruptFileError, IntegrityError, NotFoundError, StorageError
+from zoo.hashing import DTYPES_BY_NAME, dtype_name, tensor_bytes
+
+_NP_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.int16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.uint8,
+}  # fmt: skip
+PACK_SUFFIX = ".safetensors"
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    """Where a tensor lives: its pack, absolute byte offset, size, dtype name and shape."""
+
+    pack_id: str
+    offset: int
+    nbytes: int
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def new_pack_id() -> str:
+    """A fresh, sortable, collision-free pack id (UTC time + random suffix)."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:12]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class PackStore:
+    """The folder of pack files. Reads are memory maps, cached per pack (LRU)."""
+
+    def __init__(self, directory: str | Path, *, max_open: int = 256) -> None:
+        self.dir = Path(directory)
+        self.tmp_dir = self.dir / ".tmp"
+        self._maps: OrderedDict[str, np.memmap] = OrderedDict()
+        self._max_open = max_open
+
+    # ------------------------------------------------------------------ paths
+    def path(self, pack_id: str) -> Path:
+        if "/" in pack_id or "\\" in pack_id or pack_id.startswith("."):
+            raise IntegrityError(f"invalid pack id {pack_id!r}")
+        return self.dir / f"{pack_id}{PACK_SUFFIX}"
+
+    def list_files(self) -> dict[str, Path]:
+        """Pack files on disk, ``{pack id: path}``."""
+        if not self.dir.is_dir():
+            return {}
+        return {p.name[: -len(PACK_SUFFIX)]: p for p in self.dir.glob(f"*{PACK_SUFFIX}")}
+
+    def list_temp(self) -> list[Path]:
+        return sorted(self.tmp_dir.glob("*")) if self.tmp_dir.is_dir() else []
+
+    # ------------------------------------------------------------------ write
+    def write(self, tensors: dict[str, torch.Tensor], pack_id: str | None = None) -> tuple[str, dict[str, BlobLocation], int]:
+        """Write ``{tensor id: tensor}`` as one new pack, atomically.
+
+        Returns ``(pack id, {tensor id: location}, file size)``. Raises :class:`StorageError` when the
+        folder cannot be written (disk full, permission denied); then no pack file is left behind.
+        """
+        pack_id = pack_id or new_pack_id()
+        final = self.path(pack_id)
+        tmp = self.tmp_dir / f"{pack_id}{PACK_SUFFIX}.part"
+        items = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
+        header: dict[str, dict] = {}
+        offset = 0
+        sizes = []
+        for tid, t in items:
+            n = t.numel() * t.element_size()
+            header[tid] = {"dtype": dtype_name(t.dtype), "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+            sizes.append(n)
+            offset += n
+        header["__metadata__"] = {"format": "pt", "weightzoo": "pack-v1"}
+        hbytes = json.dumps(header, separators=(",", ":")).encode()
+        hbytes += b" " * (-len(hbytes) % 8)
+        base = 8 + len(hbytes)
+        try:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(struct.pack("<Q", len(hbytes)))
+                f.write(hbytes)
+                for _tid, t in items:
+                    f.write(tensor_bytes(t))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(self.dir)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(
+                f"cannot write pack {pack_id} in {self.dir}: {e.strerror or e}. "
+                "Check free disk space and write permission on the zoo root; the store is unchanged."
+            ) from e
+        locs = {
+            tid: BlobLocation(pack_id, base + header[tid]["data_offsets"][0], n, header[tid]["dtype"], tuple(t.shape))
+            for (tid, t), n in zip(items, sizes, strict=True)
+        }
+        return pack_id, locs, base + offset
+
+    def delete(self, pack_id: str) -> None:
+        self.forget(pack_id)
+        self.path(pack_id).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------- read
+    def map(self, pack_id: str) -> np.memmap:
+        """The pack file as a copy-on-write memory map of bytes (cached)."""
+        mm = self._maps.get(pack_id)
+        if mm is not None:
+            self._maps.move_to_end(pack_id)
+            return mm
+        p = self.path(pack_id)
+        if not p.is_file():
+            raise IntegrityError(
+                f"pack file {p} is missing; the catalog refers to it. Run `weightzoo verify` to list the affected models."
+            )
+        mm = np.memmap(p, dtype=np.uint8, mode="c")
+        self._maps[pack_id] = mm
+        if len(self._maps) > self._max_open:
+            self._maps.popitem(last=False)
+        return mm
+
+    def forget(self, pack_id: str) -> None:
+        self._maps.pop(pack_id, None)
+
+    def close(self) -> None:
+        self._maps.clear()
+
+    def read(self, loc: BlobLocation) -> torch.Tensor:
+        """One tensor, a copy-on-write view of the memory map (no read until touched)."""
+        mm = self.map(loc.pack_id)
+        if loc.offset + loc.nbytes > mm.shape[0]:
+            raise IntegrityError(f"pack {loc.pack_id} is truncated: blob at {loc.offset}+{loc.nbytes} is past its end")
+        arr = mm[loc.offset : loc.offset + loc.nbytes].view(_NP_DTYPES[loc.dtype]).reshape(loc.shape)
+        return _to_torch(arr, loc.dtype)
+
+    def gather(self, locs: list[BlobLocation]) -> torch.Tensor:
+        """Stack same-dtype, same-shape tensors into ``Tensor[N, *shape]`` with one gather per pack.
+
+        Shapes:
+            locs: N locations, all of one dtype and shape ``S``; output ``[N, *S]`` (a new tensor).
+        """
+        if not locs:
+            raise ValueError("gather needs at least one location")
+        dtype, shape = locs[0].dtype, locs[0].shape
+        np_dtype = np.dtype(_NP_DTYPES[dtype])
+        item = np_dtype.itemsize
+        numel = int(np.prod(shape)) if shape else 1
+        out = np.empty((len(locs), numel), dtype=np_dtype)
+        by_pack: dict[str, list[int]] = {}
+        for i, loc in enumerate(locs):
+            if loc.dtype != dtype or loc.shape != shape:
+                raise ValueError("gather needs locations of one dtype and shape")
+            by_pack.setdefault(loc.pack_id, []).append(i)
+        for pack_id, rows in by_pack.items():
+            mm = self.map(pack_id)
+            offsets = np.fromiter((locs[i].offset for i in rows), dtype=np.int64, count=len(rows))
+            if offsets.size and int(offsets.max()) + numel * item > mm.shape[0]:
+                raise IntegrityError(f"pack {pack_id} is truncated; run `weightzoo verify`")
+            if np.all(offsets % item == 0):
+                flat = mm[: mm.shape[0] - mm.shape[0] % item].view(np_dtype)
+                idx = (offsets // item)[:, None] + np.arange(numel, dtype=np.int64)[None, :]
+                out[rows] = flat[idx]
+            else:  # unaligned (foreign pack): copy row by row
+                for r, off in zip(rows, offsets.tolist(), strict=True):
+                    out[r] = mm[off : off + numel * item].view(np_dtype)
+        return _to_torch(out.reshape((len(locs), *shape)), dtype)
+
+    def read_header(self, pack_id: str) -> tuple[dict[str, dict], int]:
+        """Parse a pack's safetensors header: ``({tensor id: entry}, data start offset)``."""
+        p = self.path(pack_id)
+        if not p.is_file():
+            raise NotFoundError(f"pack file {p} does not exist")
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise CorruptFileError(f"pack {p} is truncated (no header)")
+            (n,) = struct.unpack("<Q", raw)
+            if n > size - 8:
+                raise CorruptFileError(f"pack {p} is truncated (header of {n} bytes in a file of {size})")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError as e:
+                raise CorruptFileError(f"pack {p} has a corrupt header: {e}") from e
+        header.pop("__metadata__", None)
+        return header, 8 + n
+
+
+def _to_torch(arr: np.ndarray, dtype: str) -> torch.Tensor:
+    t = torch.from_numpy(arr)
+    if dtype == "BF16":
+        t = t.view(torch.bfloat16)
+    elif dtype == "BOOL":
+        t = t.view(torch.bool)
+    return t
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return DTYPES_BY_NAME[name]

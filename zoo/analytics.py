@@ -1,0 +1,181 @@
+"""``Zoo.sql``: read-only DuckDB SQL over the live catalog, offline.
+
+How (see docs/decisions.md): a *loader* DuckDB connection ATTACHes the catalog read-only with the
+``sqlite`` (or ``postgres``) extension, whose binary ships in the PyPI package ``duckdb-ext-sqlite``
+(``duckdb-ext-postgres``), so nothing is downloaded. It copies the catalog tables out as Arrow tables
+whenever the catalog's generation counter has changed since the last query (one cheap SQL read per
+query), and registers them on a separate *query* connection that has file access and configuration
+changes disabled. User SQL therefore cannot touch the catalog or the file system, repeated queries
+run on DuckDB's columnar engine at in-memory speed, and every query sees the latest committed writes.
+
+Only a single SELECT (or WITH ... SELECT) statement is accepted; anything else raises QueryError.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pandas as pd
+from sqlalchemy import text
+
+from zoo.errors import QueryError
+from zoo.schema import TABLES
+
+if TYPE_CHECKING:
+    from zoo.store import Zoo
+
+#: Views defined on top of the catalog tables, for common questions.
+VIEWS = {
+    "model_overview": """
+        select m.id, m.name, p.name as population, a.name as architecture, a.family, m.run, m.step, m.op,
+               m.n_params, m.nbytes, m.created_at
+        from models m left join populations p on p.id = m.population_id
+        left join architectures a on a.id = m.architecture_id
+    """,
+}
+
+#: Wide tables (one row per model, one column per metric / hyperparameter). DuckDB cannot keep a
+#: data-dependent PIVOT in a view, so these are materialised, only when a query names them.
+WIDE = {
+    "metrics_wide": """
+        pivot (select model_id, case when split = '' then name else split || '_' || name end as metric, value
+               from metrics) on metric using last(value) group by model_id
+    """,
+    "hparams_wide": """
+        pivot (select model_id, name, coalesce(cast(value_num as varchar), value_text, value) as v
+               from hyperparameters) on name using first(v) group by model_id
+    """,
+}
+
+
+def _extension_dir() -> str | None:
+    try:
+        import duckdb_ext  # the namespace package shipped by duckdb-ext-sqlite / -postgres
+    except ImportError:
+        return None
+    for p in getattr(duckdb_ext, "__path__", []):
+        d = Path(p) / "extensions"
+        if d.is_dir():
+            return str(d)
+    return None
+
+
+class Analytics:
+    """Holds the loader and query DuckDB connections of one zoo."""
+
+    def __init__(self, zoo: Zoo) -> None:
+        self.zoo = zoo
+        self._lock = threading.Lock()
+        self._generation: int | None = None
+        self._query_con: duckdb.DuckDBPyConnection | None = None
+        self._tables: dict[str, Any] = {}
+
+    def close(self) -> None:
+        if self._query_con is not None:
+            self._query_con.close()
+            self._query_con = None
+
+    # ------------------------------------------------------------------ loading
+    def _load_tables(self) -> dict[str, Any]:
+        url = self.zoo.engine.url
+        ext = _extension_dir()
+        if ext is None:
+            return self._load_via_sqlalchemy()
+        con = duckdb.connect(
+            config={"extension_directory": ext, "autoinstall_known_extensions": False, "autoload_known_extensions": False}
+        )
+        try:
+            if url.get_backend_name() == "sqlite":
+                con.execute("LOAD sqlite")
+                path = str(url.database).replace("'", "''")
+                con.execute(f"ATTACH '{path}' AS cat (TYPE sqlite, READ_ONLY)")
+                con.execute("SET sqlite_all_varchar=false")
+            elif url.get_backend_name() == "postgresql":
+                try:
+                    con.execute("LOAD postgres")
+                except duckdb.Error:
+                    return self._load_via_sqlalchemy()
+                dsn = " ".join(
+                    f"{k}={v}"
+                    for k, v in {
+                        "host": url.host, "port": url.port, "dbname": url.database, "user": url.username,
+                        "password": url.password,
+                    }.items() if v is not None
+                )  # fmt: skip
+                dsn = dsn.replace("'", "''")
+                con.execute(f"ATTACH '{dsn}' AS cat (TYPE postgres, READ_ONLY)")
+            else:
+                return self._load_via_sqlalchemy()
+            return {t: con.execute(f'select * from cat."{t}"').fetch_arrow_table() for t in TABLES}
+        finally:
+            con.close()
+
+    def _load_via_sqlalchemy(self) -> dict[str, Any]:
+        import pyarrow as pa
+
+        out = {}
+        with self.zoo.engine.connect() as c:
+            for t in TABLES:
+                out[t] = pa.Table.from_pandas(pd.read_sql(text(f'select * from "{t}"'), c), preserve_index=False)
+        return out
+
+    def _refresh(self) -> duckdb.DuckDBPyConnection:
+        gen = self.zoo.generation()
+        if self._query_con is not None and gen == self._generation:
+            return self._query_con
+        tables = self._load_tables()
+        con = duckdb.connect()
+        for name, tbl in tables.items():
+            con.register(name, tbl)
+        for name, sql in VIEWS.items():
+            con.execute(f"create view {name} as {sql}")
+        con.execute("SET enable_external_access=false")
+        con.execute("SET lock_configuration=true")
+        if self._query_con is not None:
+            self._query_con.close()
+        self._query_con, self._tables, self._generation = con, tables, gen
+        self._wide_done: set[str] = set()
+        return con
+
+    def _ensure_wide(self, con: duckdb.DuckDBPyConnection, sql: str) -> None:
+        low = sql.lower()
+        for name, body in WIDE.items():
+            if name in low and name not in self._wide_done:
+                try:
+                    con.execute(f"create table {name} as {body}")
+                except duckdb.Error:  # nothing to pivot yet: an empty table
+                    con.execute(f"create table {name} as select null::integer as model_id where false")
+                self._wide_done.add(name)
+
+    # ------------------------------------------------------------------ query
+    def query(self, sql: str, *, arrow: bool = False) -> Any:
+        if not isinstance(sql, str) or not sql.strip():
+            raise QueryError("empty query; write a SELECT over models, metrics, hyperparameters, lineage, tags, ...")
+        try:
+            stmts = duckdb.extract_statements(sql)
+        except duckdb.Error as e:
+            raise QueryError(f"invalid SQL: {_first_line(e)}") from None
+        if len(stmts) != 1:
+            raise QueryError(f"give exactly one statement (got {len(stmts)}); the query API is read-only")
+        if stmts[0].type != duckdb.StatementType.SELECT:
+            raise QueryError(
+                f"only SELECT queries are allowed (got {stmts[0].type.name}); the query API is read-only, "
+                "change the zoo through the Python API or the CLI"
+            )
+        with self._lock:
+            con = self._refresh()
+            self._ensure_wide(con, sql)
+            try:
+                rel = con.execute(sql)
+                return rel.fetch_arrow_table() if arrow else rel.fetchdf()
+            except duckdb.Error as e:
+                raise QueryError(
+                    f"query failed: {_first_line(e)}. Tables: {', '.join(TABLES)}; views: {', '.join([*VIEWS, *WIDE])}"
+                ) from None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

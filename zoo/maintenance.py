@@ -1,0 +1,179 @@
+"""``verify`` (re-hash everything, find orphans) and ``gc`` (collect garbage, compact packs).
+
+Like git's object store: ``verify`` re-hashes every blob against its content address; ``gc`` keeps
+everything a model references and removes orphan pack files and temp files only once they are older
+than a grace period, so a writer that is still committing is not robbed of what it just wrote.
+``gc`` takes the catalog's write lock for its catalog changes, and deletes files only after commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import TYPE_CHECKING
+
+from sqlalchemy import delete, exists, func, insert, select, update
+from tqdm.auto import tqdm
+
+from zoo import schema as S
+from zoo.errors import CorruptFileError, IntegrityError
+from zoo.records import GcReport, VerifyReport
+
+if TYPE_CHECKING:
+    from zoo.store import Zoo
+
+
+def verify(zoo: Zoo, *, rehash: bool = True, progress: bool = False) -> VerifyReport:
+    """Check every pack and blob the catalog knows; list orphans. Changes nothing."""
+    rep = VerifyReport()
+    files = zoo.packs.list_files()
+    with zoo.engine.connect() as c:
+        packs = c.execute(select(S.Pack.id)).scalars().all()
+        rep.n_models = int(c.execute(select(func.count()).select_from(S.Model)).scalar_one())
+        rep.n_packs = len(packs)
+        rep.n_blobs = int(c.execute(select(func.count()).select_from(S.Blob)).scalar_one())
+        rep.unreferenced_blobs = int(
+            c.execute(
+                select(func.count()).select_from(S.Blob).where(~exists().where(S.TensorEntry.blob_id == S.Blob.id))
+            ).scalar_one()
+        )
+        bad_blobs: set[str] = set()
+        for pack_id in tqdm(packs, desc="verify", unit="pack", disable=not progress):
+            blobs = c.execute(
+                select(S.Blob.id, S.Blob.offset, S.Blob.nbytes, S.Blob.dtype, S.Blob.shape).where(S.Blob.pack_id == pack_id)
+            ).all()
+            if pack_id not in files:
+                rep.missing_packs.append(pack_id)
+                bad_blobs.update(b.id for b in blobs)
+                continue
+            try:
+                header, base = zoo.packs.read_header(pack_id)
+            except CorruptFileError:
+                rep.missing_packs.append(pack_id)
+                bad_blobs.update(b.id for b in blobs)
+                continue
+            zoo.packs.forget(pack_id)  # re-map: the file may have changed on disk
+            size = files[pack_id].stat().st_size
+            for b in blobs:
+                entry = header.get(b.id)
+                if entry is None or base + entry["data_offsets"][0] != b.offset or b.offset + b.nbytes > size:
+                    rep.missing_blobs.append(b.id)
+                    bad_blobs.add(b.id)
+                    continue
+                if rehash:
+                    mm = zoo.packs.map(pack_id)
+                    h = hashlib.sha256()
+                    h.update(f"{b.dtype}|{','.join(map(str, json.loads(b.shape)))}|".encode())
+                    h.update(memoryview(mm[b.offset : b.offset + b.nbytes]))
+                    if h.hexdigest() != b.id:
+                        rep.corrupt_blobs.append(b.id)
+                        bad_blobs.add(b.id)
+            zoo.packs.forget(pack_id)
+        if bad_blobs:
+            ids: set[int] = set()
+            bl = sorted(bad_blobs)
+            for i in range(0, len(bl), 500):
+                ids.update(c.execute(select(S.TensorEntry.model_id).where(S.TensorEntry.blob_id.in_(bl[i : i + 500]))).scalars())
+            rep.affected_models = sorted(ids)
+    known = set(packs)
+    rep.orphan_packs = sorted(p for p in files if p not in known)
+    rep.temp_files = [p.name for p in zoo.packs.list_temp()]
+    return rep
+
+
+def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, dry_run: bool = False) -> GcReport:
+    """Collect garbage.
+
+    - blobs no model references: their catalog rows are deleted;
+    - packs left with no live blob: deleted;
+    - packs whose live bytes are below ``compact_below`` of their size: live blobs are copied into
+      one new pack and the old packs deleted;
+    - orphan pack files (not in the catalog) and temp files older than ``grace_seconds``: deleted.
+    """
+    rep = GcReport(dry_run=dry_run)
+    now = time.time()
+    to_unlink: list[str] = []
+    written: str | None = None
+    try:
+        with zoo.engine.begin() as c:
+            zoo._bump(c)  # write lock: no writer is between its dedup check and its commit now
+            dead = select(S.Blob.id).where(~exists().where(S.TensorEntry.blob_id == S.Blob.id))
+            dead_ids = c.execute(dead).scalars().all()
+            rep.blobs_removed = len(dead_ids)
+            for i in range(0, len(dead_ids), 500):
+                c.execute(delete(S.Blob).where(S.Blob.id.in_(dead_ids[i : i + 500])))
+            live = dict(
+                c.execute(select(S.Blob.pack_id, func.sum(S.Blob.nbytes)).group_by(S.Blob.pack_id)).tuples().all()
+            )
+            compact: list[str] = []
+            for p in c.execute(select(S.Pack.id, S.Pack.nbytes)).all():
+                lb = int(live.get(p.id, 0))
+                if lb == 0:
+                    rep.packs_removed.append(p.id)
+                    rep.bytes_freed += int(p.nbytes)
+                    to_unlink.append(p.id)
+                elif lb < compact_below * p.nbytes:
+                    compact.append(p.id)
+                    rep.bytes_freed += int(p.nbytes) - lb
+            if len(compact) == 1 and not rep.packs_removed:
+                pass  # a single sparse pack: still worth compacting
+            if compact and not dry_run:
+                rows = c.execute(
+                    select(S.Blob.id, S.Blob.pack_id, S.Blob.offset, S.Blob.nbytes, S.Blob.dtype, S.Blob.shape)
+                    .where(S.Blob.pack_id.in_(compact))
+                ).all()  # fmt: skip
+                from zoo.packs import BlobLocation
+
+                tensors = {
+                    r.id: zoo.packs.read(BlobLocation(r.pack_id, r.offset, r.nbytes, r.dtype, tuple(json.loads(r.shape))))
+                    for r in rows
+                }
+                written, locs, size = zoo.packs.write(tensors)
+                c.execute(insert(S.Pack).values(id=written, nbytes=size, n_blobs=len(tensors)))
+                for tid, loc in locs.items():
+                    c.execute(update(S.Blob).where(S.Blob.id == tid).values(pack_id=written, offset=loc.offset))
+            rep.packs_compacted = compact
+            to_unlink += compact
+            if not dry_run:
+                gone = rep.packs_removed + compact
+                for i in range(0, len(gone), 500):
+                    c.execute(delete(S.Pack).where(S.Pack.id.in_(gone[i : i + 500])))
+            if dry_run:
+                c.rollback()
+    except BaseException:
+        if written is not None:
+            zoo.packs.delete(written)
+        raise
+    if not dry_run:
+        for pid in to_unlink:
+            zoo.packs.delete(pid)
+    # orphan files and temp files (outside the transaction: they are not in the catalog)
+    with zoo.engine.connect() as c:
+        known = set(c.execute(select(S.Pack.id)).scalars())
+    for pid, path in zoo.packs.list_files().items():
+        if pid in known:
+            continue
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if now - st.st_mtime >= grace_seconds:
+            rep.orphans_removed.append(pid)
+            rep.bytes_freed += st.st_size
+            if not dry_run:
+                zoo.packs.delete(pid)
+    for path in zoo.packs.list_temp():
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if now - st.st_mtime >= grace_seconds:
+            rep.temp_removed.append(path.name)
+            rep.bytes_freed += st.st_size
+            if not dry_run:
+                path.unlink(missing_ok=True)
+    return rep
+
+
+__all__ = ["verify", "gc", "IntegrityError"]

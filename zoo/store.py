@@ -1,0 +1,864 @@
+"""The checkpoint store: :class:`Zoo`, the one write path and the read paths.
+
+A zoo is a root folder holding ``catalog.db`` (SQLite, WAL; or any SQLAlchemy URL given as
+``url=``) and ``packs/`` (immutable safetensors files of content-addressed tensors)::
+
+    from zoo import Zoo
+    z = Zoo.open()                                   # $WEIGHTZOO_HOME or ~/.weightzoo
+    m = z.add(state_dict, arch={"family": "mlp", "hidden": [32]}, population="mine",
+              metrics={"test_acc": 0.93}, hparams={"lr": 1e-3})
+    child = z.add(sd2, parents=[m.id], op="finetune", params={"epochs": 3})
+    pop = z.population("mine"); W = pop.stack()      # {tensor name: Tensor[N, ...]}
+    df = z.sql("select * from models")               # DuckDB over the live catalog, read-only
+
+Every write goes through :meth:`Zoo.add_many` (``add`` is one item of it): tensors are hashed,
+the catalog's write lock is taken, tensors not stored yet are written as one new pack (temp file,
+fsync, rename), then one transaction records the pack, blobs, models, manifests, metrics,
+hyperparameters, lineage and tags. If anything fails, the transaction rolls back and the new pack is
+removed: the store is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from tqdm.auto import tqdm
+
+from zoo import architectures as archs
+from zoo import schema as S
+from zoo.db import make_engine, migrate
+from zoo.errors import (
+    ConfigError,
+    DuplicateError,
+    MismatchError,
+    NotFoundError,
+    ZooError,
+)
+from zoo.hashing import dtype_name, tensor_id
+from zoo.packs import BlobLocation, PackStore
+from zoo.records import ArchitectureInfo, Edge, ModelRecord, NewModel, PopulationInfo
+from zoo.settings import default_root
+
+if TYPE_CHECKING:
+    from zoo.query import ModelQuery, Population
+
+_SPLITS = ("train", "val", "test")
+_CHUNK = 500  # rows per IN (...) list
+
+
+def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def split_metric_name(name: str, split: str | None = None) -> tuple[str, str]:
+    """``"test_acc"`` -> ``("acc", "test")``; an explicit ``split`` wins."""
+    if split is not None:
+        return name, split
+    for s in _SPLITS:
+        if name.startswith(s + "_") and len(name) > len(s) + 1:
+            return name[len(s) + 1 :], s
+    return name, ""
+
+
+def raw_config(state: Mapping[str, torch.Tensor], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The architecture config of a state dict with no builder: its tensor names, dtypes and shapes."""
+    cfg: dict[str, Any] = {
+        "family": archs.RAW_FAMILY,
+        "tensors": {k: [dtype_name(v.dtype), list(v.shape)] for k, v in state.items()},
+    }
+    if extra:
+        cfg["hf_config"] = dict(extra)
+    return cfg
+
+
+def _json(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+class _Prepared:
+    __slots__ = ("item", "names", "ids", "tensors", "config", "chash", "n_params", "nbytes")
+
+
+class Zoo:
+    """A checkpoint store: a catalog (SQL) plus content-addressed tensor packs.
+
+    Open with :meth:`Zoo.open`. Safe for several processes at once (the app and the CLI): writers
+    serialise on the catalog's write lock; readers never block writers.
+    """
+
+    def __init__(self, root: Path, engine: Engine, url: str) -> None:
+        self.root = root
+        self.url = url
+        self.engine = engine
+        self.packs = PackStore(root / "packs")
+        self._analytics = None
+        self._arch_cache: dict[int, tuple[str, dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------------------------ open/close
+    @classmethod
+    def open(cls, root: str | Path | None = None, *, url: str | None = None, create: bool = True) -> Zoo:
+        """Open (and by default create) a zoo.
+
+        Args:
+            root: folder holding the packs (and the SQLite catalog when no ``url`` is given);
+                default ``$WEIGHTZOO_HOME`` or ``~/.weightzoo``.
+            url: a SQLAlchemy URL for the catalog (e.g. ``postgresql://user@host/db``); default
+                ``sqlite:///<root>/catalog.db``.
+            create: create the root and catalog when missing (else :class:`NotFoundError`).
+        """
+        root = Path(root).expanduser() if root is not None else default_root()
+        if root.exists() and not root.is_dir():
+            raise NotFoundError(f"zoo root {root} exists but is not a folder; give a folder path")
+        if not root.exists():
+            if not create:
+                raise NotFoundError(f"no zoo at {root}; create one with `weightzoo demo` or Zoo.open(create=True)")
+            root.mkdir(parents=True, exist_ok=True)
+        if url is None:
+            db = root / "catalog.db"
+            if not db.exists() and not create:
+                raise NotFoundError(f"no catalog at {db}; create one with Zoo.open({str(root)!r})")
+            url = f"sqlite:///{db}"
+        (root / "packs").mkdir(exist_ok=True)
+        engine = make_engine(url)
+        try:
+            migrate(engine)
+        except Exception as e:
+            engine.dispose()
+            raise ZooError(f"cannot open the catalog at {url}: {e}") from e
+        return cls(root, engine, url)
+
+    def close(self) -> None:
+        if self._analytics is not None:
+            self._analytics.close()
+            self._analytics = None
+        self.packs.close()
+        self.engine.dispose()
+
+    def __enter__(self) -> Zoo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Zoo(root={str(self.root)!r}, url={self.url!r})"
+
+    # ------------------------------------------------------------------------------ catalog helpers
+    def generation(self) -> int:
+        """A counter bumped by every write (cheap change detection for caches)."""
+        with self.engine.connect() as c:
+            return int(c.execute(select(S.CatalogState.generation).where(S.CatalogState.id == 1)).scalar_one())
+
+    def _arch(self, conn: Connection, arch_id: int | None) -> tuple[str, dict[str, Any]] | None:
+        if arch_id is None:
+            return None
+        if arch_id not in self._arch_cache:
+            row = conn.execute(select(S.Architecture.name, S.Architecture.config).where(S.Architecture.id == arch_id)).one()
+            self._arch_cache[arch_id] = (row.name, json.loads(row.config))
+        return self._arch_cache[arch_id]
+
+    def register_architecture(self, config: Mapping[str, Any], name: str | None = None) -> ArchitectureInfo:
+        """Store an architecture config (idempotent: the same config returns the existing row)."""
+        cfg = archs.normalize_config(config)
+        with self.engine.begin() as conn:
+            self._bump(conn)
+            aid = self._ensure_arch(conn, cfg, name)
+        return self.architecture(aid)
+
+    def architecture(self, key: int | str) -> ArchitectureInfo:
+        """An architecture by id or name."""
+        col = S.Architecture.id if isinstance(key, int) else S.Architecture.name
+        with self.engine.connect() as c:
+            row = c.execute(select(S.Architecture).where(col == key)).first()
+        if row is None:
+            raise NotFoundError(f"no architecture {key!r}; list them with `weightzoo ls --architectures`")
+        return ArchitectureInfo(row.id, row.name, row.family, json.loads(row.config))
+
+    def architectures(self) -> list[ArchitectureInfo]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(S.Architecture).order_by(S.Architecture.id)).all()
+        return [ArchitectureInfo(r.id, r.name, r.family, json.loads(r.config)) for r in rows]
+
+    def _ensure_arch(self, conn: Connection, cfg: dict[str, Any], name: str | None = None) -> int:
+        h = archs.config_hash(cfg)
+        row = conn.execute(select(S.Architecture.id, S.Architecture.name).where(S.Architecture.config_hash == h)).first()
+        if row is not None:
+            if name is not None and name != row.name:
+                raise DuplicateError(f"this architecture is already registered as {row.name!r}; use that name")
+            return int(row.id)
+        fam = cfg["family"]
+        if name is None:
+            name = f"{fam}-{h[:10]}"
+        elif conn.execute(select(S.Architecture.id).where(S.Architecture.name == name)).first() is not None:
+            raise DuplicateError(f"architecture name {name!r} is taken by a different config; pick another name")
+        canon = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+        return int(
+            conn.execute(
+                insert(S.Architecture).values(name=name, family=fam, config=canon, config_hash=h).returning(S.Architecture.id)
+            ).scalar_one()
+        )
+
+    def create_population(
+        self, name: str, arch: Mapping[str, Any] | str | None = None, description: str = "", *, exist_ok: bool = False
+    ) -> PopulationInfo:
+        """Create a named population, optionally bound to an architecture (config or name)."""
+        _check_name(name, "population")
+        with self.engine.begin() as conn:
+            self._bump(conn)
+            row = conn.execute(select(S.Population.id).where(S.Population.name == name)).first()
+            if row is not None:
+                if not exist_ok:
+                    raise DuplicateError(f"population {name!r} already exists; pick another name or use exist_ok=True")
+            else:
+                aid = None
+                if isinstance(arch, str):
+                    aid = self.architecture(arch).id
+                elif arch is not None:
+                    aid = self._ensure_arch(conn, archs.normalize_config(arch))
+                conn.execute(insert(S.Population).values(name=name, architecture_id=aid, description=description))
+        return self.population_info(name)
+
+    def population_info(self, name: str) -> PopulationInfo:
+        for p in self.populations():
+            if p.name == name:
+                return p
+        raise NotFoundError(f"no population {name!r}; list them with `weightzoo ls`")
+
+    def populations(self) -> list[PopulationInfo]:
+        """All populations with their model counts."""
+        counts = (
+            select(S.Model.population_id, func.count().label("n")).group_by(S.Model.population_id).subquery()
+        )
+        q = (
+            select(S.Population, S.Architecture.name.label("arch"), func.coalesce(counts.c.n, 0).label("n"))
+            .outerjoin(S.Architecture, S.Architecture.id == S.Population.architecture_id)
+            .outerjoin(counts, counts.c.population_id == S.Population.id)
+            .order_by(S.Population.id)
+        )
+        with self.engine.connect() as c:
+            rows = c.execute(q).all()
+        return [PopulationInfo(r.id, r.name, r.arch, r.description, int(r.n)) for r in rows]
+
+    def population(self, name: str) -> Population:
+        """A named population as a lazy, filterable :class:`~zoo.query.Population`."""
+        from zoo.query import Population
+
+        self.population_info(name)  # NotFoundError with a hint
+        return Population(self, name)
+
+    def models(self) -> ModelQuery:
+        """A fluent query over all models (``z.models().metric("acc", ">", .9, split="test").ids()``)."""
+        from zoo.query import ModelQuery
+
+        return ModelQuery(self)
+
+    # ------------------------------------------------------------------------------ writing
+    @staticmethod
+    def _bump(conn: Connection) -> None:
+        """Take the catalog's write lock (first statement of every write) and bump the generation."""
+        conn.execute(update(S.CatalogState).where(S.CatalogState.id == 1).values(generation=S.CatalogState.generation + 1))
+
+    def add(self, state_dict: Mapping[str, torch.Tensor], **kwargs: Any) -> ModelRecord:
+        """Store one model. Keyword arguments are those of :class:`~zoo.records.NewModel`:
+
+        ``arch`` (config dict, architecture name, or None: the population's, else a raw signature),
+        ``population``, ``name``, ``parents`` (ids/names, or ``{id: role}``), ``op``, ``params``,
+        ``metrics`` (``{"test_acc": .9}`` or ``[(name, split, step, value)]``), ``hparams``, ``tags``,
+        ``run``, ``step``, ``source``.
+        """
+        return self.add_many([NewModel(state_dict, **kwargs)])[0]
+
+    def add_many(self, items: Iterable[NewModel], *, progress: bool = False) -> list[ModelRecord]:
+        """Store many models in one pack and one transaction (all or nothing)."""
+        items = list(items)
+        if not items:
+            return []
+        with self.engine.connect() as conn:
+            pops = {
+                r.name: (r.id, r.architecture_id)
+                for r in conn.execute(select(S.Population.name, S.Population.id, S.Population.architecture_id))
+            }
+            prepared = [
+                self._prepare(conn, it, pops)
+                for it in tqdm(items, desc="hashing", unit="model", disable=not progress, leave=False)
+            ]
+        written: str | None = None
+        try:
+            with self.engine.begin() as conn:
+                self._bump(conn)
+                written = self._commit(conn, prepared)
+        except BaseException:
+            if written is not None:
+                self.packs.delete(written)
+            raise
+        return self._records(conn=None, ids=[p.item._id for p in prepared])  # type: ignore[attr-defined]
+
+    def _prepare(self, conn: Connection, it: NewModel, pops: dict[str, tuple[int, int | None]]) -> _Prepared:
+        if not isinstance(it.state_dict, Mapping) or not it.state_dict:
+            raise MismatchError("a model needs a non-empty state dict {name: tensor}")
+        tensors: dict[str, torch.Tensor] = {}
+        for k, v in it.state_dict.items():
+            if not isinstance(k, str) or not k:
+                raise MismatchError(f"tensor names must be non-empty strings, got {k!r}")
+            if not isinstance(v, torch.Tensor):
+                raise MismatchError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
+            if v.is_sparse or v.layout != torch.strided:
+                raise MismatchError(f"tensor {k!r} is sparse; store a dense tensor")
+            tensors[k] = v.detach().cpu().contiguous()
+        if it.name is not None:
+            _check_name(it.name, "model")
+        if it.population is not None:
+            _check_name(it.population, "population")
+        # architecture
+        pop_arch = pops.get(it.population, (None, None))[1] if it.population else None
+        if isinstance(it.arch, str):
+            cfg = self.architecture(it.arch).config
+        elif it.arch is not None:
+            cfg = archs.normalize_config(it.arch)
+        elif pop_arch is not None:
+            cfg = self._arch(conn, pop_arch)[1]
+        else:
+            cfg = raw_config(tensors)
+        if archs.can_build(cfg):
+            archs.check_state_dict(cfg, tensors)
+        chash = archs.config_hash(cfg)
+        if pop_arch is not None:
+            pname, pcfg = self._arch(conn, pop_arch)
+            if archs.config_hash(pcfg) != chash:
+                raise MismatchError(_arch_mismatch_message(it.population, pname, pcfg, cfg))
+        p = _Prepared()
+        p.item, p.config, p.chash = it, cfg, chash
+        p.names = list(tensors)
+        p.tensors = tensors
+        p.ids = [tensor_id(t) for t in tensors.values()]
+        p.n_params = sum(t.numel() for t in tensors.values())
+        p.nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        return p
+
+    def _commit(self, conn: Connection, prepared: list[_Prepared]) -> str | None:
+        # architectures and populations (created on first use)
+        arch_ids: dict[str, int] = {}
+        for p in prepared:
+            if p.chash not in arch_ids:
+                arch_ids[p.chash] = self._ensure_arch(conn, p.config)
+        pop_ids: dict[str, int] = {}
+        for p in prepared:
+            pname = p.item.population
+            if pname is None or pname in pop_ids:
+                continue
+            row = conn.execute(select(S.Population.id, S.Population.architecture_id).where(S.Population.name == pname)).first()
+            if row is None:
+                pop_ids[pname] = int(
+                    conn.execute(
+                        insert(S.Population).values(name=pname, architecture_id=arch_ids[p.chash], description="")
+                        .returning(S.Population.id)
+                    ).scalar_one()
+                )
+            else:
+                if row.architecture_id is not None and row.architecture_id != arch_ids[p.chash]:
+                    name, cfg = self._arch(conn, row.architecture_id)
+                    raise MismatchError(_arch_mismatch_message(pname, name, cfg, p.config))
+                if row.architecture_id is None:
+                    conn.execute(update(S.Population).where(S.Population.id == row.id).values(architecture_id=arch_ids[p.chash]))
+                pop_ids[pname] = int(row.id)
+        for p in prepared:
+            if p.item.population is not None:
+                got = arch_ids[p.chash]
+                want = conn.execute(select(S.Population.architecture_id).where(S.Population.id == pop_ids[p.item.population])).scalar_one()
+                if want != got:
+                    name, cfg = self._arch(conn, want)
+                    raise MismatchError(_arch_mismatch_message(p.item.population, name, cfg, p.config))
+        # names must be new
+        names = [p.item.name for p in prepared if p.item.name is not None]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise DuplicateError(f"model name(s) {dup[:5]} appear twice in one write; names must be unique")
+        for chunk in _chunks(names):
+            taken = conn.execute(select(S.Model.name).where(S.Model.name.in_(chunk))).scalars().all()
+            if taken:
+                raise DuplicateError(f"model name(s) {sorted(taken)[:5]} already exist; pick new names (or leave name=None)")
+        # parents must exist
+        parent_ids = self._resolve_parents(conn, prepared)
+        # blobs: write only what is not stored yet
+        unique: dict[str, torch.Tensor] = {}
+        for p in prepared:
+            for tid, name in zip(p.ids, p.names, strict=True):
+                unique.setdefault(tid, p.tensors[name])
+        existing: set[str] = set()
+        keys = list(unique)
+        for chunk in _chunks(keys):
+            existing.update(conn.execute(select(S.Blob.id).where(S.Blob.id.in_(chunk))).scalars())
+        new = {tid: t for tid, t in unique.items() if tid not in existing}
+        pack_id: str | None = None
+        if new:
+            pack_id, locs, size = self.packs.write(new)
+            conn.execute(insert(S.Pack).values(id=pack_id, nbytes=size, n_blobs=len(new)))
+            conn.execute(insert(S.Blob), [_blob_row(tid, t, locs[tid]) for tid, t in new.items()])
+        # models
+        rows = [
+            {
+                "name": p.item.name,
+                "population_id": pop_ids.get(p.item.population) if p.item.population else None,
+                "architecture_id": arch_ids[p.chash],
+                "run": p.item.run,
+                "step": p.item.step,
+                "op": p.item.op,
+                "source": p.item.source,
+                "n_params": p.n_params,
+                "nbytes": p.nbytes,
+            }
+            for p in prepared
+        ]
+        ids = conn.execute(insert(S.Model).returning(S.Model.id, sort_by_parameter_order=True), rows).scalars().all()
+        tensors, hps, mets, edges, tags = [], [], [], [], []
+        for p, mid in zip(prepared, ids, strict=True):
+            p.item._id = mid  # type: ignore[attr-defined]
+            tensors += [
+                {"model_id": mid, "name": n, "blob_id": t, "position": i} for i, (n, t) in enumerate(zip(p.names, p.ids, strict=True))
+            ]
+            hps += [_hparam_row(mid, k, v) for k, v in (p.item.hparams or {}).items()]
+            mets += _metric_rows(mid, p.item.metrics, p.item.step)
+            params = _json(dict(p.item.params or {}))
+            edges += [
+                {"child_id": mid, "parent_id": pid, "role": role, "op": p.item.op, "params": params}
+                for pid, role in parent_ids[id(p)]
+            ]
+            tags += [{"model_id": mid, "tag": _check_tag(t)} for t in dict.fromkeys(p.item.tags)]
+        for table, rows_ in ((S.TensorEntry, tensors), (S.Hyperparameter, hps), (S.Metric, mets), (S.LineageEdge, edges), (S.Tag, tags)):
+            if rows_:
+                conn.execute(insert(table), rows_)
+        return pack_id
+
+    def _resolve_parents(self, conn: Connection, prepared: list[_Prepared]) -> dict[int, list[tuple[int, str]]]:
+        out: dict[int, list[tuple[int, str]]] = {}
+        for p in prepared:
+            par = p.item.parents
+            pairs = list(par.items()) if isinstance(par, Mapping) else [(x, "parent") for x in par]
+            resolved = []
+            for key, role in pairs:
+                resolved.append((self._model_id(conn, key), str(role)))
+            out[id(p)] = resolved
+        return out
+
+    def _model_id(self, conn: Connection, key: int | str) -> int:
+        if isinstance(key, ModelRecord):
+            key = key.id
+        if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+            mid = conn.execute(select(S.Model.id).where(S.Model.id == int(key))).scalar()
+        else:
+            mid = conn.execute(select(S.Model.id).where(S.Model.name == key)).scalar()
+        if mid is None:
+            raise NotFoundError(f"no model {key!r} in the zoo at {self.root}; find ids with `weightzoo ls`")
+        return int(mid)
+
+    def add_metrics(self, model: int | str, metrics: Mapping[str, float] | Sequence[tuple], step: int | None = None) -> None:
+        """Record more metrics for a stored model (e.g. after evaluating it on a new data set)."""
+        with self.engine.begin() as conn:
+            self._bump(conn)
+            mid = self._model_id(conn, model)
+            rows = _metric_rows(mid, metrics, step)
+            if rows:
+                conn.execute(insert(S.Metric), rows)
+
+    def tag(self, model: int | str, *tags: str) -> None:
+        with self.engine.begin() as conn:
+            self._bump(conn)
+            mid = self._model_id(conn, model)
+            have = set(conn.execute(select(S.Tag.tag).where(S.Tag.model_id == mid)).scalars())
+            new = [{"model_id": mid, "tag": _check_tag(t)} for t in dict.fromkeys(tags) if t not in have]
+            if new:
+                conn.execute(insert(S.Tag), new)
+
+    def untag(self, model: int | str, *tags: str) -> None:
+        with self.engine.begin() as conn:
+            self._bump(conn)
+            mid = self._model_id(conn, model)
+            conn.execute(delete(S.Tag).where(S.Tag.model_id == mid, S.Tag.tag.in_(tags)))
+
+    def remove(self, models: Iterable[int | str], *, force: bool = False) -> int:
+        """Delete models from the catalog (their tensors become garbage for :meth:`gc`).
+
+        Refuses to delete a model that has children (its lineage would be cut) unless ``force``.
+        """
+        with self.engine.begin() as conn:
+            self._bump(conn)
+            ids = [self._model_id(conn, m) for m in models]
+            if not force:
+                kids = conn.execute(
+                    select(S.LineageEdge.parent_id).where(S.LineageEdge.parent_id.in_(ids), S.LineageEdge.child_id.not_in(ids))
+                ).scalars().all()
+                if kids:
+                    raise ZooError(f"model(s) {sorted(set(kids))[:5]} have children in the zoo; pass force=True to cut their lineage")
+            for table in (S.TensorEntry, S.Hyperparameter, S.Metric, S.Tag):
+                conn.execute(delete(table).where(table.model_id.in_(ids)))
+            conn.execute(delete(S.LineageEdge).where(S.LineageEdge.child_id.in_(ids) | S.LineageEdge.parent_id.in_(ids)))
+            conn.execute(delete(S.Model).where(S.Model.id.in_(ids)))
+        return len(ids)
+
+    # ------------------------------------------------------------------------------ reading
+    def get(self, model: int | str) -> ModelRecord:
+        """A model by id or unique name."""
+        with self.engine.connect() as conn:
+            mid = self._model_id(conn, model)
+        return self._records(None, [mid])[0]
+
+    def _records(self, conn: Connection | None, ids: Sequence[int]) -> list[ModelRecord]:
+        q = (
+            select(S.Model, S.Population.name.label("pop"))
+            .outerjoin(S.Population, S.Population.id == S.Model.population_id)
+        )
+        out: dict[int, ModelRecord] = {}
+        with self.engine.connect() as c:
+            for chunk in _chunks(list(ids)):
+                for row in c.execute(q.where(S.Model.id.in_(chunk))):
+                    arch = self._arch(c, row.architecture_id)
+                    out[row.id] = ModelRecord(
+                        id=row.id, name=row.name, population=row.pop, architecture=arch[0] if arch else None,
+                        arch_config=arch[1] if arch else None, run=row.run, step=row.step, op=row.op,
+                        source=row.source, n_params=row.n_params, nbytes=row.nbytes, created_at=row.created_at, zoo=self,
+                    )  # fmt: skip
+        return [out[i] for i in ids]
+
+    def records(self, ids: Sequence[int]) -> list[ModelRecord]:
+        """Records for many model ids, in the given order."""
+        return self._records(None, ids)
+
+    def _locations(self, model_ids_select: Any) -> list[tuple[int, str, BlobLocation]]:
+        q = (
+            select(S.TensorEntry.model_id, S.TensorEntry.name, S.TensorEntry.position, S.Blob.pack_id, S.Blob.offset,
+                   S.Blob.nbytes, S.Blob.dtype, S.Blob.shape)
+            .join(S.Blob, S.Blob.id == S.TensorEntry.blob_id)
+            .where(S.TensorEntry.model_id.in_(model_ids_select))
+            .order_by(S.TensorEntry.model_id, S.TensorEntry.position)
+        )  # fmt: skip
+        shapes: dict[str, tuple[int, ...]] = {}
+        with self.engine.connect() as c:
+            rows = c.execute(q).all()
+        out = []
+        for r in rows:
+            shp = shapes.get(r.shape)
+            if shp is None:
+                shp = shapes[r.shape] = tuple(json.loads(r.shape))
+            out.append((r.model_id, r.name, BlobLocation(r.pack_id, r.offset, r.nbytes, r.dtype, shp)))
+        return out
+
+    def state_dict(self, model: int | str) -> dict[str, torch.Tensor]:
+        """A model's tensors by id or name."""
+        with self.engine.connect() as conn:
+            mid = self._model_id(conn, model)
+        return {name: self.packs.read(loc) for _, name, loc in self._locations([mid])}
+
+    def stack(self, ids: Sequence[int] | Any, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Stack the tensors of many same-architecture models: ``{name: Tensor[N, ...]}``.
+
+        ``ids`` is a list of model ids (order kept) or a SQLAlchemy select of model ids (sorted by id).
+        One gather per (tensor name, pack) from memory maps, no per-model file opens.
+
+        Shapes:
+            output[name]: ``[N, *shape of name]``.
+        """
+        ordered = list(ids) if isinstance(ids, Sequence) else None
+        locs = self._locations(ids)
+        wanted = set(names) if names is not None else None
+        by_name: dict[str, dict[int, BlobLocation]] = {}
+        order: list[int] = []
+        seen: set[int] = set()
+        for mid, name, loc in locs:
+            if mid not in seen:
+                seen.add(mid)
+                order.append(mid)
+            if wanted is None or name in wanted:
+                by_name.setdefault(name, {})[mid] = loc
+        if ordered is not None:
+            missing = [i for i in ordered if i not in seen]
+            if missing:
+                raise NotFoundError(f"no model(s) {missing[:5]} in the zoo")
+            order = ordered
+        if wanted is not None and (absent := wanted - set(by_name)):
+            raise NotFoundError(f"no tensor(s) {sorted(absent)[:5]} in these models")
+        out: dict[str, torch.Tensor] = {}
+        for name, per in by_name.items():
+            if len(per) != len(order):
+                lacking = [m for m in order if m not in per][:5]
+                raise MismatchError(f"tensor {name!r} is missing from model(s) {lacking}; these models do not share one architecture")
+            col = [per[m] for m in order]
+            kinds = {(loc.dtype, loc.shape) for loc in col}
+            if len(kinds) > 1:
+                raise MismatchError(f"tensor {name!r} has different shapes/dtypes across models: {sorted(kinds)[:3]}")
+            out[name] = self.packs.gather(col)
+        return out
+
+    def metrics(self, model: int | str | None = None) -> pd.DataFrame:
+        """Metrics in long form (model_id, name, split, step, value), for one model or all."""
+        q = select(S.Metric.model_id, S.Metric.name, S.Metric.split, S.Metric.step, S.Metric.value).order_by(S.Metric.id)
+        with self.engine.connect() as conn:
+            if model is not None:
+                q = q.where(S.Metric.model_id == self._model_id(conn, model))
+            rows = conn.execute(q).all()
+        return pd.DataFrame(rows, columns=["model_id", "name", "split", "step", "value"])
+
+    def hparams(self, model: int | str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            mid = self._model_id(conn, model)
+            rows = conn.execute(select(S.Hyperparameter.name, S.Hyperparameter.value).where(S.Hyperparameter.model_id == mid)).all()
+        return {r.name: json.loads(r.value) for r in rows}
+
+    def tags(self, model: int | str) -> list[str]:
+        with self.engine.connect() as conn:
+            mid = self._model_id(conn, model)
+            return sorted(conn.execute(select(S.Tag.tag).where(S.Tag.model_id == mid)).scalars())
+
+    def lineage(self, model: int | str, *, direction: str = "up", max_depth: int | None = None) -> list[Edge]:
+        """Lineage edges reachable from a model: ``"up"`` (ancestors), ``"down"`` (descendants) or ``"both"``."""
+        if direction not in ("up", "down", "both"):
+            raise ConfigError(f"direction must be 'up', 'down' or 'both', not {direction!r}")
+        with self.engine.connect() as conn:
+            start = self._model_id(conn, model)
+            edges: dict[int, Edge] = {}
+            for d in (["up", "down"] if direction == "both" else [direction]):
+                frontier, seen, depth = {start}, {start}, 0
+                while frontier and (max_depth is None or depth < max_depth):
+                    col = S.LineageEdge.child_id if d == "up" else S.LineageEdge.parent_id
+                    rows = []
+                    for chunk in _chunks(sorted(frontier)):
+                        rows += conn.execute(select(S.LineageEdge).where(col.in_(chunk))).all()
+                    nxt = set()
+                    for r in rows:
+                        e = r
+                        edges[e.id] = Edge(e.child_id, e.parent_id, e.role, e.op, json.loads(e.params), e.created_at)
+                        other = e.parent_id if d == "up" else e.child_id
+                        if other not in seen:
+                            seen.add(other)
+                            nxt.add(other)
+                    frontier, depth = nxt, depth + 1
+        return [edges[k] for k in sorted(edges)]
+
+    # ------------------------------------------------------------------------------ stats
+    def summary(self) -> dict[str, Any]:
+        """Counts and sizes: models, populations, blobs, packs, logical vs stored bytes (dedup ratio)."""
+        with self.engine.connect() as c:
+            n_models = c.execute(select(func.count()).select_from(S.Model)).scalar_one()
+            logical = c.execute(select(func.coalesce(func.sum(S.Model.nbytes), 0))).scalar_one()
+            n_blobs = c.execute(select(func.count()).select_from(S.Blob)).scalar_one()
+            stored = c.execute(select(func.coalesce(func.sum(S.Blob.nbytes), 0))).scalar_one()
+            n_packs = c.execute(select(func.count()).select_from(S.Pack)).scalar_one()
+            on_disk = c.execute(select(func.coalesce(func.sum(S.Pack.nbytes), 0))).scalar_one()
+        return {
+            "root": str(self.root), "url": self.url, "models": int(n_models), "populations": len(self.populations()),
+            "blobs": int(n_blobs), "packs": int(n_packs), "logical_bytes": int(logical), "stored_bytes": int(stored),
+            "pack_bytes": int(on_disk), "dedup_ratio": (logical / stored) if stored else 1.0,
+        }  # fmt: skip
+
+    # ------------------------------------------------------------------------------ SQL
+    def sql(self, query: str, *, arrow: bool = False) -> pd.DataFrame:
+        """Run a read-only SQL query (DuckDB) over the live catalog; pandas out (Arrow with ``arrow=True``).
+
+        Tables: models, populations, architectures, metrics, hyperparameters, lineage, tags,
+        tensors, blobs, packs. Views: ``model_overview`` (one row per model with population,
+        architecture and its metrics/hparams as JSON). Anything but a single SELECT is refused
+        with :class:`~zoo.errors.QueryError`.
+        """
+        from zoo.analytics import Analytics
+
+        if self._analytics is None:
+            self._analytics = Analytics(self)
+        return self._analytics.query(query, arrow=arrow)
+
+    # ------------------------------------------------------------------------------ maintenance
+    def verify(self, *, rehash: bool = True, progress: bool = False) -> Any:
+        """Check the store: every pack present, every blob where the catalog says, hashes right."""
+        from zoo.maintenance import verify
+
+        return verify(self, rehash=rehash, progress=progress)
+
+    def gc(self, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, dry_run: bool = False) -> Any:
+        """Remove unreferenced blobs, empty packs, old orphans and temp files; compact sparse packs."""
+        from zoo.maintenance import gc
+
+        return gc(self, grace_seconds=grace_seconds, compact_below=compact_below, dry_run=dry_run)
+
+    # ------------------------------------------------------------------------------ ingest/export
+    def ingest(
+        self,
+        source: str | Path,
+        *,
+        population: str | None = None,
+        arch: Mapping[str, Any] | str | None = None,
+        tags: Sequence[str] = (),
+        batch_size: int = 256,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        offline: bool | None = None,
+        progress: bool = False,
+    ) -> list[ModelRecord]:
+        """Ingest checkpoints: a file, a folder of them, a sharded checkpoint, or a Hugging Face repo.
+
+        A Hugging Face repo id (``org/name``) is read from the local HF cache when offline (the
+        default when ``HF_HUB_OFFLINE=1``), else downloaded with huggingface_hub.
+        """
+        from zoo.ingest import discover, load_source, looks_like_hf_repo_id, resolve_hf
+
+        src = str(source)
+        if looks_like_hf_repo_id(src):
+            folder = resolve_hf(src, revision=revision, cache_dir=cache_dir, offline=offline)
+            sources, origin = discover(folder), f"hf://{src}" + (f"@{revision}" if revision else "")
+        else:
+            path = Path(src).expanduser()
+            if not path.exists():
+                raise NotFoundError(f"no file or folder {path}; give a checkpoint file, a folder of them or an HF repo id")
+            sources, origin = discover(path), str(path.resolve())
+        if not sources:
+            raise NotFoundError(f"no checkpoints (.safetensors, .pt, .pth, .bin, sharded index) found in {src}")
+        out: list[ModelRecord] = []
+        it = iter(sources)
+        bar = tqdm(total=len(sources), desc="ingest", unit="ckpt", disable=not progress)
+        while batch := list(islice(it, batch_size)):
+            items = []
+            for s in batch:
+                sd = load_source(s)
+                cfg: Mapping[str, Any] | str | None = arch
+                if cfg is None and s.config is not None:
+                    cfg = s.config if archs.can_build(s.config) else None
+                    if cfg is None:
+                        cfg = raw_config(sd, s.config)
+                if cfg is not None and not isinstance(cfg, str) and not archs.can_build(cfg) and cfg.get("family") != archs.RAW_FAMILY:
+                    raise ConfigError(f"architecture config of {s.path} is not valid: {cfg}")
+                where = origin if len(sources) == 1 else f"{origin}::{s.name}"
+                items.append(NewModel(sd, arch=cfg, population=population, op="ingest", source=where, tags=tags,
+                                      params={"source": where}))  # fmt: skip
+            out += self.add_many(items)
+            bar.update(len(batch))
+        bar.close()
+        return out
+
+    def export(self, model: int | str, out_dir: str | Path, *, overwrite: bool = False, max_shard_size: int | None = None) -> Path:
+        """Write a model as a Hugging Face style folder: safetensors, config.json, README.md (card with lineage)."""
+        from zoo.export import model_card, write_hf_folder
+
+        rec = self.get(model)
+        mets = self.metrics(rec.id)
+        metrics = {(f"{r.split}_{r.name}" if r.split else r.name): r.value for r in mets.itertuples()}
+        lineage = [
+            {"child": e.child, "parent": e.parent, "op": e.op, "role": e.role, "params": e.params}
+            for e in self.lineage(rec.id, direction="up")
+        ]
+        card = model_card(
+            title=rec.name or f"weightzoo model {rec.id}",
+            description=f"Exported from a weightzoo zoo. Population: {rec.population}; architecture: {rec.architecture}; made by `{rec.op}`.",
+            metrics=metrics, hyperparameters=rec.hparams(), lineage=lineage, tags=rec.tags(),
+        )  # fmt: skip
+        config = dict(rec.arch_config or {})
+        if config.get("family") == archs.RAW_FAMILY and "hf_config" in config:
+            config = dict(config["hf_config"])
+        config.setdefault("weightzoo", {"model_id": rec.id, "population": rec.population, "op": rec.op})
+        return write_hf_folder(out_dir, rec.state_dict(), config=config, card=card, overwrite=overwrite,
+                               max_shard_size=max_shard_size, metadata={"weightzoo_model_id": str(rec.id)})  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- row helpers
+_NAME_RE = re.compile(r"^[^\x00-\x1f]{1,300}$")
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name.strip() != name or name.isdigit():
+        raise ConfigError(
+            f"invalid {what} name {name!r}: use 1-300 printable characters, no leading/trailing spaces, not all digits"
+        )
+    return name
+
+
+def _check_tag(tag: str) -> str:
+    if not isinstance(tag, str) or not tag or len(tag) > 200 or not _NAME_RE.match(tag):
+        raise ConfigError(f"invalid tag {tag!r}: use 1-200 printable characters")
+    return tag
+
+
+def _blob_row(tid: str, t: torch.Tensor, loc: BlobLocation) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": tid, "pack_id": loc.pack_id, "offset": loc.offset, "nbytes": loc.nbytes, "dtype": loc.dtype,
+        "shape": json.dumps(list(t.shape)), "numel": t.numel(), "l2": None, "mean": None, "std": None, "absmax": None,
+    }  # fmt: skip
+    if t.numel() and (t.is_floating_point() or t.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)):
+        f = t.double()
+        row["l2"] = _finite(f.norm())
+        row["mean"] = _finite(f.mean())
+        row["std"] = _finite(f.std()) if t.numel() > 1 else 0.0
+        row["absmax"] = _finite(f.abs().max())
+    return row
+
+
+def _finite(x: torch.Tensor) -> float | None:
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def _hparam_row(mid: int, name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"hyperparameter names must be non-empty strings, got {name!r}")
+    try:
+        text = json.dumps(value, sort_keys=True)
+    except TypeError as e:
+        raise ConfigError(f"hyperparameter {name!r} is not JSON-able: {e}") from None
+    num = float(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) else None
+    if isinstance(value, bool):
+        num = float(value)
+    return {"model_id": mid, "name": name, "value": text, "value_num": num,
+            "value_text": value if isinstance(value, str) else None}  # fmt: skip
+
+
+def _metric_rows(mid: int, metrics: Any, step: int | None) -> list[dict[str, Any]]:
+    if not metrics:
+        return []
+    rows = []
+    if isinstance(metrics, Mapping):
+        for k, v in metrics.items():
+            name, split = split_metric_name(str(k))
+            rows.append({"model_id": mid, "name": name, "split": split, "step": step, "value": _metric_value(k, v)})
+    else:
+        for m in metrics:
+            if isinstance(m, Mapping):
+                name, split = split_metric_name(m["name"], m.get("split"))
+                rows.append({"model_id": mid, "name": name, "split": split, "step": m.get("step", step),
+                             "value": _metric_value(name, m["value"])})  # fmt: skip
+            else:
+                name, split, st, value = m
+                rows.append({"model_id": mid, "name": name, "split": split or "", "step": st, "value": _metric_value(name, value)})
+    return rows
+
+
+def _metric_value(name: Any, v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"metric {name!r} must be a number, got {v!r}") from None
+
+
+def _arch_mismatch_message(pop: str | None, pop_arch: str, pcfg: dict, cfg: dict) -> str:
+    diff = []
+    if pcfg.get("family") != cfg.get("family"):
+        diff.append(f"family {pcfg.get('family')!r} vs {cfg.get('family')!r}")
+    elif pcfg.get("family") == archs.RAW_FAMILY:
+        a, b = pcfg.get("tensors", {}), cfg.get("tensors", {})
+        miss, extra = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        if miss:
+            diff.append(f"missing tensors {miss[:3]}")
+        if extra:
+            diff.append(f"unexpected tensors {extra[:3]}")
+        diff += [f"{k}: {a[k]} vs {b[k]}" for k in sorted(set(a) & set(b)) if a[k] != b[k]][:3]
+    else:
+        diff += [f"{k}: {pcfg.get(k)!r} vs {cfg.get(k)!r}" for k in sorted(set(pcfg) | set(cfg)) if pcfg.get(k) != cfg.get(k)][:4]
+    return (
+        f"population {pop!r} holds architecture {pop_arch!r}; this model differs ({'; '.join(diff) or 'config'}). "
+        "Add it to another population, or pass the population's architecture."
+    )
+

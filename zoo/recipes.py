@@ -1,0 +1,242 @@
+"""Population recipes: what to train (YAML/JSON file, dict or Python object) and their expansion into runs.
+
+A recipe names a population, a data set, a base architecture, a search over hyperparameters (a grid
+or a random draw), epochs and which epochs to checkpoint::
+
+    name: digits-mlp
+    dataset: {name: digits, seed: 0}
+    arch: {family: mlp, in_features: 64, hidden: [32], out_features: 10}
+    task: classification            # or "inr": one SIREN per image of the data set
+    epochs: 25
+    checkpoint_epochs: [2, 8, 25]
+    search:
+      mode: random                  # or "grid" (cartesian product of lists, times `seeds`)
+      n: 300                        # random: number of runs
+      seed: 0
+      params:
+        lr: {loguniform: [3.0e-4, 3.0e-2]}
+        weight_decay: {choice: [0.0, 1.0e-4, 1.0e-3]}
+        dropout: {choice: [0.0, 0.1, 0.3]}
+        init_scale: {uniform: [0.5, 2.0]}
+        label_noise: {choice: [0.0, 0.1, 0.3]}
+        data_fraction: {choice: [0.3, 0.6, 1.0]}
+
+Search parameters are training hyperparameters (:data:`TRAIN_PARAMS`), keys of the architecture
+config (``activation``, ``hidden``, ...) or the shorthands ``width``/``depth`` (mlp/siren:
+``hidden = [width] * depth``; cnn: ``channels = [width * 2**i for i in range(depth)]``).
+A population holds one architecture, so a recipe that varies the architecture writes one population
+per architecture, named ``<name>/<key>=<value>,...``; every model is tagged ``recipe:<name>``.
+
+A fine-tune recipe starts from parents in the zoo (``finetune: {parents: {population: P, final: true,
+limit: 50}, corruption: {kind: gaussian_noise, severity: 3}, classes: [0, 1]}``): each parent gets the
+search's runs, trained on (optionally corrupted or class-restricted) data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zoo.architectures import normalize_config
+from zoo.errors import ConfigError, NotFoundError
+
+#: Training hyperparameters a search can vary (per model, inside one batched shard).
+TRAIN_PARAMS = ("lr", "weight_decay", "dropout", "init_scale", "label_noise", "data_fraction")
+#: Training options that split runs into different shards when they vary.
+SHARD_PARAMS = ("optimizer", "batch_size")
+TASKS = ("classification", "inr")
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
+BUILTIN_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class FinetuneSpec:
+    """Which zoo models to fine-tune, and on what data."""
+
+    parents: dict[str, Any]  # population, final (bool), limit, tag, op
+    corruption: dict[str, Any] | None = None  # {kind, severity}: robust fine-tunes
+    classes: list[int] | None = None  # train only on these classes
+
+
+@dataclass
+class Recipe:
+    """A population recipe. Build it with :func:`zoo.builder.build`."""
+
+    name: str
+    arch: dict[str, Any]
+    dataset: dict[str, Any] = field(default_factory=lambda: {"name": "digits", "seed": 0})
+    task: str = "classification"
+    epochs: int = 20
+    checkpoint_epochs: list[int] = field(default_factory=list)
+    optimizer: str = "adam"
+    batch_size: int = 64
+    search: dict[str, Any] = field(default_factory=dict)
+    finetune: FinetuneSpec | None = None
+    inr: dict[str, Any] = field(default_factory=lambda: {"split": "train"})
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.finetune, Mapping):
+            self.finetune = FinetuneSpec(**self.finetune)
+        if self.task not in TASKS:
+            raise ConfigError(f"recipe {self.name!r}: unknown task {self.task!r}; valid: {', '.join(TASKS)}")
+        if not isinstance(self.arch, Mapping) or "family" not in self.arch:
+            raise ConfigError(f"recipe {self.name!r}: 'arch' must be an architecture config with a 'family'")
+        normalize_config(self.arch)
+        if not self.checkpoint_epochs:
+            self.checkpoint_epochs = [self.epochs]
+        if max(self.checkpoint_epochs) > self.epochs or min(self.checkpoint_epochs) < 0:
+            raise ConfigError(f"recipe {self.name!r}: checkpoint_epochs {self.checkpoint_epochs} must lie in [0, {self.epochs}]")
+        mode = self.search.get("mode", "grid")
+        if mode not in ("grid", "random"):
+            raise ConfigError(f"recipe {self.name!r}: search.mode must be 'grid' or 'random', not {mode!r}")
+        for k in self.search.get("params", {}):
+            self._param_kind(k)
+
+    # ------------------------------------------------------------------ io
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Recipe:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown recipe key(s) {unknown}; valid keys: {', '.join(sorted(known))}")
+        if "name" not in d or "arch" not in d:
+            raise ConfigError("a recipe needs at least 'name' and 'arch'")
+        return cls(**dict(d))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Recipe:
+        p = Path(path)
+        if not p.is_file():
+            raise NotFoundError(f"no recipe file {p}; built-in recipes: {', '.join(builtin_recipes())}")
+        try:
+            d = yaml.safe_load(p.read_text()) if p.suffix in (".yml", ".yaml") else json.loads(p.read_text())
+        except (yaml.YAMLError, ValueError) as e:
+            raise ConfigError(f"recipe {p} does not parse: {e}") from None
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"recipe {p} must be a mapping of keys to values")
+        return cls.from_dict(d)
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> Recipe:
+        """A built-in recipe by name (``digits-mlp``) or a recipe file."""
+        builtin = BUILTIN_DIR / f"{name_or_path}.yml"
+        if isinstance(name_or_path, str) and builtin.is_file():
+            return cls.from_file(builtin)
+        return cls.from_file(name_or_path)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.finetune is None:
+            d.pop("finetune")
+        return d
+
+    def scaled(self, n: int | None = None, epochs: int | None = None) -> Recipe:
+        """A copy with another number of random runs and/or epochs (checkpoints scaled to fit)."""
+        d = json.loads(json.dumps(self.to_dict()))
+        if n is not None:
+            d["search"]["n"] = int(n)
+            if d["search"].get("mode", "grid") != "random":
+                raise ConfigError("--n applies to random searches only")
+        if epochs is not None:
+            old = self.epochs
+            d["epochs"] = int(epochs)
+            d["checkpoint_epochs"] = sorted({max(1, round(e * epochs / old)) if e else 0 for e in self.checkpoint_epochs})
+        return Recipe.from_dict(d)
+
+    # ------------------------------------------------------------------ expansion
+    def _param_kind(self, key: str) -> str:
+        if key in TRAIN_PARAMS:
+            return "train"
+        if key in SHARD_PARAMS:
+            return "shard"
+        if key in ("width", "depth", "seed"):
+            return key
+        if key in normalize_config(self.arch) and key != "family":
+            return "arch"
+        raise ConfigError(
+            f"recipe {self.name!r}: cannot vary {key!r}; use a training hyperparameter ({', '.join(TRAIN_PARAMS)}), "
+            f"{', '.join(SHARD_PARAMS)}, width/depth, or a key of the {self.arch['family']} config"
+        )
+
+    def draws(self) -> list[dict[str, Any]]:
+        """The search's points: one dict of parameter values per run (``seed`` included)."""
+        s = self.search
+        params = s.get("params", {})
+        if s.get("mode", "grid") == "grid":
+            keys = list(params)
+            values = [v if isinstance(v, list) else [v] for v in params.values()]
+            seeds = s.get("seeds", 1)
+            seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+            out = []
+            for combo in itertools.product(*values):
+                for sd in seeds:
+                    out.append({**dict(zip(keys, combo, strict=True)), "seed": sd})
+        else:
+            rng = random.Random(s.get("seed", 0))
+            n = int(s.get("n", 10))
+            out = []
+            for i in range(n):
+                point = {k: _draw(k, spec, rng) for k, spec in params.items()}
+                point.setdefault("seed", s.get("seed", 0) * 1_000_003 + i)
+                out.append(point)
+        for i, p in enumerate(out):
+            p["seed"] = int(p["seed"]) if "seed" in p else i
+        return out
+
+    def arch_for(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        """The architecture config of one search point."""
+        cfg = dict(self.arch)
+        fam = cfg["family"]
+        width, depth = point.get("width"), point.get("depth")
+        if width is not None or depth is not None:
+            if fam in ("mlp", "siren"):
+                base = cfg.get("hidden") or [32]
+                w = int(width if width is not None else base[0])
+                d = int(depth if depth is not None else len(base))
+                cfg["hidden"] = [w] * d
+            elif fam == "cnn":
+                base = cfg.get("channels") or [8, 16]
+                w = int(width if width is not None else base[0])
+                d = int(depth if depth is not None else len(base))
+                cfg["channels"] = [w * 2**i for i in range(d)]
+            elif fam == "resnet":
+                if width is not None:
+                    cfg["width"] = int(width)
+                if depth is not None:
+                    cfg["blocks"] = [1] * int(depth)
+        for k, v in point.items():
+            if self._param_kind(k) == "arch":
+                cfg[k] = v
+        return normalize_config(cfg)
+
+
+def _draw(key: str, spec: Any, rng: random.Random) -> Any:
+    if not isinstance(spec, Mapping):
+        return spec  # a constant
+    if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+        raise ConfigError(f"search param {key!r}: give one of {{{', '.join(DISTRIBUTIONS)}: ...}}, got {spec!r}")
+    kind, arg = next(iter(spec.items()))
+    if kind == "choice":
+        return rng.choice(list(arg))
+    lo, hi = float(arg[0]), float(arg[1])
+    if kind == "uniform":
+        return rng.uniform(lo, hi)
+    if kind == "loguniform":
+        if lo <= 0 or hi <= 0:
+            raise ConfigError(f"search param {key!r}: loguniform bounds must be > 0")
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    return rng.randint(int(lo), int(hi))
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the built-in recipes (``digits-mlp``, ``digits-cnn``, ``digits-inr``, ...)."""
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yml"))

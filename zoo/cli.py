@@ -1,0 +1,382 @@
+"""The ``weightzoo`` command line: one entry point, one subcommand per task.
+
+    weightzoo demo                      build the demo zoo from sklearn digits and print a summary
+    weightzoo build digits-cnn          train a built-in recipe (or a recipe file) into the zoo
+    weightzoo ls                        populations; `ls -p digits-mlp` lists models
+    weightzoo show 42                   one model: architecture, metrics, hparams, lineage, tensors
+    weightzoo query "select ..."        read-only SQL (DuckDB) over the catalog
+    weightzoo ingest PATH|ORG/NAME      checkpoints, folders, sharded checkpoints, HF repos
+    weightzoo export 42 OUT_DIR         HF-style folder (safetensors, config.json, model card)
+    weightzoo verify | gc | lineage 42 | tag 42 good | push 42 org/name
+
+Every command takes ``--root`` (default ``$WEIGHTZOO_HOME`` or ``~/.weightzoo``) and ``--url`` (a
+SQLAlchemy URL for the catalog, e.g. PostgreSQL). Errors print one line saying what was wrong and what
+to do, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from zoo.errors import ZooError
+
+
+def _open(args: argparse.Namespace, create: bool = True) -> Any:
+    from zoo.store import Zoo
+
+    return Zoo.open(args.root, url=args.url, create=create)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _table(df: Any, max_rows: int = 50) -> str:
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", max_rows, "display.max_columns", 30, "display.width", 160):
+        return df.to_string(index=False, max_rows=max_rows)
+
+
+# ------------------------------------------------------------------------------------ commands
+def cmd_demo(args: argparse.Namespace) -> int:
+    from zoo.demo import run_demo
+
+    z = _open(args)
+    print(f"Building the demo zoo in {z.root} (sklearn digits; no download) ...")
+    run_demo(z, quick=args.quick, progress=not args.no_progress, out=print)
+    if args.app:
+        return cmd_app(args)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from zoo.builder import build
+    from zoo.recipes import Recipe
+
+    recipe = Recipe.load(args.recipe)
+    if args.n is not None or args.epochs is not None:
+        recipe = recipe.scaled(n=args.n, epochs=args.epochs)
+    if args.name:
+        recipe.name = args.name
+    z = _open(args)
+    rep = build(z, recipe, progress=not args.no_progress, resume=not args.no_resume, dataset_root=args.data_root)
+    if args.json:
+        _print_json(rep.__dict__)
+    else:
+        print(rep)
+    return 130 if rep.interrupted else 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from zoo.recipes import Recipe, builtin_recipes
+
+    for name in builtin_recipes():
+        r = Recipe.load(name)
+        print(f"{name:22s} {r.description}")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    z = _open(args, create=False)
+    if args.architectures:
+        rows = [{"id": a.id, "name": a.name, "family": a.family, "config": a.config} for a in z.architectures()]
+        if args.json:
+            _print_json(rows)
+        else:
+            for r in rows:
+                print(f"{r['id']:4d}  {r['name']:28s} {json.dumps(r['config'])[:110]}")
+        return 0
+    if args.population is None and not args.all:
+        pops = z.populations()
+        if args.json:
+            _print_json([p.__dict__ for p in pops])
+            return 0
+        if not pops:
+            print(f"no populations in {z.root}; run `weightzoo demo` or `weightzoo build RECIPE`")
+        for p in pops:
+            print(f"{p.name:32s} {p.n_models:7d} models  arch={p.architecture}  {p.description}")
+        s = z.summary()
+        print(f"\n{s['models']} models, {s['pack_bytes'] / 1e6:.1f} MB in {s['packs']} packs, dedup ratio {s['dedup_ratio']:.2f}")
+        return 0
+    q = z.models() if args.population is None else z.population(args.population)
+    if args.final:
+        q = q.final()
+    if args.tag:
+        q = q.tag(*args.tag)
+    total = q.count()
+    df = q.limit(args.limit).df()
+    if args.json:
+        print(df.to_json(orient="records", default_handler=str))
+    else:
+        cols = [c for c in df.columns if c not in ("created_at", "source", "nbytes")]
+        print(_table(df[cols], args.limit))
+        if total > args.limit:
+            print(f"... {total - args.limit} more (use --limit)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    z = _open(args, create=False)
+    m = z.get(args.model)
+    info = m.to_dict()
+    info["architecture_config"] = m.arch_config
+    info["hparams"] = m.hparams()
+    info["tags"] = m.tags()
+    mets = m.metrics()
+    info["metrics"] = mets.drop(columns=["model_id"]).to_dict(orient="records")
+    info["parents"] = [e.__dict__ for e in m.parents()]
+    info["children"] = [e.__dict__ for e in m.children()]
+    shapes = z.sql(
+        f"select t.name, b.dtype, b.shape, b.numel, b.l2, b.std, b.absmax from tensors t join blobs b on b.id = t.blob_id "
+        f"where t.model_id = {int(m.id)} order by t.position"
+    )
+    info["tensors"] = shapes.to_dict(orient="records")
+    if args.json:
+        _print_json(info)
+        return 0
+    print(f"model {m.id}  {m.name or ''}")
+    for k in ("population", "architecture", "run", "step", "op", "source", "n_params", "created_at"):
+        print(f"  {k:13s} {info[k]}")
+    print(f"  {'config':13s} {json.dumps(m.arch_config)[:140]}")
+    if info["hparams"]:
+        print("  hparams       " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info["hparams"].items()))
+    if info["tags"]:
+        print("  tags          " + ", ".join(info["tags"]))
+    if not mets.empty:
+        print("  metrics")
+        for r in mets.itertuples():
+            print(f"    {(r.split + '_' if r.split else '') + r.name:16s} {r.value:.4f}" + (f"  (step {r.step})" if r.step is not None else ""))
+    for label, edges, attr in (("parents", m.parents(), "parent"), ("children", m.children(), "child")):
+        if edges:
+            print(f"  {label:13s} " + ", ".join(f"{getattr(e, attr)} ({e.op}, {e.role})" for e in edges[:10]))
+    print("  tensors")
+    print("    " + _table(shapes, 40).replace("\n", "\n    "))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    z = _open(args, create=False)
+    df = z.sql(args.sql)
+    if args.json:
+        print(df.to_json(orient="records", default_handler=str))
+    elif args.csv:
+        print(df.to_csv(index=False), end="")
+    else:
+        print(_table(df, args.limit))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    z = _open(args)
+    arch: Any = None
+    if args.arch:
+        arch = json.loads(args.arch) if args.arch.strip().startswith("{") else args.arch
+    recs = z.ingest(args.source, population=args.population, arch=arch, tags=args.tag or (), revision=args.revision,
+                    cache_dir=args.cache_dir, progress=not args.no_progress)  # fmt: skip
+    if args.json:
+        _print_json([r.to_dict() for r in recs])
+    else:
+        ids = [r.id for r in recs]
+        print(f"ingested {len(recs)} model(s): ids {ids[0]}..{ids[-1]}" if len(ids) > 1 else f"ingested model {ids[0]}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    z = _open(args, create=False)
+    out = z.export(args.model, args.out_dir, overwrite=args.overwrite, max_shard_size=args.max_shard_size)
+    print(f"exported model {args.model} to {out}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from zoo.export import push_to_hub
+
+    z = _open(args, create=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = z.export(args.model, f"{tmp}/model")
+        url = push_to_hub(folder, args.repo_id, private=args.private)
+    print(f"pushed model {args.model} to {url}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    z = _open(args, create=False)
+    rep = z.verify(rehash=not args.no_rehash, progress=not args.no_progress)
+    if args.json:
+        _print_json(rep.to_dict())
+    else:
+        print(rep)
+    return 0 if rep.ok else 1
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    z = _open(args, create=False)
+    rep = z.gc(grace_seconds=args.grace, dry_run=args.dry_run)
+    if args.json:
+        _print_json(rep.to_dict())
+    else:
+        print(rep)
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    z = _open(args, create=False)
+    direction = "both" if args.both else ("down" if args.down else "up")
+    edges = z.lineage(args.model, direction=direction, max_depth=args.depth)
+    if args.json:
+        _print_json([e.__dict__ for e in edges])
+        return 0
+    if not edges:
+        print(f"model {args.model} has no recorded {'descendants' if direction == 'down' else 'ancestors'}")
+    for e in edges:
+        params = json.dumps(e.params)
+        print(f"{e.parent:>8} -> {e.child:<8} {e.op:22s} role={e.role:10s} {params[:80]}")
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    z = _open(args, create=False)
+    (z.untag if args.remove else z.tag)(args.model, *args.tags)
+    print(f"model {args.model}: tags {', '.join(z.tags(args.model)) or '(none)'}")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    import importlib.util
+    import subprocess
+    from pathlib import Path
+
+    main = Path(__file__).resolve().parent.parent / "app" / "Home.py"
+    if importlib.util.find_spec("streamlit") is None or not main.exists():
+        raise ZooError("the explorer needs Streamlit and the app pages: pip install 'weightzoo[app]'")
+    env_root = [] if args.root is None else ["--", "--root", str(args.root)]
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(main), *env_root])
+
+
+# ------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", help="zoo root folder (default: $WEIGHTZOO_HOME or ~/.weightzoo)")
+    common.add_argument("--url", help="SQLAlchemy URL of the catalog (default: SQLite in the root), e.g. postgresql://u@host/db")
+    common.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    p = argparse.ArgumentParser(
+        prog="weightzoo",
+        description="A checkpoint store for populations of trained models (weight-space learning).",
+        epilog="Start with `weightzoo demo`, then `weightzoo ls` and `weightzoo query \"select * from model_overview limit 5\"`.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("demo", parents=[common], help="build the demo zoo from sklearn digits and print a summary")
+    s.add_argument("--quick", action="store_true", help="a small demo (fewer models, fewer epochs) in seconds")
+    s.add_argument("--app", action="store_true", help="open the Streamlit explorer afterwards")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("build", parents=[common], help="train a population recipe into the zoo (resumable)")
+    s.add_argument("recipe", help="built-in recipe name (see `weightzoo recipes`) or a .yml/.json recipe file")
+    s.add_argument("--n", type=int, help="number of runs (random searches)")
+    s.add_argument("--epochs", type=int, help="train this many epochs (checkpoints scaled to fit)")
+    s.add_argument("--name", help="population name (default: the recipe's)")
+    s.add_argument("--data-root", help="folder with MNIST/Fashion-MNIST/CIFAR-10 files, for recipes using them")
+    s.add_argument("--no-resume", action="store_true", help="retrain runs that are already in the zoo")
+    s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("recipes", parents=[common], help="list the built-in population recipes")
+    s.set_defaults(func=cmd_recipes)
+
+    s = sub.add_parser("ls", parents=[common], help="list populations, or models with -p/--all")
+    s.add_argument("-p", "--population", help="list the models of this population")
+    s.add_argument("--all", action="store_true", help="list all models")
+    s.add_argument("--architectures", action="store_true", help="list architectures")
+    s.add_argument("--final", action="store_true", help="only the last checkpoint of each run")
+    s.add_argument("--tag", action="append", help="only models with this tag (repeatable)")
+    s.add_argument("--limit", type=int, default=30)
+    s.set_defaults(func=cmd_ls)
+
+    s = sub.add_parser("show", parents=[common], help="show one model (by id or name)")
+    s.add_argument("model")
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser(
+        "query", parents=[common], help="run a read-only SQL query (DuckDB) over the catalog",
+        description="Tables: models, populations, architectures, metrics (model_id, name, split, step, value), "
+        "hyperparameters (model_id, name, value, value_num, value_text), lineage (child_id, parent_id, role, op, params), "
+        "tags, tensors (model_id, name, blob_id), blobs (id, dtype, shape, l2, mean, std, absmax), packs. "
+        "Views: model_overview, metrics_wide, hparams_wide.",
+    )  # fmt: skip
+    s.add_argument("sql")
+    s.add_argument("--csv", action="store_true", help="CSV output")
+    s.add_argument("--limit", type=int, default=100, help="rows to print (table output)")
+    s.set_defaults(func=cmd_query)
+
+    s = sub.add_parser("ingest", parents=[common], help="add checkpoints: file, folder, sharded index, or HF repo id")
+    s.add_argument("source", help="path to .safetensors/.pt/.pth/.bin, a folder, or an HF repo id (org/name)")
+    s.add_argument("-p", "--population", help="put the models in this population")
+    s.add_argument("--arch", help="architecture: a registered name or a JSON config")
+    s.add_argument("--tag", action="append", help="tag every ingested model (repeatable)")
+    s.add_argument("--revision", help="HF revision (branch, tag or commit)")
+    s.add_argument("--cache-dir", help="HF cache folder (default: huggingface_hub's)")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("export", parents=[common], help="write a model as an HF-style folder")
+    s.add_argument("model")
+    s.add_argument("out_dir")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--max-shard-size", type=int, help="bytes per safetensors shard (default: one file)")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("push", parents=[common], help="export a model and upload it to the Hugging Face Hub")
+    s.add_argument("model")
+    s.add_argument("repo_id")
+    s.add_argument("--private", action="store_true")
+    s.set_defaults(func=cmd_push)
+
+    s = sub.add_parser("verify", parents=[common], help="re-hash every blob; report missing, corrupt and orphan data")
+    s.add_argument("--no-rehash", action="store_true", help="check presence and offsets only (fast)")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("gc", parents=[common], help="remove unreferenced data, orphan packs and temp files; compact")
+    s.add_argument("--grace", type=float, default=3600.0, help="spare orphans younger than this many seconds (default 3600)")
+    s.add_argument("--dry-run", action="store_true", help="report what would be removed")
+    s.set_defaults(func=cmd_gc)
+
+    s = sub.add_parser("lineage", parents=[common], help="a model's ancestors (default) or descendants")
+    s.add_argument("model")
+    s.add_argument("--down", action="store_true", help="descendants instead of ancestors")
+    s.add_argument("--both", action="store_true", help="ancestors and descendants")
+    s.add_argument("--depth", type=int, help="at most this many generations")
+    s.set_defaults(func=cmd_lineage)
+
+    s = sub.add_parser("tag", parents=[common], help="add (or --remove) tags on a model")
+    s.add_argument("model")
+    s.add_argument("tags", nargs="+")
+    s.add_argument("--remove", action="store_true")
+    s.set_defaults(func=cmd_tag)
+
+    s = sub.add_parser("app", parents=[common], help="open the Streamlit explorer")
+    s.set_defaults(func=cmd_app)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ZooError as e:
+        print(f"weightzoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"weightzoo {args.command}: interrupted; the store is consistent (writes are atomic)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

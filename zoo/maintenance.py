@@ -104,7 +104,7 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
             for i in range(0, len(dead_ids), 500):
                 c.execute(delete(S.Blob).where(S.Blob.id.in_(dead_ids[i : i + 500])))
             live = dict(
-                c.execute(select(S.Blob.pack_id, func.sum(S.Blob.nbytes)).group_by(S.Blob.pack_id)).tuples().all()
+                c.execute(select(S.Blob.pack_id, func.sum(S.Blob.nbytes)).group_by(S.Blob.pack_id)).all()
             )
             compact: list[str] = []
             for p in c.execute(select(S.Pack.id, S.Pack.nbytes)).all():
@@ -141,6 +141,9 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
                     c.execute(delete(S.Pack).where(S.Pack.id.in_(gone[i : i + 500])))
             if dry_run:
                 c.rollback()
+            elif dead_ids or compact or rep.packs_removed:  # blob locations changed: invalidate caches
+                c.execute(update(S.CatalogState).where(S.CatalogState.id == 1)
+                          .values(layout_version=S.CatalogState.layout_version + 1))  # fmt: skip
     except BaseException:
         if written is not None:
             zoo.packs.delete(written)

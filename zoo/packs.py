@@ -9,8 +9,10 @@ catalog transaction. A crash in between leaves an orphan pack that ``Zoo.verify`
 
 Layout of a pack (the safetensors format): 8 bytes little-endian header length, a JSON header
 ``{tensor id: {dtype, shape, data_offsets}}`` padded with spaces to a multiple of 8, then the data.
-Tensors are laid out by decreasing item size, so every tensor is aligned to its item size and can be
-viewed in place from a memory map.
+Tensors are laid out by decreasing item size (so every tensor is aligned to its item size and can be
+viewed in place from a memory map), then in the order the writer gives them. The store writes a batch
+name-major (all models' ``layers.0.weight``, then all ``layers.0.bias``, ...), so stacking a population
+written together is one contiguous slice of one memory map.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class PackStore:
     def __init__(self, directory: str | Path, *, max_open: int = 256) -> None:
         self.dir = Path(directory)
         self.tmp_dir = self.dir / ".tmp"
-        self._maps: OrderedDict[str, np.memmap] = OrderedDict()
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
         self._max_open = max_open
 
     # ------------------------------------------------------------------ paths
@@ -100,7 +102,7 @@ class PackStore:
         pack_id = pack_id or new_pack_id()
         final = self.path(pack_id)
         tmp = self.tmp_dir / f"{pack_id}{PACK_SUFFIX}.part"
-        items = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
+        items = sorted(tensors.items(), key=lambda kv: -kv[1].element_size())  # stable: keeps the given order
         header: dict[str, dict] = {}
         offset = 0
         sizes = []
@@ -141,8 +143,8 @@ class PackStore:
         self.path(pack_id).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------- read
-    def map(self, pack_id: str) -> np.memmap:
-        """The pack file as a copy-on-write memory map of bytes (cached)."""
+    def map(self, pack_id: str) -> np.ndarray:
+        """The pack file as a copy-on-write memory map of bytes (cached; a plain ndarray view)."""
         mm = self._maps.get(pack_id)
         if mm is not None:
             self._maps.move_to_end(pack_id)
@@ -152,7 +154,7 @@ class PackStore:
             raise IntegrityError(
                 f"pack file {p} is missing; the catalog refers to it. Run `weightzoo verify` to list the affected models."
             )
-        mm = np.memmap(p, dtype=np.uint8, mode="c")
+        mm = np.memmap(p, dtype=np.uint8, mode="c").view(np.ndarray)
         self._maps[pack_id] = mm
         if len(self._maps) > self._max_open:
             self._maps.popitem(last=False)
@@ -173,26 +175,46 @@ class PackStore:
         return _to_torch(arr, loc.dtype)
 
     def gather(self, locs: list[BlobLocation]) -> torch.Tensor:
-        """Stack same-dtype, same-shape tensors into ``Tensor[N, *shape]`` with one gather per pack.
-
-        Shapes:
-            locs: N locations, all of one dtype and shape ``S``; output ``[N, *S]`` (a new tensor).
-        """
+        """Stack same-dtype, same-shape tensors into ``Tensor[N, *shape]`` (see :meth:`gather_raw`)."""
         if not locs:
             raise ValueError("gather needs at least one location")
         dtype, shape = locs[0].dtype, locs[0].shape
+        if any(loc.dtype != dtype or loc.shape != shape for loc in locs):
+            raise ValueError("gather needs locations of one dtype and shape")
+        return self.gather_raw([loc.pack_id for loc in locs], [loc.offset for loc in locs], dtype, shape)
+
+    def gather_raw(self, pack_ids: list[str], offsets: list[int], dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """Stack N same-dtype, same-shape blobs into ``Tensor[N, *shape]``.
+
+        When the blobs lie back to back in one pack (a population written together), the result is a
+        copy-on-write view of the memory map: no copy, no read until touched. Otherwise one vectorised
+        gather per pack.
+
+        Shapes:
+            pack_ids, offsets: N each; output ``[N, *shape]``.
+        """
+        n = len(offsets)
         np_dtype = np.dtype(_NP_DTYPES[dtype])
         item = np_dtype.itemsize
         numel = int(np.prod(shape)) if shape else 1
-        out = np.empty((len(locs), numel), dtype=np_dtype)
+        nbytes = numel * item
+        off = np.asarray(offsets, dtype=np.int64)
+        first = pack_ids[0]
+        if n and all(p == first for p in pack_ids) and (n == 1 or bool(np.all(np.diff(off) == nbytes))):
+            mm = self.map(first)
+            start = int(off[0])
+            if start + n * nbytes > mm.shape[0]:
+                raise IntegrityError(f"pack {first} is truncated; run `weightzoo verify`")
+            if start % item == 0:
+                arr = mm[start : start + n * nbytes].view(np_dtype).reshape((n, *shape))
+                return _to_torch(arr, dtype)
+        out = np.empty((n, numel), dtype=np_dtype)
         by_pack: dict[str, list[int]] = {}
-        for i, loc in enumerate(locs):
-            if loc.dtype != dtype or loc.shape != shape:
-                raise ValueError("gather needs locations of one dtype and shape")
-            by_pack.setdefault(loc.pack_id, []).append(i)
+        for i, p in enumerate(pack_ids):
+            by_pack.setdefault(p, []).append(i)
         for pack_id, rows in by_pack.items():
             mm = self.map(pack_id)
-            offsets = np.fromiter((locs[i].offset for i in rows), dtype=np.int64, count=len(rows))
+            offsets = off[rows]
             if offsets.size and int(offsets.max()) + numel * item > mm.shape[0]:
                 raise IntegrityError(f"pack {pack_id} is truncated; run `weightzoo verify`")
             if np.all(offsets % item == 0):
@@ -200,9 +222,9 @@ class PackStore:
                 idx = (offsets // item)[:, None] + np.arange(numel, dtype=np.int64)[None, :]
                 out[rows] = flat[idx]
             else:  # unaligned (foreign pack): copy row by row
-                for r, off in zip(rows, offsets.tolist(), strict=True):
-                    out[r] = mm[off : off + numel * item].view(np_dtype)
-        return _to_torch(out.reshape((len(locs), *shape)), dtype)
+                for r, o in zip(rows, offsets.tolist(), strict=True):
+                    out[r] = mm[o : o + numel * item].view(np_dtype)
+        return _to_torch(out.reshape((n, *shape)), dtype)
 
     def read_header(self, pack_id: str) -> tuple[dict[str, dict], int]:
         """Parse a pack's safetensors header: ``({tensor id: entry}, data start offset)``."""

@@ -178,6 +178,8 @@ class ModelQuery:
 
     def stack(self, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """The matching models' tensors stacked: ``{name: Tensor[N, ...]}`` in ``ids()`` order."""
+        if self._order is None:  # id order: let the database do the filtering in one query
+            return self.zoo.stack(self.select(), names=names)
         return self.zoo.stack(self.ids(), names=names)
 
     def df(self) -> pd.DataFrame:

@@ -11,7 +11,8 @@ Everything is a model, and every model has lineage:
 - ``packs``: immutable safetensors files, one per write batch.
 - ``hyperparameters``, ``metrics`` (long form: name, split, step, value), ``tags``.
 - ``lineage``: edges ``parent -> child`` with the operation and its parameters.
-- ``catalog_state``: a generation counter bumped by every write (cache invalidation for queries).
+- ``catalog_state``: a generation counter bumped by every write (cache invalidation for queries) and a
+  layout version bumped only when ``gc`` moves or deletes blobs (cache invalidation for blob locations).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class CatalogState(Base):
     __tablename__ = "catalog_state"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    layout_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Architecture(Base):

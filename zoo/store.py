@@ -103,6 +103,9 @@ class Zoo:
         self.packs = PackStore(root / "packs")
         self._analytics = None
         self._arch_cache: dict[int, tuple[str, dict[str, Any]]] = {}
+        # blob id -> (pack, offset, dtype, shape): valid while the layout version is unchanged (only gc moves blobs)
+        self._loc_cache: dict[str, tuple[str, int, str, str]] = {}
+        self._loc_layout: int | None = None
 
     # ------------------------------------------------------------------------------ open/close
     @classmethod
@@ -391,9 +394,12 @@ class Zoo:
         parent_ids = self._resolve_parents(conn, prepared)
         # blobs: write only what is not stored yet
         unique: dict[str, torch.Tensor] = {}
-        for p in prepared:
-            for tid, name in zip(p.ids, p.names, strict=True):
-                unique.setdefault(tid, p.tensors[name])
+        # name-major: every model's first tensor, then every model's second, ... so that a
+        # population written together stacks as one contiguous slice per tensor name
+        for j in range(max(len(p.ids) for p in prepared)):
+            for p in prepared:
+                if j < len(p.ids):
+                    unique.setdefault(p.ids[j], p.tensors[p.names[j]])
         existing: set[str] = set()
         keys = list(unique)
         for chunk in _chunks(keys):
@@ -562,40 +568,68 @@ class Zoo:
         """Stack the tensors of many same-architecture models: ``{name: Tensor[N, ...]}``.
 
         ``ids`` is a list of model ids (order kept) or a SQLAlchemy select of model ids (sorted by id).
-        One gather per (tensor name, pack) from memory maps, no per-model file opens.
+        A population written together comes back as copy-on-write views of one memory map (no copy);
+        otherwise one vectorised gather per (tensor name, pack). No per-model file opens.
 
         Shapes:
             output[name]: ``[N, *shape of name]``.
         """
         ordered = list(ids) if isinstance(ids, Sequence) else None
-        locs = self._locations(ids)
-        wanted = set(names) if names is not None else None
-        by_name: dict[str, dict[int, BlobLocation]] = {}
-        order: list[int] = []
-        seen: set[int] = set()
-        for mid, name, loc in locs:
-            if mid not in seen:
-                seen.add(mid)
-                order.append(mid)
-            if wanted is None or name in wanted:
-                by_name.setdefault(name, {})[mid] = loc
+        q = (
+            select(S.TensorEntry.model_id, S.TensorEntry.name, S.TensorEntry.blob_id)
+            .where(S.TensorEntry.model_id.in_(ordered if ordered is not None else ids))
+        )
+        if names is not None:
+            q = q.where(S.TensorEntry.name.in_(list(names)))
+        with self.engine.connect() as c:
+            layout = c.execute(select(S.CatalogState.layout_version).where(S.CatalogState.id == 1)).scalar_one()
+            if layout != self._loc_layout:
+                self._loc_cache.clear()
+                self._loc_layout = layout
+            rows = c.execute(q).all()
+            cache = self._loc_cache
+            unknown = list({b for _, _, b in rows if b not in cache})
+            for chunk in _chunks(unknown, 5000):
+                for bid, pack, off, dt, shp in c.execute(
+                    select(S.Blob.id, S.Blob.pack_id, S.Blob.offset, S.Blob.dtype, S.Blob.shape).where(S.Blob.id.in_(chunk))
+                ):
+                    cache[bid] = (pack, off, dt, shp)
+        if len(cache) > 2_000_000:
+            cache.clear()
+        rows.sort(key=lambda r: (r[1], r[0]))  # by tensor name, then model id
+        per: dict[str, tuple[list[int], list[str], list[int], set[tuple[str, str]]]] = {}
+        start = 0
+        while start < len(rows):
+            name = rows[start][1]
+            end = start
+            while end < len(rows) and rows[end][1] == name:
+                end += 1
+            seg = rows[start:end]
+            locs = [cache[r[2]] for r in seg]
+            packs_, offs_, dts, shps = zip(*locs, strict=True)
+            per[name] = ([r[0] for r in seg], list(packs_), list(offs_), set(zip(dts, shps, strict=True)))
+            start = end
+        present = sorted({r[0] for r in rows})
         if ordered is not None:
-            missing = [i for i in ordered if i not in seen]
+            missing = sorted(set(ordered) - set(present))
             if missing:
-                raise NotFoundError(f"no model(s) {missing[:5]} in the zoo")
-            order = ordered
-        if wanted is not None and (absent := wanted - set(by_name)):
+                raise NotFoundError(f"no model(s) {missing[:5]} in the zoo (or they have no tensors)")
+        order = ordered if ordered is not None else present
+        if names is not None and (absent := set(names) - set(per)):
             raise NotFoundError(f"no tensor(s) {sorted(absent)[:5]} in these models")
         out: dict[str, torch.Tensor] = {}
-        for name, per in by_name.items():
-            if len(per) != len(order):
-                lacking = [m for m in order if m not in per][:5]
+        for name, (mids, packs, offs, kinds) in per.items():
+            if len(mids) != len(present):
+                lacking = sorted(set(present) - set(mids))[:5]
                 raise MismatchError(f"tensor {name!r} is missing from model(s) {lacking}; these models do not share one architecture")
-            col = [per[m] for m in order]
-            kinds = {(loc.dtype, loc.shape) for loc in col}
             if len(kinds) > 1:
                 raise MismatchError(f"tensor {name!r} has different shapes/dtypes across models: {sorted(kinds)[:3]}")
-            out[name] = self.packs.gather(col)
+            if mids != order:  # reorder to the requested order (duplicates allowed)
+                pos = {m: i for i, m in enumerate(mids)}
+                packs = [packs[pos[m]] for m in order]
+                offs = [offs[pos[m]] for m in order]
+            dt, shp = next(iter(kinds))
+            out[name] = self.packs.gather_raw(packs, offs, dt, tuple(json.loads(shp)))
         return out
 
     def metrics(self, model: int | str | None = None) -> pd.DataFrame:

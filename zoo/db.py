@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import weakref
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -13,7 +14,10 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 def make_engine(url: str) -> Engine:
     """Create the catalog engine. SQLite gets WAL mode, a busy timeout and foreign keys."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 60})
+        engine = create_engine(url, pool_size=4, max_overflow=16, connect_args={"timeout": 60, "check_same_thread": False})
+        # a forked child must not reuse the parent's pooled connections
+        ref = weakref.ref(engine)
+        os.register_at_fork(after_in_child=lambda: (e := ref()) is not None and e.dispose(close=False))
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001

@@ -248,6 +248,24 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    z = _open(args, create=False)
+    models: list = list(args.models)
+    if args.population:
+        models += z.population(args.population).ids()
+    if not models:
+        raise ZooError("name models to evaluate (ids/names) or a population with -p")
+    df = z.evaluate(models, dataset=args.dataset, splits=args.split or ["test"], dataset_root=args.data_root,
+                    record=not args.no_record)  # fmt: skip
+    if args.json:
+        print(df.to_json(orient="records"))
+    else:
+        print(_table(df, 50))
+        print(f"mean accuracy {df['acc'].mean():.4f} over {df['model_id'].nunique()} model(s)"
+              + ("" if args.no_record else "; recorded"))  # fmt: skip
+    return 0
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     import importlib.util
     import subprocess
@@ -363,6 +381,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("app", parents=[common], help="open the Streamlit explorer")
     s.set_defaults(func=cmd_app)
+
+    s = sub.add_parser("eval", parents=[common], help="evaluate models on a data set and record the metrics")
+    s.add_argument("models", nargs="*", help="model ids or names")
+    s.add_argument("-p", "--population", help="evaluate every model of this population")
+    s.add_argument("--dataset", default="digits")
+    s.add_argument("--data-root", help="folder with MNIST/Fashion-MNIST/CIFAR-10 files")
+    s.add_argument("--split", action="append", help="split(s) to evaluate (default: test)")
+    s.add_argument("--no-record", action="store_true", help="print only; do not store the metrics")
+    s.set_defaults(func=cmd_eval)
+
+    # Commands of the other packages (alignment, merging, encoders, ...) plug in through the
+    # "weightzoo.commands" entry-point group: functions taking (subparsers, common parent parser).
+    # The store itself knows nothing of them.
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="weightzoo.commands"), key=lambda e: e.name):
+        try:
+            ep.load()(sub, common)
+        except ImportError as e:  # an optional extra is not installed: leave the command out
+            print(f"weightzoo: command {ep.name!r} unavailable ({e})", file=sys.stderr)
     return p
 
 

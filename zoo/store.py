@@ -86,7 +86,7 @@ def _json(v: Any) -> str:
 
 
 class _Prepared:
-    __slots__ = ("item", "names", "ids", "tensors", "config", "chash", "n_params", "nbytes")
+    __slots__ = ("item", "names", "ids", "tensors", "config", "chash", "n_params", "nbytes", "model_id")
 
 
 class Zoo:
@@ -304,7 +304,7 @@ class Zoo:
             if written is not None:
                 self.packs.delete(written)
             raise
-        return self._records(conn=None, ids=[p.item._id for p in prepared])  # type: ignore[attr-defined]
+        return self._records(None, [p.model_id for p in prepared])
 
     def _prepare(self, conn: Connection, it: NewModel, pops: dict[str, tuple[int, int | None]]) -> _Prepared:
         if not isinstance(it.state_dict, Mapping) or not it.state_dict:
@@ -428,7 +428,7 @@ class Zoo:
         ids = conn.execute(insert(S.Model).returning(S.Model.id, sort_by_parameter_order=True), rows).scalars().all()
         tensors, hps, mets, edges, tags = [], [], [], [], []
         for p, mid in zip(prepared, ids, strict=True):
-            p.item._id = mid  # type: ignore[attr-defined]
+            p.model_id = mid
             tensors += [
                 {"model_id": mid, "name": n, "blob_id": t, "position": i} for i, (n, t) in enumerate(zip(p.names, p.ids, strict=True))
             ]
@@ -676,6 +676,61 @@ class Zoo:
                             nxt.add(other)
                     frontier, depth = nxt, depth + 1
         return [edges[k] for k in sorted(edges)]
+
+    # ------------------------------------------------------------------------------ evaluation
+    def evaluate(
+        self,
+        models: Sequence[int | str],
+        *,
+        dataset: str = "digits",
+        splits: Sequence[str] = ("test",),
+        dataset_root: str | None = None,
+        seed: int = 0,
+        record: bool = True,
+        step: int | None = None,
+    ) -> pd.DataFrame:
+        """Evaluate stored classifiers (one batched pass per architecture) and record the metrics.
+
+        Returns a DataFrame (model_id, split, loss, acc). With ``record`` the metrics are stored as
+        ``<split>_loss`` / ``<split>_acc``. Models whose architecture cannot be built or is not a
+        classifier raise :class:`ConfigError`.
+        """
+        from zoo.datasets import load_dataset
+        from zoo.evaluate import evaluate_population
+
+        with self.engine.connect() as conn:
+            ids = [self._model_id(conn, m) for m in models]
+        recs = self._records(None, ids)
+        groups: dict[str, list[ModelRecord]] = {}
+        for r in recs:
+            cfg = r.arch_config
+            if not archs.can_build(cfg) or cfg.get("family") == "siren":
+                raise ConfigError(f"model {r.id} ({r.architecture}) is not an evaluable classifier")
+            groups.setdefault(archs.config_hash(cfg), []).append(r)
+        ds_cache: dict[bool, Any] = {}
+        rows = []
+        for group in groups.values():
+            cfg = group[0].arch_config
+            flat = cfg["family"] == "mlp"
+            if flat not in ds_cache:
+                ds = load_dataset(dataset, root=dataset_root, seed=seed)
+                ds_cache[flat] = ds.flat() if flat else ds
+            ds = ds_cache[flat]
+            W = self.stack([r.id for r in group])
+            for split in splits:
+                X, y = ds.split(split)
+                res = evaluate_population(cfg, W, X, y)
+                for r, loss, acc in zip(group, res.loss.tolist(), res.accuracy.tolist(), strict=True):
+                    rows.append({"model_id": r.id, "split": split, "loss": loss, "acc": acc})
+        df = pd.DataFrame(rows, columns=["model_id", "split", "loss", "acc"])
+        if record and rows:
+            with self.engine.begin() as conn:
+                self._bump(conn)
+                conn.execute(insert(S.Metric), [
+                    {"model_id": r["model_id"], "name": name, "split": r["split"], "step": step, "value": r[name]}
+                    for r in rows for name in ("loss", "acc")
+                ])  # fmt: skip
+        return df.set_index("model_id").loc[[i for i in ids if i in set(df["model_id"])]].reset_index() if rows else df
 
     # ------------------------------------------------------------------------------ stats
     def summary(self) -> dict[str, Any]:

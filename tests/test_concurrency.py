@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from tests.conftest import MLP_CFG, assert_same_state, mlp_state
@@ -163,13 +162,6 @@ def test_sql_counts_grow_while_a_writer_writes(zoo: Zoo, mlp_cfg, py_start) -> N
     }  # fmt: skip
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/analytics.py Analytics._load_tables() copies each catalog table with its own query on the "
-    "ATTACHed SQLite file (no common read transaction/snapshot), so a writer committing during the copy makes "
-    "Zoo.sql see tensors whose blobs are missing, metrics of models that do not exist, etc. Fix: load all "
-    "tables in one read transaction, or re-read catalog_state.generation after loading and retry until unchanged",
-    strict=True,
-)
 def test_sql_snapshot_is_consistent_while_a_writer_writes(zoo: Zoo, mlp_cfg, py_start) -> None:
     zoo.create_population("seq", arch=mlp_cfg)
     bad: list[dict] = []
@@ -207,13 +199,6 @@ print(json.dumps(errors), flush=True)
 """
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/db.py migrate(): the 'current_revision == head' check and alembic's upgrade are not "
-    "serialised across processes on SQLite (only PostgreSQL takes an advisory lock), so processes opening "
-    "a new zoo at once all run the initial migration and all but one fail with 'table ... already exists' "
-    "(wrapped as ZooError 'cannot open the catalog')",
-    strict=True,
-)
 def test_processes_opening_a_new_zoo_at_once(tmp_path: Path, py_start) -> None:
     rounds, procs_n = 3, 3
     procs = [py_start(OPENER, str(tmp_path), str(rounds)) for _ in range(procs_n)]

@@ -183,11 +183,6 @@ def test_order_by_metric_and_limit(ro_zoo: Zoo) -> None:
     assert names(ro_zoo, best) == ["ft", "ties", "soup"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/query.py ModelQuery.order_by_metric() orders by max(value) over all steps although its "
-    "docstring (and df(), which shows the latest step) promise the metric's latest value",
-    strict=True,
-)
 def test_order_by_metric_uses_latest_value(zoo: Zoo, mlp_cfg) -> None:
     a = zoo.add(
         mlp_state(0), arch=mlp_cfg, name="a", metrics=[("acc", "test", 1, 0.9), ("acc", "test", 2, 0.1)]

@@ -336,13 +336,6 @@ def test_duplicate_name_or_missing_parent_writes_no_pack(zoo: Zoo, mlp_cfg, snap
         zoo.get("fresh")
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/store.py Zoo.add_many(): `written = self._commit(...)` is only assigned when _commit "
-    "returns, so when anything inside _commit fails AFTER self.packs.write() (an INSERT error, a bad tag, "
-    "a non-numeric metric, a non-JSON hparam) the except-branch sees written=None and the new pack file is "
-    "left behind as an orphan",
-    strict=True,
-)
 def test_insert_failure_after_pack_write_removes_the_new_pack(zoo: Zoo, mlp_cfg, snapshot) -> None:
     zoo.add(mlp_state(0), arch=mlp_cfg, name="kept")
     before = snapshot(zoo)
@@ -401,13 +394,6 @@ def test_invalid_input_is_refused_and_nothing_is_written(zoo: Zoo, mlp_cfg, snap
     assert snapshot(zoo) == before
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/store.py: tags (_check_tag), metric values (_metric_value) and hparams (_hparam_row) "
-    "are validated inside Zoo._commit() after self.packs.write(); the ConfigError is raised but add_many's "
-    "cleanup does not know the pack id, so an orphan pack file is left in packs/ (validate these in _prepare, "
-    "and/or let _commit hand the pack id back before it can fail)",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -512,14 +498,6 @@ def test_gc_after_remove_frees_space_and_compacts(zoo: Zoo, mlp_cfg) -> None:
     assert again.blobs_removed == 0 and again.packs_removed == [] and again.packs_compacted == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/maintenance.py gc(): a pack is compacted when live blob bytes < compact_below * Pack.nbytes, "
-    "but Pack.nbytes is the whole file size including the safetensors header; for small tensors the header "
-    "dominates, so a pack with no garbage at all is rewritten on every gc run (and bytes_freed reports "
-    "header bytes that are not freed). Compare against the pack's data bytes and only compact packs that "
-    "lost blobs",
-    strict=True,
-)
 def test_gc_does_not_rewrite_packs_without_garbage(zoo: Zoo, mlp_cfg) -> None:
     zoo.add(mlp_state(0), arch=mlp_cfg)
     zoo.add({"small": torch.ones(3), "other": torch.zeros(2, dtype=torch.int64)})

@@ -78,12 +78,6 @@ def test_state_dict_round_trip_is_exact_for_all_dtypes(zoo: Zoo) -> None:
     assert zoo.verify().ok
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/hashing.py tensor_bytes(): memoryview(t.numpy()).cast('B') raises a bare TypeError "
-    "('cannot cast view with zeros in shape or strides') for a tensor with a 0-sized dimension, so Zoo.add "
-    "crashes with a non-ZooError on e.g. torch.zeros(0, 3)",
-    strict=True,
-)
 def test_empty_shaped_tensor_round_trip(zoo: Zoo) -> None:
     sd = {
         "w": torch.randn(2, 2),
@@ -199,13 +193,6 @@ def test_raw_population_refuses_a_different_signature(zoo: Zoo) -> None:
     assert zoo.population("raw").stack()["b"].shape == (2, 3)
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/store.py Zoo._prepare(): with arch=None the config is taken from the population "
-    "(cfg = self._arch(conn, pop_arch)[1]); for a 'raw' population can_build() is False so the state dict "
-    "is never compared with the raw signature, and any state dict (extra/missing keys, other shapes or "
-    "dtypes) is accepted with a wrong arch_config; population.stack() then fails",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "sd",
     [
@@ -388,14 +375,6 @@ def test_stack_order_and_shapes_match_torch_stack(zoo: Zoo, mlp_cfg, make_state)
         zoo.stack(order, names=["nope"])
 
 
-@pytest.mark.xfail(
-    reason="BUG (regression in 68ffb04): zoo/store.py Zoo.stack() sorts rows by tensor name "
-    "(rows.sort(key=lambda r: (r[1], r[0]))) and builds the output in that order, so the keys come out "
-    "lexicographically ('layers.10.*' before 'layers.2.*', bias before weight) instead of in the models' "
-    "state-dict order (tensors.position); code that walks W layer by layer gets the layers shuffled. "
-    "Fix: emit names ordered by their position",
-    strict=True,
-)
 def test_stack_keys_follow_state_dict_order(zoo: Zoo) -> None:
     cfg = {"family": "mlp", "in_features": 4, "hidden": [4] * 11, "out_features": 2}
     recs = [zoo.add(mlp_state(s, cfg), arch=cfg, population="deep") for s in range(2)]
@@ -447,12 +426,6 @@ def test_export_then_ingest_gives_identical_tensors(zoo: Zoo, mlp_cfg, make_stat
     assert zoo.summary()["blobs"] == 4
 
 
-@pytest.mark.xfail(
-    reason="BUG: Zoo.export (zoo/store.py, config.setdefault('weightzoo', ...)) writes an extra 'weightzoo' "
-    "key into config.json; on ingest archs.can_build() rejects the unknown key, so the re-ingested model "
-    "gets a 'raw' architecture instead of the original mlp and cannot be rebuilt with module()",
-    strict=True,
-)
 def test_export_then_ingest_keeps_architecture(zoo: Zoo, mlp_cfg, make_state, tmp_path: Path) -> None:
     rec = zoo.add(make_state(0), arch=mlp_cfg, name="orig")
     out = zoo.export(rec.id, tmp_path / "export")

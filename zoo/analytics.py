@@ -113,11 +113,13 @@ class Analytics:
         finally:
             con.close()
 
-    def _load_via_sqlalchemy(self) -> dict[str, Any]:
+    def _load_via_sqlalchemy(self, consistent: bool = False) -> dict[str, Any]:
         import pyarrow as pa
 
         out = {}
-        with self.zoo.engine.connect() as c:
+        with self.zoo.engine.begin() as c:
+            if consistent:  # hold the write lock: one snapshot even under a stream of writers
+                self.zoo._bump(c)
             for t in TABLES:
                 out[t] = pa.Table.from_pandas(pd.read_sql(text(f'select * from "{t}"'), c), preserve_index=False)
         return out
@@ -126,7 +128,17 @@ class Analytics:
         gen = self.zoo.generation()
         if self._query_con is not None and gen == self._generation:
             return self._query_con
-        tables = self._load_tables()
+        # Every commit bumps the generation: tables loaded between two equal readings of it form
+        # one consistent snapshot. Retry while writers commit in between.
+        for _ in range(20):
+            tables = self._load_tables()
+            after = self.zoo.generation()
+            if after == gen:
+                break
+            gen = after
+        else:
+            tables = self._load_via_sqlalchemy(consistent=True)
+            gen = self.zoo.generation()  # the lock was held while loading: this is the snapshot's
         con = duckdb.connect()
         for name, tbl in tables.items():
             con.register(name, tbl)

@@ -59,8 +59,24 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the catalog to the newest schema (no-op when it already is)."""
+    """Bring the catalog to the newest schema (no-op when it already is).
+
+    Several processes may open a new zoo at once: on SQLite a lock file next to the catalog
+    serialises them, on PostgreSQL an advisory lock does.
+    """
     if current_revision(engine) == head_revision():
+        return
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        from filelock import FileLock
+
+        with FileLock(str(engine.url.database) + ".migrate.lock", timeout=120):
+            _upgrade(engine)
+    else:
+        _upgrade(engine)
+
+
+def _upgrade(engine: Engine) -> None:
+    if current_revision(engine) == head_revision():  # another process did it while we waited
         return
     from alembic import command
 

@@ -48,7 +48,9 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
         t = t.view(torch.int16)
     if t.dtype == torch.bool:
         t = t.view(torch.uint8)
-    return memoryview(t.numpy()).cast("B")
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.numpy().reshape(-1).view("uint8"))
 
 
 def tensor_id(t: torch.Tensor) -> str:

@@ -103,21 +103,25 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
             rep.blobs_removed = len(dead_ids)
             for i in range(0, len(dead_ids), 500):
                 c.execute(delete(S.Blob).where(S.Blob.id.in_(dead_ids[i : i + 500])))
-            live = dict(
-                c.execute(select(S.Blob.pack_id, func.sum(S.Blob.nbytes)).group_by(S.Blob.pack_id)).all()
-            )
+            live = {
+                r[0]: (int(r[1]), int(r[2]))
+                for r in c.execute(
+                    select(S.Blob.pack_id, func.count(), func.sum(S.Blob.nbytes)).group_by(S.Blob.pack_id)
+                ).all()
+            }
             compact: list[str] = []
-            for p in c.execute(select(S.Pack.id, S.Pack.nbytes)).all():
-                lb = int(live.get(p.id, 0))
-                if lb == 0:
+            compact_bytes = 0
+            for p in c.execute(select(S.Pack.id, S.Pack.nbytes, S.Pack.n_blobs)).all():
+                n_live, lb = live.get(p.id, (0, 0))
+                if n_live == 0:
                     rep.packs_removed.append(p.id)
                     rep.bytes_freed += int(p.nbytes)
                     to_unlink.append(p.id)
-                elif lb < compact_below * p.nbytes:
+                elif n_live < p.n_blobs and lb < compact_below * p.nbytes:  # lost blobs, mostly garbage
                     compact.append(p.id)
-                    rep.bytes_freed += int(p.nbytes) - lb
-            if len(compact) == 1 and not rep.packs_removed:
-                pass  # a single sparse pack: still worth compacting
+                    compact_bytes += int(p.nbytes)
+                    if dry_run:
+                        rep.bytes_freed += int(p.nbytes) - lb
             if compact and not dry_run:
                 rows = c.execute(
                     select(S.Blob.id, S.Blob.pack_id, S.Blob.offset, S.Blob.nbytes, S.Blob.dtype, S.Blob.shape)
@@ -130,6 +134,7 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
                     for r in rows
                 }
                 written, locs, size = zoo.packs.write(tensors)
+                rep.bytes_freed += compact_bytes - size
                 c.execute(insert(S.Pack).values(id=written, nbytes=size, n_blobs=len(tensors)))
                 for tid, loc in locs.items():
                     c.execute(update(S.Blob).where(S.Blob.id == tid).values(pack_id=written, offset=loc.offset))

@@ -135,13 +135,15 @@ class ModelQuery:
         return self._with(limit=int(n))
 
     def order_by_metric(self, name: str, *, split: str | None = None, descending: bool = True) -> ModelQuery:
-        """Order by a metric's latest value (best first by default)."""
+        """Order by a metric's latest value (highest step, then newest; largest first by default)."""
         from zoo.store import split_metric_name
 
         name, split = split_metric_name(name, split)
         sub = (
-            select(func.max(S.Metric.value))
+            select(S.Metric.value)
             .where(S.Metric.model_id == S.Model.id, S.Metric.name == name, S.Metric.split == split)
+            .order_by(S.Metric.step.desc().nulls_last(), S.Metric.id.desc())
+            .limit(1)
             .scalar_subquery()
         )
         return self._with(order=sub.desc() if descending else sub.asc())

@@ -86,7 +86,8 @@ def _json(v: Any) -> str:
 
 
 class _Prepared:
-    __slots__ = ("item", "names", "ids", "tensors", "config", "chash", "n_params", "nbytes", "model_id")
+    __slots__ = ("item", "names", "ids", "tensors", "config", "chash", "n_params", "nbytes", "model_id",
+                 "hp_rows", "metric_rows", "tag_list", "params_json")
 
 
 class Zoo:
@@ -295,14 +296,14 @@ class Zoo:
                 self._prepare(conn, it, pops)
                 for it in tqdm(items, desc="hashing", unit="model", disable=not progress, leave=False)
             ]
-        written: str | None = None
+        written: list[str] = []  # the new pack's id, known as soon as it is on disk
         try:
             with self.engine.begin() as conn:
                 self._bump(conn)
-                written = self._commit(conn, prepared)
+                self._commit(conn, prepared, written)
         except BaseException:
-            if written is not None:
-                self.packs.delete(written)
+            for pack_id in written:
+                self.packs.delete(pack_id)
             raise
         return self._records(None, [p.model_id for p in prepared])
 
@@ -330,6 +331,8 @@ class Zoo:
             cfg = archs.normalize_config(it.arch)
         elif pop_arch is not None:
             cfg = self._arch(conn, pop_arch)[1]
+            if cfg.get("family") == archs.RAW_FAMILY:  # compare the tensors' own signature with it
+                cfg = raw_config(tensors, cfg.get("hf_config"))
         else:
             cfg = raw_config(tensors)
         if archs.can_build(cfg):
@@ -341,6 +344,20 @@ class Zoo:
                 raise MismatchError(_arch_mismatch_message(it.population, pname, pcfg, cfg))
         p = _Prepared()
         p.item, p.config, p.chash = it, cfg, chash
+        # validate all metadata now, before anything is written
+        if not isinstance(it.hparams or {}, Mapping):
+            raise ConfigError("hparams must be a mapping {name: value}")
+        p.hp_rows = [_hparam_row(0, k, v) for k, v in (it.hparams or {}).items()]
+        p.metric_rows = _metric_rows(0, it.metrics, it.step)
+        if isinstance(it.tags, str):
+            raise ConfigError(f"tags must be a list of strings, not the string {it.tags!r}")
+        p.tag_list = [_check_tag(t) for t in dict.fromkeys(it.tags)]
+        try:
+            p.params_json = json.dumps(dict(it.params or {}), sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"params must be JSON-able: {e}") from None
+        if not isinstance(it.op, str) or not it.op:
+            raise ConfigError(f"op must be a non-empty string, got {it.op!r}")
         p.names = list(tensors)
         p.tensors = tensors
         p.ids = [tensor_id(t) for t in tensors.values()]
@@ -348,7 +365,7 @@ class Zoo:
         p.nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         return p
 
-    def _commit(self, conn: Connection, prepared: list[_Prepared]) -> str | None:
+    def _commit(self, conn: Connection, prepared: list[_Prepared], written: list[str]) -> None:
         # architectures and populations (created on first use)
         arch_ids: dict[str, int] = {}
         for p in prepared:
@@ -405,9 +422,9 @@ class Zoo:
         for chunk in _chunks(keys):
             existing.update(conn.execute(select(S.Blob.id).where(S.Blob.id.in_(chunk))).scalars())
         new = {tid: t for tid, t in unique.items() if tid not in existing}
-        pack_id: str | None = None
         if new:
             pack_id, locs, size = self.packs.write(new)
+            written.append(pack_id)
             conn.execute(insert(S.Pack).values(id=pack_id, nbytes=size, n_blobs=len(new)))
             conn.execute(insert(S.Blob), [_blob_row(tid, t, locs[tid]) for tid, t in new.items()])
         # models
@@ -432,18 +449,16 @@ class Zoo:
             tensors += [
                 {"model_id": mid, "name": n, "blob_id": t, "position": i} for i, (n, t) in enumerate(zip(p.names, p.ids, strict=True))
             ]
-            hps += [_hparam_row(mid, k, v) for k, v in (p.item.hparams or {}).items()]
-            mets += _metric_rows(mid, p.item.metrics, p.item.step)
-            params = _json(dict(p.item.params or {}))
+            hps += [{**r, "model_id": mid} for r in p.hp_rows]
+            mets += [{**r, "model_id": mid} for r in p.metric_rows]
             edges += [
-                {"child_id": mid, "parent_id": pid, "role": role, "op": p.item.op, "params": params}
+                {"child_id": mid, "parent_id": pid, "role": role, "op": p.item.op, "params": p.params_json}
                 for pid, role in parent_ids[id(p)]
             ]
-            tags += [{"model_id": mid, "tag": _check_tag(t)} for t in dict.fromkeys(p.item.tags)]
+            tags += [{"model_id": mid, "tag": t} for t in p.tag_list]
         for table, rows_ in ((S.TensorEntry, tensors), (S.Hyperparameter, hps), (S.Metric, mets), (S.LineageEdge, edges), (S.Tag, tags)):
             if rows_:
                 conn.execute(insert(table), rows_)
-        return pack_id
 
     def _resolve_parents(self, conn: Connection, prepared: list[_Prepared]) -> dict[int, list[tuple[int, str]]]:
         out: dict[int, list[tuple[int, str]]] = {}
@@ -576,7 +591,7 @@ class Zoo:
         """
         ordered = list(ids) if isinstance(ids, Sequence) else None
         q = (
-            select(S.TensorEntry.model_id, S.TensorEntry.name, S.TensorEntry.blob_id)
+            select(S.TensorEntry.model_id, S.TensorEntry.name, S.TensorEntry.blob_id, S.TensorEntry.position)
             .where(S.TensorEntry.model_id.in_(ordered if ordered is not None else ids))
         )
         if names is not None:
@@ -588,7 +603,7 @@ class Zoo:
                 self._loc_layout = layout
             rows = c.execute(q).all()
             cache = self._loc_cache
-            unknown = list({b for _, _, b in rows if b not in cache})
+            unknown = list({r[2] for r in rows if r[2] not in cache})
             for chunk in _chunks(unknown, 5000):
                 for bid, pack, off, dt, shp in c.execute(
                     select(S.Blob.id, S.Blob.pack_id, S.Blob.offset, S.Blob.dtype, S.Blob.shape).where(S.Blob.id.in_(chunk))
@@ -598,6 +613,7 @@ class Zoo:
             cache.clear()
         rows.sort(key=lambda r: (r[1], r[0]))  # by tensor name, then model id
         per: dict[str, tuple[list[int], list[str], list[int], set[tuple[str, str]]]] = {}
+        position: dict[str, int] = {}
         start = 0
         while start < len(rows):
             name = rows[start][1]
@@ -608,7 +624,9 @@ class Zoo:
             locs = [cache[r[2]] for r in seg]
             packs_, offs_, dts, shps = zip(*locs, strict=True)
             per[name] = ([r[0] for r in seg], list(packs_), list(offs_), set(zip(dts, shps, strict=True)))
+            position[name] = min(r[3] for r in seg)
             start = end
+        per = {k: per[k] for k in sorted(per, key=lambda k: position[k])}  # state-dict order
         present = sorted({r[0] for r in rows})
         if ordered is not None:
             missing = sorted(set(ordered) - set(present))
@@ -817,9 +835,10 @@ class Zoo:
                 sd = load_source(s)
                 cfg: Mapping[str, Any] | str | None = arch
                 if cfg is None and s.config is not None:
-                    cfg = s.config if archs.can_build(s.config) else None
+                    own = {k: v for k, v in s.config.items() if k != "weightzoo"}  # metadata of our export
+                    cfg = own if archs.can_build(own) else None
                     if cfg is None:
-                        cfg = raw_config(sd, s.config)
+                        cfg = raw_config(sd, own)
                 if cfg is not None and not isinstance(cfg, str) and not archs.can_build(cfg) and cfg.get("family") != archs.RAW_FAMILY:
                     raise ConfigError(f"architecture config of {s.path} is not valid: {cfg}")
                 where = origin if len(sources) == 1 else f"{origin}::{s.name}"

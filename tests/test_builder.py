@@ -93,60 +93,33 @@ def test_recipe_needs_name_and_arch():
         Recipe.from_dict({"name": "R"})
 
 
-def test_bad_distribution_is_refused_when_drawing():
-    r = recipe(search={"mode": "random", "n": 3, "params": {"lr": {"normal": [0, 1]}}})
+def test_bad_distribution_is_refused_with_the_valid_ones():
     with pytest.raises(ConfigError, match=r"lr.*choice, uniform, loguniform, int"):
-        r.draws()
-    r = recipe(search={"mode": "random", "n": 3, "params": {"lr": {"loguniform": [0, 1]}}})
+        recipe(search={"mode": "random", "n": 3, "params": {"lr": {"normal": [0, 1]}}})
     with pytest.raises(ConfigError, match="loguniform bounds"):
-        r.draws()
+        recipe(search={"mode": "random", "n": 3, "params": {"lr": {"loguniform": [0, 1]}}})
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/recipes.py Recipe.__post_init__ validates search param names only; a bad distribution "
-    "spec is accepted by from_dict and only fails later in draws()/build",
-    strict=True,
-)
 def test_bad_distribution_is_refused_when_the_recipe_is_read():
     with pytest.raises(ConfigError):
         recipe(search={"mode": "random", "n": 3, "params": {"lr": {"normal": [0, 1]}}})
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/recipes.py draws(): in grid mode a distribution dict ({loguniform: [...]}) is taken as a "
-    "constant value, so lr becomes a dict and training later dies with a TypeError",
-    strict=True,
-)
 def test_distribution_in_a_grid_search_is_refused():
     with pytest.raises(ConfigError):
         recipe(search={"mode": "grid", "params": {"lr": {"loguniform": [1e-3, 1e-2]}}}).draws()
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/recipes.py __post_init__ compares checkpoint_epochs without checking its type: a string "
-    "raises TypeError instead of ConfigError",
-    strict=True,
-)
 def test_checkpoint_epochs_of_the_wrong_type_is_a_config_error():
     with pytest.raises(ConfigError, match="checkpoint_epochs"):
         recipe(epochs=3, checkpoint_epochs="3")
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/recipes.py __post_init__ does FinetuneSpec(**finetune): an unknown fine-tune key raises "
-    "TypeError, not ConfigError",
-    strict=True,
-)
 def test_unknown_finetune_key_is_a_config_error():
     with pytest.raises(ConfigError, match="parent"):
         recipe(finetune={"parent": {"population": "P"}})
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/recipes.py never checks the keys of `search`: a typo such as 'sedes' is silently ignored "
-    "(the recipe trains 1 seed instead of 3)",
-    strict=True,
-)
 def test_unknown_search_key_is_a_config_error():
     with pytest.raises(ConfigError, match="sedes"):
         recipe(search={"mode": "grid", "sedes": 3})
@@ -366,12 +339,6 @@ def test_varying_an_arch_key_writes_one_population_per_architecture(z: Zoo):
     assert build(z, r, progress=False).models_written == 0
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/builder.py Run.run_id derives the recipe name as population.split('/')[0], so a recipe "
-    "named 'team/A' writes 'team/00000/e002' (colliding with every 'team/...' recipe) and resume "
-    "(_existing_names(zoo, 'team/A')) never finds them: the rebuild raises DuplicateError",
-    strict=True,
-)
 def test_recipe_name_with_a_slash_resumes(z: Zoo):
     r = recipe(name="team/A", epochs=2, checkpoint_epochs=[2], search={"mode": "grid", "seeds": 2})
     build(z, r, progress=False)
@@ -453,11 +420,6 @@ def test_finetune_without_parents_is_not_found(z: Zoo):
     assert z.models().count() == 0
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/builder.py _find_parents reads spec['tags'] but the documented key (FinetuneSpec comment) "
-    "is 'tag'; `parents: {tag: ...}` is silently ignored and every model becomes a parent",
-    strict=True,
-)
 def test_finetune_parents_filtered_by_tag(parents_zoo: Zoo):
     z = parents_zoo
     z.tag("P/00002/e004", "chosen")
@@ -480,34 +442,25 @@ def test_inr_recipe_writes_one_siren_per_image_with_labels(z: Zoo):
     for m in recs:
         assert m.arch_config["family"] == "siren" and m.step == 20
         hp = m.hparams()
-        assert hp["label"] == int(tg.labels[hp["image"]])
+        k = hp["inr_index"]
+        assert hp["label"] == int(tg.labels[k]) and hp["image"] == int(tg.indices[k])
         assert "label_noise" not in hp and "dropout" not in hp
         names_ = set(m.metrics()["name"])
         assert {"psnr", "loss"} <= names_
         # the stored SIREN is the one fitted to image `image`: its recorded loss/PSNR are those of its weights
         out = m.module()(tg.coords).detach()
-        mse = float(((out - tg.targets[hp["image"]]) ** 2).mean())
+        mse = float(((out - tg.targets[k]) ** 2).mean())
         assert m.metric("loss", "train") == pytest.approx(mse, rel=1e-4)
         assert m.metric("psnr") == pytest.approx(10 * math.log10(4 / mse), abs=1e-3)  # values in [-1, 1]
-    assert sorted(m.hparams()["image"] for m in recs) == [0, 1, 2, 3]
+    assert sorted(m.hparams()["inr_index"] for m in recs) == [0, 1, 2, 3]
     assert sorted(m.hparams()["label"] for m in recs) == sorted(tg.labels.tolist())
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/builder.py plan_runs() honours inr.n only when the search has no params: an INR recipe "
-    "with n: 4 and params {lr: [1e-2]} writes ONE SIREN (image 0) instead of one per image",
-    strict=True,
-)
 def test_inr_recipe_with_search_params_still_fits_every_image(z: Zoo):
     build(z, Recipe.from_dict({**INR, "search": {"mode": "grid", "params": {"lr": [1e-2]}}}), progress=False)
     assert z.population("I").count() == 4
 
 
-@pytest.mark.xfail(
-    reason="BUG: zoo/builder.py inr_data() draws inr_targets(n=max(image of the runs still TO DO)+1): on resume the "
-    "random subset changes, so a rebuilt run fits a different image and gets another label",
-    strict=True,
-)
 def test_inr_resume_fits_the_same_images(z: Zoo):
     r = Recipe.from_dict(INR)
     build(z, r, progress=False)
@@ -517,11 +470,6 @@ def test_inr_resume_fits_the_same_images(z: Zoo):
     assert {m.name: m.hparams()["label"] for m in z.population("I").records()} == before
 
 
-@pytest.mark.xfail(
-    reason="BUG (semantics/docs): zoo/recipes/digits-inr.yml says hparam 'image' is the image's index in the "
-    "split, but zoo/builder.py stores the index within inr_targets' random subset (0..n-1)",
-    strict=True,
-)
 def test_inr_image_hparam_is_the_index_in_the_split(z: Zoo):
     build(z, Recipe.from_dict(INR), progress=False)
     tg = inr_targets(load_dataset("digits", seed=0), split="train", n=4, seed=0)

@@ -45,11 +45,12 @@ class Run:
     arch: dict[str, Any]
     point: dict[str, Any]
     population: str
+    recipe: str
     parent: int | None = None
 
     @property
     def run_id(self) -> str:
-        return f"{self.population.split('/')[0]}/{self.index:05d}"
+        return f"{self.recipe}/{self.index:05d}"
 
     def name(self, epoch: int) -> str:
         return f"{self.run_id}/e{epoch:03d}"
@@ -63,6 +64,7 @@ class BuildReport:
     populations: dict[str, int] = field(default_factory=dict)
     runs: int = 0
     runs_skipped: int = 0
+    runs_trained: int = 0
     models_written: int = 0
     seconds: float = 0.0
     interrupted: bool = False
@@ -71,7 +73,7 @@ class BuildReport:
         pops = ", ".join(f"{k} ({v} models)" for k, v in self.populations.items())
         state = "INTERRUPTED (rerun the same command to resume)" if self.interrupted else "done"
         return (
-            f"{self.recipe}: {state}: trained {self.runs - self.runs_skipped} runs "
+            f"{self.recipe}: {state}: trained {self.runs_trained} of {self.runs - self.runs_skipped} runs "
             f"({self.runs_skipped} already built), wrote {self.models_written} checkpoints in {self.seconds:.1f}s; "
             f"populations: {pops}"
         )
@@ -88,7 +90,15 @@ def plan_runs(recipe: Recipe, zoo: Zoo | None = None) -> list[Run]:
         runs = []
         for parent in parents:
             for p in points:
-                runs.append(Run(len(runs), parent.arch_config, dict(p), recipe.name, parent=parent.id))
+                runs.append(Run(len(runs), parent.arch_config, dict(p), recipe.name, recipe.name, parent=parent.id))
+        return runs
+    if recipe.task == "inr":  # one SIREN per image, for every search point
+        n = int(recipe.inr.get("n", 100))
+        runs = []
+        for p in points:
+            for k in range(n):
+                point = {**p, "seed": int(p["seed"]) * 100_003 + k, "inr_index": k}
+                runs.append(Run(len(runs), recipe.arch_for(p), point, recipe.name, recipe.name))
         return runs
     archs = [recipe.arch_for(p) for p in points]
     varying = _varying_arch_keys(recipe)
@@ -98,13 +108,7 @@ def plan_runs(recipe: Recipe, zoo: Zoo | None = None) -> list[Run]:
         pop = recipe.name
         if multi:
             pop += "/" + ",".join(f"{k}={_fmt(p[k])}" for k in varying if k in p)
-        runs.append(Run(i, a, dict(p), pop))
-    if recipe.task == "inr":
-        n = int(recipe.inr.get("n", len(runs)))
-        if not recipe.search.get("params") and len(runs) < n:
-            runs = [Run(i, archs[0] if archs else recipe.arch_for({}), {"seed": i}, recipe.name) for i in range(n)]
-        for r in runs:
-            r.point["image"] = r.index
+        runs.append(Run(i, a, dict(p), pop, recipe.name))
     return runs
 
 
@@ -124,8 +128,12 @@ def _find_parents(zoo: Zoo, spec: dict[str, Any]) -> list[Any]:
     q = zoo.models()
     if "population" in spec:
         q = q.population(spec["population"])
-    for t in spec.get("tags", []):
-        q = q.tag(t)
+    tags = spec.get("tags", [])
+    tags = [tags] if isinstance(tags, str) else list(tags)
+    if "tag" in spec:
+        tags.append(spec["tag"])
+    if tags:
+        q = q.tag(*tags)
     if spec.get("final", True):
         q = q.final()
     if "limit" in spec:
@@ -191,12 +199,12 @@ def _finetune_data(ds: Any, ft: Any, corrupt: Any) -> Any:
     return dataclasses.replace(ds, **changes)
 
 
-def inr_data(recipe: Recipe, ds: Any, runs: Sequence[Run]) -> Any:
+def inr_data(recipe: Recipe, ds: Any) -> Any:
+    """The recipe's INR targets: ``inr.n`` images drawn from ``inr.split`` with ``inr.seed`` (fixed per recipe)."""
     from zoo.datasets import inr_targets
 
     split = recipe.inr.get("split", "train")
-    n_total = max(r.point["image"] for r in runs) + 1
-    return inr_targets(ds, split=split, n=n_total, seed=int(recipe.inr.get("seed", 0)))
+    return inr_targets(ds, split=split, n=int(recipe.inr.get("n", 100)), seed=int(recipe.inr.get("seed", 0)))
 
 
 # ---------------------------------------------------------------------------------- unit of work
@@ -217,7 +225,7 @@ def train_shard(recipe: Recipe, runs: Sequence[Run], data: Any, *, init_params: 
         batch_size=int(pts[0].get("batch_size", recipe.batch_size)), task=task,
     )  # fmt: skip
     if task == "regression":
-        idx = torch.tensor([p["image"] for p in pts])
+        idx = torch.tensor([p["inr_index"] for p in pts])
         data = _Targets(data.coords, data.targets[idx])
     yield from train_population(spec, data, progress=progress, init_params=init_params)
 
@@ -251,9 +259,11 @@ def build(
     rep.runs_skipped = len(runs) - len(todo)
     ds = load_data(recipe, todo, root=dataset_root) if todo else None
     if recipe.task == "inr" and todo:
-        ds = inr_data(recipe, ds, todo)
-        for r in todo:  # the digit each INR draws: its class label for INR classification
-            r.point["label"] = int(ds.labels[r.point["image"]])
+        ds = inr_data(recipe, ds)
+        for r in todo:  # which image each INR draws (its index in the split) and its class label
+            k = r.point["inr_index"]
+            r.point["image"] = int(ds.indices[k])
+            r.point["label"] = int(ds.labels[k])
     shards = shard_runs(todo, max_shard)
     bar = tqdm(total=len(todo), desc=f"build {recipe.name}", unit="run", disable=not progress)
     try:
@@ -271,6 +281,7 @@ def build(
                     if i not in which and r.name(ckpt.epoch) in existing:
                         prev[r.index] = existing[r.name(ckpt.epoch)]
             bar.update(len(shard))
+            rep.runs_trained += len(shard)
     except KeyboardInterrupt:
         rep.interrupted = True
     finally:

@@ -177,7 +177,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.arch:
         arch = json.loads(args.arch) if args.arch.strip().startswith("{") else args.arch
     recs = z.ingest(args.source, population=args.population, arch=arch, tags=args.tag or (), revision=args.revision,
-                    cache_dir=args.cache_dir, progress=not args.no_progress)  # fmt: skip
+                    cache_dir=args.cache_dir, offline=True if args.offline else None,
+                    progress=not args.no_progress)  # fmt: skip
     if args.json:
         _print_json([r.to_dict() for r in recs])
     else:
@@ -342,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tag", action="append", help="tag every ingested model (repeatable)")
     s.add_argument("--revision", help="HF revision (branch, tag or commit)")
     s.add_argument("--cache-dir", help="HF cache folder (default: huggingface_hub's)")
+    s.add_argument("--offline", action="store_true", help="never touch the network: read HF repos from the local cache only")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("export", parents=[common], help="write a model as an HF-style folder")

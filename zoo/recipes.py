@@ -28,8 +28,11 @@ A population holds one architecture, so a recipe that varies the architecture wr
 per architecture, named ``<name>/<key>=<value>,...``; every model is tagged ``recipe:<name>``.
 
 A fine-tune recipe starts from parents in the zoo (``finetune: {parents: {population: P, final: true,
-limit: 50}, corruption: {kind: gaussian_noise, severity: 3}, classes: [0, 1]}``): each parent gets the
-search's runs, trained on (optionally corrupted or class-restricted) data.
+limit: 50, tag: T}, corruption: {kind: gaussian_noise, severity: 3}, classes: [0, 1]}``): each parent
+gets the search's runs, trained on (optionally corrupted or class-restricted) data.
+
+An INR recipe (``task: inr``, ``inr: {split: train, n: 500, seed: 0}``) fits one SIREN per image of
+``n`` images drawn from the split, for each point of the search.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ BUILTIN_DIR = Path(__file__).parent / "recipes"
 class FinetuneSpec:
     """Which zoo models to fine-tune, and on what data."""
 
-    parents: dict[str, Any]  # population, final (bool), limit, tag, op
+    parents: dict[str, Any]  # population, final (bool, default true), limit, tag (or tags: [...])
     corruption: dict[str, Any] | None = None  # {kind, severity}: robust fine-tunes
     classes: list[int] | None = None  # train only on these classes
 
@@ -80,26 +83,59 @@ class Recipe:
     batch_size: int = 64
     search: dict[str, Any] = field(default_factory=dict)
     finetune: FinetuneSpec | None = None
-    inr: dict[str, Any] = field(default_factory=lambda: {"split": "train"})
+    inr: dict[str, Any] = field(default_factory=lambda: {"split": "train", "n": 100})
     description: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError("a recipe needs a non-empty 'name'")
         if isinstance(self.finetune, Mapping):
+            valid = {"parents", "corruption", "classes"}
+            if unknown := sorted(set(self.finetune) - valid):
+                raise ConfigError(f"recipe {self.name!r}: unknown finetune key(s) {unknown}; valid: {', '.join(sorted(valid))}")
+            if "parents" not in self.finetune or not isinstance(self.finetune["parents"], Mapping):
+                raise ConfigError(f"recipe {self.name!r}: finetune needs 'parents': {{population: ..., final: true, limit: N, tag: ...}}")
             self.finetune = FinetuneSpec(**self.finetune)
+        if self.finetune is not None:
+            valid = {"population", "final", "limit", "tag", "tags"}
+            if unknown := sorted(set(self.finetune.parents) - valid):
+                raise ConfigError(f"recipe {self.name!r}: unknown finetune.parents key(s) {unknown}; valid: {', '.join(sorted(valid))}")
         if self.task not in TASKS:
             raise ConfigError(f"recipe {self.name!r}: unknown task {self.task!r}; valid: {', '.join(TASKS)}")
         if not isinstance(self.arch, Mapping) or "family" not in self.arch:
             raise ConfigError(f"recipe {self.name!r}: 'arch' must be an architecture config with a 'family'")
         normalize_config(self.arch)
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ConfigError(f"recipe {self.name!r}: epochs must be a non-negative integer, got {self.epochs!r}")
+        if not isinstance(self.checkpoint_epochs, list) or not all(
+            isinstance(e, int) and not isinstance(e, bool) for e in self.checkpoint_epochs
+        ):
+            raise ConfigError(f"recipe {self.name!r}: checkpoint_epochs must be a list of integers, got {self.checkpoint_epochs!r}")
         if not self.checkpoint_epochs:
             self.checkpoint_epochs = [self.epochs]
         if max(self.checkpoint_epochs) > self.epochs or min(self.checkpoint_epochs) < 0:
             raise ConfigError(f"recipe {self.name!r}: checkpoint_epochs {self.checkpoint_epochs} must lie in [0, {self.epochs}]")
+        if not isinstance(self.search, Mapping):
+            raise ConfigError(f"recipe {self.name!r}: search must be a mapping")
+        valid = {"mode", "n", "seed", "seeds", "params"}
+        if unknown := sorted(set(self.search) - valid):
+            raise ConfigError(f"recipe {self.name!r}: unknown search key(s) {unknown}; valid: {', '.join(sorted(valid))}")
         mode = self.search.get("mode", "grid")
         if mode not in ("grid", "random"):
             raise ConfigError(f"recipe {self.name!r}: search.mode must be 'grid' or 'random', not {mode!r}")
-        for k in self.search.get("params", {}):
+        for k, spec in self.search.get("params", {}).items():
             self._param_kind(k)
+            if mode == "grid" and isinstance(spec, Mapping):
+                raise ConfigError(
+                    f"recipe {self.name!r}: search param {k!r} is a distribution {spec!r}, which only a random "
+                    "search can draw from; give a list of values for a grid search, or set mode: random"
+                )
+            if mode == "random":
+                _draw(k, spec, random.Random(0))  # validates the distribution spec now
+        if self.task == "inr":
+            n = self.inr.get("n", 100)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(f"recipe {self.name!r}: inr.n must be a positive integer, got {n!r}")
 
     # ------------------------------------------------------------------ io
     @classmethod
@@ -226,8 +262,15 @@ def _draw(key: str, spec: Any, rng: random.Random) -> Any:
         raise ConfigError(f"search param {key!r}: give one of {{{', '.join(DISTRIBUTIONS)}: ...}}, got {spec!r}")
     kind, arg = next(iter(spec.items()))
     if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise ConfigError(f"search param {key!r}: choice needs a non-empty list, got {arg!r}")
         return rng.choice(list(arg))
-    lo, hi = float(arg[0]), float(arg[1])
+    try:
+        lo, hi = float(arg[0]), float(arg[1])
+        if len(arg) != 2 or lo > hi:
+            raise ValueError
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise ConfigError(f"search param {key!r}: {kind} needs [low, high] with low <= high, got {arg!r}") from None
     if kind == "uniform":
         return rng.uniform(lo, hi)
     if kind == "loguniform":

@@ -813,7 +813,7 @@ class Zoo:
         A Hugging Face repo id (``org/name``) is read from the local HF cache when offline (the
         default when ``HF_HUB_OFFLINE=1``), else downloaded with huggingface_hub.
         """
-        from zoo.ingest import discover, load_source, looks_like_hf_repo_id, resolve_hf
+        from zoo.ingest import discover, looks_like_hf_repo_id, resolve_hf
 
         src = str(source)
         if looks_like_hf_repo_id(src):
@@ -829,6 +829,21 @@ class Zoo:
         out: list[ModelRecord] = []
         it = iter(sources)
         bar = tqdm(total=len(sources), desc="ingest", unit="ckpt", disable=not progress)
+        try:
+            self._ingest_batches(it, sources, origin, arch, population, tags, batch_size, out, bar)
+        except BaseException:
+            # all or nothing: take back the batches already written (their tensors become garbage for gc)
+            if out:
+                self.remove([r.id for r in out], force=True)
+            raise
+        finally:
+            bar.close()
+        return out
+
+    def _ingest_batches(self, it: Iterator[Any], sources: list[Any], origin: str, arch: Any, population: str | None,
+                        tags: Sequence[str], batch_size: int, out: list[ModelRecord], bar: Any) -> None:  # fmt: skip
+        from zoo.ingest import load_source
+
         while batch := list(islice(it, batch_size)):
             items = []
             for s in batch:
@@ -846,8 +861,6 @@ class Zoo:
                                       params={"source": where}))  # fmt: skip
             out += self.add_many(items)
             bar.update(len(batch))
-        bar.close()
-        return out
 
     def export(self, model: int | str, out_dir: str | Path, *, overwrite: bool = False, max_shard_size: int | None = None) -> Path:
         """Write a model as a Hugging Face style folder: safetensors, config.json, README.md (card with lineage)."""

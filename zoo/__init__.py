@@ -20,11 +20,31 @@ from zoo.errors import (
     UnsafeFileError,
     ZooError,
 )
-from zoo.query import ModelQuery, Population
-from zoo.records import ArchitectureInfo, Edge, GcReport, ModelRecord, NewModel, PopulationInfo, VerifyReport
-from zoo.store import Zoo
 
 __version__ = "0.1.0"
+
+# The store classes are imported lazily, so `import zoo.errors` (used by every learner and streamed
+# merges) does not pay for pandas, SQLAlchemy and DuckDB.
+_LAZY = {
+    "Zoo": "zoo.store",
+    "ModelQuery": "zoo.query",
+    "Population": "zoo.query",
+    **{name: "zoo.records" for name in (
+        "ArchitectureInfo", "Edge", "GcReport", "ModelRecord", "NewModel", "PopulationInfo", "VerifyReport"
+    )},
+}  # fmt: skip
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Zoo", "ModelQuery", "Population", "ModelRecord", "NewModel", "PopulationInfo", "ArchitectureInfo", "Edge",

@@ -233,7 +233,7 @@ def _collect_meta(prefix: str, value: Any, meta: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- sharded checkpoints
 
 
-def _read_index(index_json: str | Path) -> tuple[Path, dict[str, str]]:
+def read_index(index_json: str | Path) -> tuple[Path, dict[str, str]]:
     """Parse an index json; return its folder and ``weight_map`` after checking every shard exists."""
     index_json = Path(index_json).expanduser()
     if not index_json.is_file():
@@ -278,7 +278,7 @@ def iter_sharded(index_json: str | Path) -> Iterator[tuple[str, Tensor]]:
     Every shard's existence is checked before the first tensor is yielded. Safetensors shards are
     opened lazily with ``safe_open``; torch shards are loaded whole (one at a time).
     """
-    folder, weight_map = _read_index(index_json)
+    folder, weight_map = read_index(index_json)
     by_shard: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
         by_shard.setdefault(shard, []).append(name)

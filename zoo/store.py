@@ -737,7 +737,16 @@ class Zoo:
             W = self.stack([r.id for r in group])
             for split in splits:
                 X, y = ds.split(split)
-                res = evaluate_population(cfg, W, X, y)
+                want = tuple(X.shape[1:])
+                if flat and want != (cfg["in_features"],) or not flat and (want[0] != cfg.get("in_channels", want[0])):
+                    raise MismatchError(
+                        f"architecture {group[0].architecture} takes inputs {_input_desc(cfg)}, but data set "
+                        f"{dataset!r} has inputs of shape {list(want)}; evaluate on a matching data set"
+                    )
+                try:
+                    res = evaluate_population(cfg, W, X, y)
+                except RuntimeError as e:
+                    raise MismatchError(f"cannot evaluate architecture {group[0].architecture} on {dataset!r}: {e}") from None
                 for r, loss, acc in zip(group, res.loss.tolist(), res.accuracy.tolist(), strict=True):
                     rows.append({"model_id": r.id, "split": split, "loss": loss, "acc": acc})
         df = pd.DataFrame(rows, columns=["model_id", "split", "loss", "acc"])
@@ -888,6 +897,12 @@ class Zoo:
 
 # ---------------------------------------------------------------------------------- row helpers
 _NAME_RE = re.compile(r"^[^\x00-\x1f]{1,300}$")
+
+
+def _input_desc(cfg: Mapping[str, Any]) -> str:
+    if cfg.get("family") == "mlp":
+        return f"[{cfg.get('in_features')}] features"
+    return f"{cfg.get('in_channels')} channels of {cfg.get('image_size')}x{cfg.get('image_size')}"
 
 
 def _check_name(name: str, what: str) -> str:

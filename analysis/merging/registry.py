@@ -1,0 +1,346 @@
+"""The merge-method registry: a method is one decorated function over the tensors of one name.
+
+A merge method is a plain function::
+
+    @merge_method("linear", per_model=("weight",), reference="https://arxiv.org/abs/2203.05482")
+    def linear(tensors, base, *, weight, normalize: bool = True) -> Tensor: ...
+
+* ``tensors``: the models' tensors for one parameter name (a list, same shape and dtype),
+* ``base``: the base model's tensor for that name, or ``None``,
+* keyword-only parameters: the method's typed configuration. Their annotations and defaults *are*
+  the config schema (:meth:`MergeMethod.resolve` checks and converts values against them).
+  Names listed in ``per_model`` take one value per model (``weight``, ``density``, ...); a scalar
+  given for them is broadcast. A parameter named ``ctx`` receives a :class:`TensorContext`
+  (tensor name and a per-tensor seed) and is not configuration.
+
+The registry refuses duplicate names (:class:`~zoo.errors.DuplicateError`) and a lookup of an
+unknown name raises :class:`~zoo.errors.ConfigError` listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
+
+from torch import Tensor
+
+from zoo.errors import ConfigError, DuplicateError, MismatchError
+
+__all__ = [
+    "MergeMethod",
+    "ParamSpec",
+    "TensorContext",
+    "get_method",
+    "list_methods",
+    "merge_method",
+    "register",
+    "unregister",
+]
+
+MergeFn = Callable[..., Tensor]
+_REQUIRED = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class TensorContext:
+    """What a method may know besides the tensors: the parameter name and a per-tensor seed.
+
+    ``seed`` is derived from the merge seed and the tensor name only, so a random method (DARE)
+    gives the same result whatever order the tensors are merged in.
+    """
+
+    name: str = ""
+    merge_seed: int = 0
+    #: where this chunk starts in the flattened tensor (chunked merges; 0 for a whole tensor)
+    offset: int = 0
+    #: whole-tensor statistics a method computed beforehand (e.g. TIES's magnitude cuts per model)
+    stats: Any = None
+
+    @property
+    def seed(self) -> int:
+        return (self.merge_seed * 1_000_003 + zlib.crc32(self.name.encode())) % (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One typed configuration parameter of a method (read from the function's signature)."""
+
+    name: str
+    type: Any
+    default: Any = _REQUIRED
+    per_model: bool = False
+    #: the function's argument name (``lambda_`` for the config name ``lambda``)
+    arg: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+    def describe(self) -> str:
+        t = _type_name(self.type)
+        d = "required" if self.required else f"default {self.default!r}"
+        return f"{self.name}: {t}{' per model' if self.per_model else ''} ({d})"
+
+    def convert(self, value: Any, method: str) -> Any:
+        """``value`` checked and converted to this parameter's type."""
+        return _convert(value, self.type, f"{method}: parameter {self.name!r}")
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered merge method: its function, parameter schema and input contract."""
+
+    name: str
+    fn: MergeFn
+    params: tuple[ParamSpec, ...]
+    base: Literal["required", "optional", "ignored"] = "optional"
+    min_models: int = 1
+    max_models: int | None = None
+    reference: str = ""
+    summary: str = ""
+    #: merging k identical copies (with any base) returns that model
+    copies_give_model: bool = True
+    #: how the engine may split a large tensor: ``None`` (whole tensors only), ``"elementwise"``
+    #: (any flat chunks), ``"magnitude"`` / ``"magnitude_outliers"`` (flat chunks after a
+    #: per-model pass computing the magnitude selection, handed over as ``ctx.stats``)
+    chunking: str | None = None
+    takes_ctx: bool = field(default=False, repr=False)
+
+    def param(self, name: str) -> ParamSpec:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise ConfigError(f"merge method {self.name!r} has no parameter {name!r}; it takes: {self.param_names()}")
+
+    def param_names(self) -> str:
+        return ", ".join(p.name for p in self.params) or "(no parameters)"
+
+    def resolve(
+        self,
+        n_models: int,
+        parameters: Mapping[str, Any] | None = None,
+        model_parameters: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> dict[str, Any]:
+        """The full, typed parameter set for ``n_models`` models.
+
+        ``parameters`` are global (a per-model parameter given here applies to every model unless
+        the model sets its own); ``model_parameters[i]`` are model ``i``'s own. Unknown names,
+        missing required values and wrong types raise :class:`ConfigError`.
+        """
+        parameters = dict(parameters or {})
+        model_parameters = list(model_parameters or [None] * n_models)
+        if len(model_parameters) != n_models:
+            raise ConfigError(f"{self.name}: got parameters for {len(model_parameters)} models, expected {n_models}")
+        known = {p.name for p in self.params}
+        for where, d in [("parameters", parameters)] + [(f"models[{i}].parameters", m or {}) for i, m in enumerate(model_parameters)]:
+            unknown = sorted(set(d) - known)
+            if unknown:
+                raise ConfigError(
+                    f"{self.name}: unknown parameter(s) {unknown} in {where}; {self.name} takes: {self.param_names()}"
+                )
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.per_model:
+                vals = []
+                for i, m in enumerate(model_parameters):
+                    if m and p.name in m:
+                        v = m[p.name]
+                    elif p.name in parameters:
+                        v = parameters[p.name]
+                        if isinstance(v, list | tuple):  # one value per model, given globally
+                            if len(v) != n_models:
+                                raise ConfigError(f"{self.name}: {p.name!r} has {len(v)} values for {n_models} models")
+                            v = v[i]
+                    elif not p.required:
+                        v = p.default
+                    else:
+                        raise ConfigError(f"{self.name}: model {i} needs parameter {p.name!r} (give it per model or globally)")
+                    vals.append(p.convert(v, self.name))
+                out[p.name] = vals
+            else:
+                bad = [i for i, m in enumerate(model_parameters) if m and p.name in m]
+                if bad:
+                    raise ConfigError(
+                        f"{self.name}: {p.name!r} is a global parameter; set it under `parameters:`, not per model ({bad})"
+                    )
+                if p.name in parameters:
+                    out[p.name] = p.convert(parameters[p.name], self.name)
+                elif p.required:
+                    raise ConfigError(f"{self.name}: parameter {p.name!r} is required")
+                else:
+                    out[p.name] = p.default
+        return out
+
+    def __call__(
+        self, tensors: Sequence[Tensor], base: Tensor | None = None, *, ctx: TensorContext | None = None, **params: Any
+    ) -> Tensor:
+        """Merge one tensor name. ``params`` are typed values (see :meth:`resolve`)."""
+        tensors = list(tensors)
+        _check_inputs(self.name, tensors, base)
+        first = tensors[0]
+        if not first.is_floating_point():  # integer buffers (BatchNorm step counters, ids): not merged
+            return (base if base is not None else first).clone()
+        resolved = self.resolve(len(tensors), params)
+        kwargs = {p.arg: resolved[p.name] for p in self.params}
+        if self.takes_ctx:
+            kwargs["ctx"] = ctx or TensorContext()
+        out = self.fn(tensors, base, **kwargs)
+        return out.to(first.dtype)
+
+    def describe(self) -> str:
+        lines = [f"{self.name}: {self.summary}".rstrip(": ")]
+        lines.append(f"  base model: {self.base}; models: {self.min_models}..{self.max_models or 'any'}")
+        lines += [f"  {p.describe()}" for p in self.params]
+        if self.reference:
+            lines.append(f"  reference: {self.reference}")
+        return "\n".join(lines)
+
+
+_METHODS: dict[str, MergeMethod] = {}
+
+
+def register(method: MergeMethod) -> MergeMethod:
+    """Make ``method`` available by name; a taken name raises :class:`DuplicateError`."""
+    if method.name in _METHODS:
+        raise DuplicateError(f"merge method {method.name!r} is already registered; pick another name")
+    _METHODS[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a method (for plugins and tests)."""
+    _METHODS.pop(name, None)
+
+
+def get_method(name: str) -> MergeMethod:
+    """A method by name; an unknown name raises :class:`ConfigError` listing the valid ones."""
+    _load_builtin()
+    try:
+        return _METHODS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown merge method {name!r}; valid methods: {', '.join(sorted(_METHODS))}") from None
+
+
+def list_methods() -> list[str]:
+    """Names of every registered method, sorted."""
+    _load_builtin()
+    return sorted(_METHODS)
+
+
+def _load_builtin() -> None:
+    import analysis.merging.methods  # noqa: F401  (registers the built-in methods)
+
+
+def merge_method(
+    name: str,
+    *,
+    per_model: Sequence[str] = (),
+    base: Literal["required", "optional", "ignored"] = "optional",
+    min_models: int = 1,
+    max_models: int | None = None,
+    reference: str = "",
+    copies_give_model: bool = True,
+    chunking: str | None = None,
+) -> Callable[[MergeFn], MergeMethod]:
+    """Register the decorated function as merge method ``name`` (see the module docstring)."""
+
+    def decorator(fn: MergeFn) -> MergeMethod:
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn)
+        params, takes_ctx = [], False
+        for p in list(sig.parameters.values())[2:]:
+            if p.name == "ctx":
+                takes_ctx = True
+                continue
+            if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+                raise TypeError(f"merge method {name}: parameter {p.name!r} must be keyword-only (after *)")
+            tp = hints.get(p.name, Any)
+            if p.name in per_model:
+                tp = get_args(tp)[0] if get_origin(tp) in (list, Sequence) else tp
+            cfg_name = p.name[:-1] if p.name.endswith("_") else p.name
+            params.append(ParamSpec(cfg_name, tp, p.default, p.name in per_model, arg=p.name))
+        missing = set(per_model) - {p.name for p in params}
+        if missing:
+            raise TypeError(f"merge method {name}: per_model names {sorted(missing)} are not parameters")
+        doc = inspect.getdoc(fn) or ""
+        return register(
+            MergeMethod(
+                name=name, fn=fn, params=tuple(params), base=base, min_models=min_models, max_models=max_models,
+                reference=reference, summary=doc.split("\n\n")[0].replace("\n", " "), copies_give_model=copies_give_model,
+                chunking=chunking, takes_ctx=takes_ctx,
+            )
+        )  # fmt: skip
+
+    return decorator
+
+
+def _check_inputs(method: str, tensors: list[Tensor], base: Tensor | None) -> None:
+    if not tensors:
+        raise MismatchError(f"{method}: no model tensors to merge")
+    shape = tensors[0].shape
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise MismatchError(f"{method}: model {i} gave a {type(t).__name__}, not a tensor")
+        if t.shape != shape:
+            raise MismatchError(f"{method}: model {i} has shape {tuple(t.shape)}, model 0 has {tuple(shape)}; "
+                                "merged models must share one architecture")  # fmt: skip
+    if base is not None and base.shape != shape:
+        raise MismatchError(f"{method}: the base has shape {tuple(base.shape)}, the models {tuple(shape)}")
+
+
+# ------------------------------------------------------------------------------ type conversion
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (types.UnionType, typing.Union):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, what: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{what} must be one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in get_args(tp):
+            return None
+        errors = []
+        for a in get_args(tp):
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, what)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{what}: bad value {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{what} must be true or false, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{what} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{what} must be a number, got {value!r}") from None
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{what} must be an integer, got {value!r}")
+        return int(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{what} must be a string, got {value!r}")
+        return value
+    return value

@@ -269,14 +269,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     import importlib.util
+    import os
     import subprocess
     from pathlib import Path
 
     main = Path(__file__).resolve().parent.parent / "app" / "Home.py"
-    if importlib.util.find_spec("streamlit") is None or not main.exists():
-        raise ZooError("the explorer needs Streamlit and the app pages: pip install 'weightzoo[app]'")
-    env_root = [] if args.root is None else ["--", "--root", str(args.root)]
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(main), *env_root])
+    missing = [m for m in ("streamlit", "plotly") if importlib.util.find_spec(m) is None]
+    if missing or not main.exists():
+        raise ZooError(f"the explorer needs {' and '.join(missing) or 'the app pages'}: pip install 'weightzoo[app]'")
+    root = ["--", "--root", str(Path(args.root).expanduser().resolve())] if args.root is not None else []
+    env = dict(os.environ)
+    if args.url:  # through the environment: a catalog URL may hold a password
+        env["WEIGHTZOO_URL"] = args.url
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(main), *root], env=env)
 
 
 # ------------------------------------------------------------------------------------ parser

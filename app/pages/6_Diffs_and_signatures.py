@@ -1,0 +1,109 @@
+"""Diffs and signatures: a child against its parent (a lineage edge), tensor by tensor.
+
+The weight-diff interpreter and robustness signatures are not built yet; the page says so.
+"""
+
+import sys
+from pathlib import Path
+
+_REPO = str(Path(__file__).resolve().parents[2])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import pandas as pd  # noqa: E402
+import plotly.express as px  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from app import common as C  # noqa: E402
+from app import weights as W  # noqa: E402
+from zoo import ZooError  # noqa: E402
+
+#: most lineage edges offered in one list (filter by operation for the rest)
+MAX_EDGES = 5000
+
+z = C.page("Diffs and signatures")
+if z is None:
+    st.stop()
+
+edges = C.lineage_edges()
+if edges.empty:
+    st.info("No lineage edges in this zoo yet: a diff needs a child and its parent (a fine-tune, a merge, a "
+            "training checkpoint and the one before it). `weightzoo build RECIPE` records them.")  # fmt: skip
+    st.stop()
+
+table = C.models_table()
+ops = sorted(edges["op"].unique())
+wanted = C.selected_model_key()
+wanted = int(wanted) if wanted and wanted.isdigit() else None
+default_op = "(all)"
+if wanted is not None and (edges["child_id"] == wanted).any():
+    default_op = "(all)"
+elif "finetune" in ops:
+    default_op = "finetune"
+c1, c2, c3 = st.columns([1, 2, 2])
+op = c1.selectbox("operation", ["(all)", *ops], index=(["(all)", *ops]).index(default_op), key="df_op")
+sel = edges if op == "(all)" else edges[edges["op"] == op]
+children = sel["child_id"].drop_duplicates()
+if len(children) > MAX_EDGES:
+    children = children.tail(MAX_EDGES)
+    c1.caption(f"the newest {MAX_EDGES:,} children; filter by operation for others")
+children = children.tolist()
+if wanted is not None and wanted not in children and (edges["child_id"] == wanted).any():
+    children.insert(0, wanted)
+idx = children.index(wanted) if wanted in children else len(children) - 1
+
+
+_label = C.labeller()
+
+
+child = c2.selectbox("child", children, index=idx, format_func=_label, key="df_child")
+pe = edges[edges["child_id"] == child]
+parent = c3.selectbox("parent", pe["parent_id"].tolist(),
+                      format_func=lambda i: f"{_label(i)} ({pe.loc[pe['parent_id'] == i, 'op'].iloc[0]}, "
+                                            f"{pe.loc[pe['parent_id'] == i, 'role'].iloc[0]})", key="df_parent")  # fmt: skip
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def diff(root: str, gen: int, child: int, parent: int) -> pd.DataFrame:
+    with C.reading():
+        return W.diff_norms(z.state_dict(child), z.state_dict(parent))
+
+
+try:
+    with st.spinner("reading both models ..."):
+        d = diff(C.zoo_location()[0], C.generation(), int(child), int(parent))
+except ZooError as e:
+    st.error(str(e))
+    st.stop()
+
+num = d[d["diff_l2"].notna() & (d["note"] == "")]
+total = float((num["diff_l2"] ** 2).sum() ** 0.5) if len(num) else 0.0
+ptotal = float((num["parent_l2"] ** 2).sum() ** 0.5) if len(num) else 0.0
+m = st.columns(4)
+m[0].metric("‖child − parent‖", f"{total:.4g}")
+m[1].metric("relative to ‖parent‖", f"{total / ptotal:.4g}" if ptotal else "-")
+m[2].metric("tensors changed", f"{int((num['diff_l2'] > 0).sum())} / {len(d)}")
+m[3].metric("largest relative change", num.loc[num["relative"].idxmax(), "tensor"] if num["relative"].notna().any() else "-")
+if len(num):
+    scale = st.radio("bars", ["relative (‖Δ‖ / ‖parent‖)", "absolute ‖Δ‖"], horizontal=True, key="df_scale")
+    y = "relative" if scale.startswith("relative") else "diff_l2"
+    fig = px.bar(num, x="tensor", y=y, hover_data=["numel", "diff_l2", "parent_l2", "relative", "cosine"])
+    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 10, "b": 10}, xaxis_title=None,
+                      yaxis_title="‖child − parent‖ / ‖parent‖" if y == "relative" else "‖child − parent‖")  # fmt: skip
+    st.plotly_chart(fig, width="stretch", key="df_bar")
+odd = d[d["note"] != ""]
+if len(odd):
+    st.warning(f"{len(odd)} tensor(s) cannot be compared: " + "; ".join(f"{r.tensor}: {r.note}" for r in odd.itertuples()))
+st.dataframe(d, hide_index=True, width="stretch")
+c1, c2 = st.columns(2)
+with c1:
+    C.model_link(int(child), label=f"open child {child}")
+with c2:
+    C.model_link(int(parent), label=f"open parent {parent}")
+
+st.subheader("Interpretation and signatures")
+st.info(
+    "The weight-diff interpreter (what a fine-tune changed: classes, corruptions, planted triggers) and robustness "
+    "signatures (extract, store, patch) are not built yet. When they are, this page will describe the diff above "
+    "and let you extract a signature from it and patch it into other models."
+)

@@ -1,6 +1,9 @@
 """weightspace: how weights are seen (see ../shared/DESIGN.md).
 
 :mod:`weightspace.spec` -- permutation specs: which tensor axes share a hidden-neuron permutation.
+:mod:`weightspace.views` -- stacked/normalised/flat views; :mod:`weightspace.graph` -- neural graphs (torch_geometric).
+:mod:`weightspace.augment` -- augmentations; :mod:`weightspace.encoders` -- encoders (registry);
+:mod:`weightspace.tasks` -- tasks, run-grouped splits, model search; :mod:`weightspace.cli` -- CLI plug-in.
 """
 
 from weightspace.spec import (
@@ -15,8 +18,13 @@ from weightspace.spec import (
     spec_for,
     trace_spec,
 )
+from weightspace.views import FlatNormalizer, LayerNormalizer, flatten, unflatten
 
 __all__ = [
+    "LayerNormalizer",
+    "FlatNormalizer",
+    "flatten",
+    "unflatten",
     "PermutationSpec",
     "spec_for",
     "trace_spec",

@@ -1,0 +1,144 @@
+"""Encoders: a conformance suite over the registry (invariance, save/load, bad input) + NP equivariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from weightspace.encoders import (
+    NPEncoder,
+    encoders,
+    get_encoder,
+    load_encoder,
+    make_encoder,
+    register_encoder,
+)
+from weightspace.spec import apply_permutation, random_permutation, spec_for
+from zoo.architectures import init_state
+from zoo.errors import ConfigError, DuplicateError, MismatchError, UnsafeFileError
+
+CFGS = {
+    "mlp1": {"family": "mlp", "in_features": 6, "hidden": [8], "out_features": 3},
+    "mlp3": {"family": "mlp", "in_features": 5, "hidden": [7, 6, 4], "out_features": 2},
+    "siren": {"family": "siren", "in_features": 2, "hidden": [8, 8], "out_features": 1},
+}
+FAST = {"np": {"epochs": 3, "hidden": 8, "head_hidden": 16}, "flat_mlp": {"epochs": 3, "hidden": [16]}, "stats": {"max_iter": 10}}
+INVARIANT = ("np", "stats")
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def population(cfg: dict, n: int = 24) -> dict[str, torch.Tensor]:
+    states = [init_state(cfg, s, init_scale=0.5 + s / n) for s in range(n)]
+    return {k: torch.stack([s[k] for s in states]) for k in states[0]}
+
+
+def permuted(cfg: dict, X: dict[str, torch.Tensor], seed: int = 1) -> dict[str, torch.Tensor]:
+    spec = spec_for(cfg)
+    n = next(iter(X.values())).shape[0]
+    return apply_permutation(spec, random_permutation(spec, X, torch.Generator().manual_seed(seed), batch=n), X)
+
+
+def targets(X: dict[str, torch.Tensor], task: str) -> np.ndarray:
+    s = X["layers.0.weight"].reshape(len(X["layers.0.weight"]), -1).std(1).numpy()
+    return s if task == "regression" else (s > np.median(s)).astype(int)
+
+
+def test_registry() -> None:
+    assert {"np", "flat_mlp", "stats"} <= set(encoders())
+    with pytest.raises(ConfigError, match="valid: .*np"):
+        get_encoder("dws9000")
+    with pytest.raises(DuplicateError):
+        register_encoder("np")
+    with pytest.raises(ConfigError, match="options"):
+        make_encoder("np", widht=3)
+
+
+@pytest.mark.parametrize("name", INVARIANT)
+@pytest.mark.parametrize("arch", sorted(CFGS))
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_invariant_to_hidden_permutations(name: str, arch: str, task: str) -> None:
+    cfg = CFGS[arch]
+    X = population(cfg)
+    enc = make_encoder(name, task=task, **FAST[name]).fit(X, targets(X, task), spec=spec_for(cfg))
+    Xp = permuted(cfg, X)
+    if task == "regression":
+        np.testing.assert_allclose(enc.predict(Xp), enc.predict(X), rtol=1e-4, atol=1e-5)
+    else:
+        np.testing.assert_allclose(enc.predict_proba(Xp), enc.predict_proba(X), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(enc.transform(Xp), enc.transform(X), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["mlp3", "siren"])
+def test_np_intermediate_features_are_equivariant(arch: str) -> None:
+    cfg = CFGS[arch]
+    X = population(cfg, 6)
+    enc = NPEncoder(epochs=1, hidden=8, head_hidden=8).fit(X, targets(X, "regression"))
+    spec = spec_for(cfg)
+    perms = random_permutation(spec, X, torch.Generator().manual_seed(3), batch=6)
+    nodes, edges = enc.features(X)
+    nodes_p, edges_p = enc.features(apply_permutation(spec, perms, X))
+    hidden = [f"layers.{i}" for i in range(len(cfg["hidden"]))]
+    for s, p in enumerate(hidden):  # node set s = neurons permuted by hidden[s]
+        idx = perms[p]
+        want = torch.take_along_dim(nodes[s], idx[:, :, None], dim=1)
+        torch.testing.assert_close(nodes_p[s], want, rtol=1e-4, atol=1e-5)
+    for e, x in enumerate(edges):  # edge set e: [N, n_{e+1}, n_e, C], rows by hidden[e+1], columns by hidden[e]
+        r, c = perms[hidden[e + 1]], perms[hidden[e]]
+        want = torch.take_along_dim(torch.take_along_dim(x, r[:, :, None, None], dim=1), c[:, None, :, None], dim=2)
+        torch.testing.assert_close(edges_p[e], want, rtol=1e-4, atol=1e-5)
+
+
+def test_flat_mlp_is_not_invariant_but_learns() -> None:
+    cfg = CFGS["mlp1"]
+    X = population(cfg, 40)
+    y = targets(X, "regression")
+    enc = make_encoder("flat_mlp", epochs=30, hidden=[32]).fit(X, y)
+    assert not np.allclose(enc.predict(permuted(cfg, X)), enc.predict(X), atol=1e-6)
+    assert enc.history_[-1] < enc.history_[0]
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_save_load_roundtrip(name: str, tmp_path) -> None:
+    cfg = CFGS["mlp3"]
+    X = population(cfg)
+    enc = make_encoder(name, **FAST[name]).fit(X, targets(X, "regression"))
+    enc.save(tmp_path / name)
+    if name == "stats":
+        with pytest.raises(UnsafeFileError, match="trust"):
+            load_encoder(tmp_path / name)
+        back = load_encoder(tmp_path / name, trust_pickle=True)
+    else:
+        back = load_encoder(tmp_path / name)
+    assert back.get_params() == enc.get_params()
+    np.testing.assert_allclose(back.predict(X), enc.predict(X), rtol=1e-5)
+    assert enc.clone().get_params() == enc.get_params() and not enc.clone().fitted
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_bad_input_raises_project_errors(name: str) -> None:
+    X = population(CFGS["mlp1"])
+    enc = make_encoder(name, **FAST[name])
+    with pytest.raises(ConfigError, match="not fitted"):
+        enc.predict(X)
+    with pytest.raises(MismatchError):
+        enc.fit(X, np.zeros(3))
+    enc.fit(X, targets(X, "regression"))
+    with pytest.raises(MismatchError):
+        enc.predict(population(CFGS["mlp3"]))
+    with pytest.raises(ConfigError, match="task"):
+        make_encoder(name, task="ranking").fit(X, targets(X, "regression"))
+
+
+def test_np_refuses_non_chains() -> None:
+    cfg = {"family": "cnn", "in_channels": 1, "channels": [4], "out_features": 3}
+    X = population(cfg, 4)
+    with pytest.raises(ConfigError):
+        NPEncoder(epochs=1).fit(X, np.arange(4.0), spec=spec_for(cfg))

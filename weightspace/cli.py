@@ -1,0 +1,134 @@
+"""``weightzoo train-encoder`` and ``weightzoo similar``: weight-space encoders from the shell.
+
+Plugged into the ``weightzoo`` CLI through the ``weightzoo.commands`` entry-point group
+(``encoders = "weightspace.cli:register"`` in pyproject.toml).
+
+    weightzoo train-encoder accuracy --encoder np                     # digits-mlp: predict test accuracy
+    weightzoo train-encoder inr-class --encoder np --augment rescale,noise --to-zoo
+    weightzoo train-encoder hparam-bucket --encoder stats --save enc/
+    weightzoo similar digits-mlp/00007/e024 --encoder-model 1234 --k 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from zoo.errors import ConfigError
+
+__all__ = ["register", "weight_matching_align"]
+
+
+def weight_matching_align(seed: int = 0) -> Any:
+    """An ``align(population, reference) -> aligned population`` callable using :mod:`analysis.align`
+    weight matching (imported here, at call time: weightspace itself never depends on analysis)."""
+    from analysis.align import align_population
+
+    def align(population: Any, reference: Any) -> Any:
+        return align_population(dict(population), dict(reference), seed=seed,
+                                **_spec_kw(population)).aligned  # fmt: skip
+
+    return align
+
+
+def _spec_kw(population: Any) -> dict[str, Any]:
+    from weightspace.views import mlp_spec_from_names
+
+    return {"spec": mlp_spec_from_names(list(population))}
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from zoo.store import Zoo
+
+    return Zoo.open(args.root, url=args.url, create=False)
+
+
+def _augment_list(text: str | None) -> list[Any]:
+    if not text:
+        return []
+    text = text.strip()
+    return json.loads(text) if text.startswith("[") else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def cmd_train_encoder(args: argparse.Namespace) -> int:
+    from weightspace.tasks import run_task, store_encoder
+
+    config = json.loads(args.config) if args.config else {}
+    if not isinstance(config, dict):
+        raise ConfigError("--config must be a JSON object of encoder options, e.g. '{\"hidden\": 64}'")
+    if args.epochs is not None:
+        config["epochs"] = args.epochs
+    aug = _augment_list(args.augment)
+    if aug:
+        config["augment"] = aug
+    uses_mixup = any((a == "mixup") or (isinstance(a, dict) and a.get("name") == "mixup") for a in aug)
+    z = _open(args)
+    res = run_task(z, args.encoder, args.task, config, population=args.population, seed=args.seed,
+                   test_fraction=args.test_fraction, align=weight_matching_align(args.seed) if uses_mixup else None,
+                   progress=not args.no_progress)  # fmt: skip
+    out = res.to_dict()
+    if args.save:
+        out["saved_to"] = str(res.encoder.save(args.save))
+    if args.to_zoo:
+        rec = store_encoder(z, res)
+        out["model_id"], out["model_population"] = rec.id, rec.population
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        m = ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items())
+        print(f"{res.task} on {res.population}: encoder {res.encoder.name}, {res.n_train} train / {res.n_test} test models "
+              f"(split by run), trained in {res.train_seconds:.1f}s: {m}")
+        for k in ("saved_to", "model_id"):
+            if k in out:
+                print(f"{k}: {out[k]}")
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from weightspace.encoders import load_encoder
+    from weightspace.tasks import encoder_from_zoo, similar
+
+    z = _open(args)
+    if (args.encoder_model is None) == (args.encoder_dir is None):
+        raise ConfigError("give exactly one of --encoder-model ID (an encoder stored with --to-zoo) or --encoder-dir DIR")
+    enc = encoder_from_zoo(z, args.encoder_model) if args.encoder_model is not None else load_encoder(args.encoder_dir)
+    model: Any = int(args.model) if args.model.isdigit() else args.model
+    df = similar(z, model, enc, population=args.population, k=args.k, metric=args.metric)
+    if args.json:
+        print(df.to_json(orient="records", indent=2))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_columns", 12, "display.width", 160):
+            print(df.to_string(index=False))
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``train-encoder`` and ``similar`` to the ``weightzoo`` subcommands."""
+    from weightspace.encoders import encoders
+    from weightspace.tasks import TASKS
+
+    s = sub.add_parser("train-encoder", parents=[common], help="train a weight-space encoder on a task and score it",
+                       description="Train on a run-grouped split (no run on both sides) and score on the held-out runs.")  # fmt: skip
+    s.add_argument("task", choices=sorted(TASKS), help="accuracy | inr-class | hparam-bucket")
+    s.add_argument("--encoder", default="np", choices=encoders())
+    s.add_argument("-p", "--population", help="population (default: digits-mlp, or digits-inr for inr-class)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--augment", help="comma-separated: permute,rescale,noise,dropout,mixup (or a JSON list)")
+    s.add_argument("--config", help="encoder options as JSON, e.g. '{\"hidden\": 64, \"lr\": 0.001}'")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--test-fraction", type=float, default=0.2)
+    s.add_argument("--save", help="save the trained encoder into this folder")
+    s.add_argument("--to-zoo", action="store_true", help="store the trained encoder in the zoo (op train.encoder)")
+    s.set_defaults(func=cmd_train_encoder)
+
+    s = sub.add_parser("similar", parents=[common], help="nearest models in an encoder's embedding space")
+    s.add_argument("model", help="model id or name")
+    s.add_argument("--encoder-model", type=int, help="id of an encoder stored with train-encoder --to-zoo")
+    s.add_argument("--encoder-dir", help="folder of an encoder saved with train-encoder --save")
+    s.add_argument("-p", "--population", help="search this population (default: the model's)")
+    s.add_argument("--k", type=int, default=5)
+    s.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
+    s.set_defaults(func=cmd_similar)

@@ -1,0 +1,31 @@
+"""Weight-space encoders: one encoder per file, registered by name.
+
+    from weightspace.encoders import make_encoder, encoders, load_encoder
+    enc = make_encoder("np", task="regression", epochs=50).fit(X_train, y_train)
+    enc.predict(X_test); enc.transform(X_test); enc.save("enc/"); load_encoder("enc/")
+
+Registered: ``np`` (permutation-equivariant NP/DWS-style), ``flat_mlp`` (baseline), ``stats``
+(statistics features + scikit-learn).
+"""
+
+from weightspace.encoders import flat_mlp, np_encoder, stats  # noqa: F401  (registers the encoders)
+from weightspace.encoders.base import TASKS, Encoder, TorchEncoder, load_encoder
+from weightspace.encoders.flat_mlp import FlatMLPEncoder
+from weightspace.encoders.np_encoder import NPEncoder
+from weightspace.encoders.registry import encoders, get_encoder, make_encoder, register_encoder
+from weightspace.encoders.stats import StatsEncoder, weight_statistics
+
+__all__ = [
+    "Encoder",
+    "TorchEncoder",
+    "NPEncoder",
+    "FlatMLPEncoder",
+    "StatsEncoder",
+    "weight_statistics",
+    "encoders",
+    "get_encoder",
+    "make_encoder",
+    "register_encoder",
+    "load_encoder",
+    "TASKS",
+]

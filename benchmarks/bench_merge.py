@@ -199,25 +199,28 @@ def main() -> int:
         ours_out, mk_out = tmp / f"out_ours_{name}", tmp / f"out_mergekit_{name}"
         shutil.rmtree(ours_out, ignore_errors=True)
         shutil.rmtree(mk_out, ignore_errors=True)
+        load_before = os.getloadavg()[0]
         ours = measured([sys.executable, "-m", "analysis.merge_cli", str(cfg_path), str(ours_out),
                          "--max-shard-size", args.shard, "--no-progress"], env=env)  # fmt: skip
         mk = measured([args.mergekit, str(cfg_path), str(mk_out), "--out-shard-size", shard_mk, "--no-copy-tokenizer",
                        "--lazy-unpickle", "--quiet"])  # fmt: skip
         cmp = compare(ours_out, mk_out, paths[0], stats_only=name.startswith("dare"))
         r = {"ours": ours, "mergekit": mk, "speedup": mk["seconds"] / ours["seconds"],
-             "memory_ratio": ours["peak_rss_mb"] / mk["peak_rss_mb"], "compare": cmp}  # fmt: skip
+             "memory_ratio": ours["peak_rss_mb"] / mk["peak_rss_mb"], "compare": cmp,
+             "load": [load_before, os.getloadavg()[0]]}  # fmt: skip
         results[name] = r
         print(f"\n{name}: ours {ours['seconds']:.1f}s / {ours['peak_rss_mb']:.0f} MB peak RSS; "
               f"mergekit {mk['seconds']:.1f}s / {mk['peak_rss_mb']:.0f} MB -> {r['speedup']:.2f}x faster, "
-              f"{r['memory_ratio']:.2f}x the memory")  # fmt: skip
+              f"{r['memory_ratio']:.2f}x the memory (load {r['load'][0]:.1f} -> {r['load'][1]:.1f})")  # fmt: skip
         print(f"  outputs: {json.dumps(cmp)}")
         shutil.rmtree(ours_out, ignore_errors=True)
         shutil.rmtree(mk_out, ignore_errors=True)
-    print("\n| method | ours s | mergekit s | speedup | ours MB | mergekit MB | memory ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| method | ours s | mergekit s | speedup | ours MB | mergekit MB | memory ratio | load |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['ours']['seconds']:.1f} | {r['mergekit']['seconds']:.1f} | {r['speedup']:.2f}x | "
-              f"{r['ours']['peak_rss_mb']:.0f} | {r['mergekit']['peak_rss_mb']:.0f} | {r['memory_ratio']:.2f} |")  # fmt: skip
+              f"{r['ours']['peak_rss_mb']:.0f} | {r['mergekit']['peak_rss_mb']:.0f} | {r['memory_ratio']:.2f} | "
+              f"{r['load'][0]:.1f}-{r['load'][1]:.1f} |")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     if not args.keep:

@@ -283,3 +283,93 @@ def test_merge_state_dicts_in_memory():
     sds = [{"w": torch.full((2, 2), float(i)), "n": T([i])} for i in range(3)]
     out = merge_state_dicts("linear", sds)
     assert torch.allclose(out["w"], torch.ones(2, 2)) and torch.equal(out["n"], T([0]))
+
+
+# ------------------------------------------------------------------------- streamed selections
+def _old_selection(a: torch.Tensor, method: str, density: float, gamma: float = 0.01):
+    """The reference: cuts from ``top_cut`` (kthvalue) on the whole tensor."""
+    from analysis.merging.sparsify import Cut, Selection, keep_count, top_cut
+
+    n = a.numel()
+    if method == "magnitude":
+        return Selection(keep=top_cut(a, keep_count(density, n)))
+    keep = int(density * n)
+    bottom = max(0, n - keep - int(gamma * n))
+    small = top_cut(-a, bottom)
+    small = Cut(-small.thr, small.quota, small.ties, small.first, small.everything, small.nothing, lower=True)
+    return Selection(drop_small=small, drop_large=top_cut(a, n - bottom - keep, first=False))
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 10_000])
+def test_radix_selection_from_chunks_equals_whole_tensor_cut(chunk):
+    """The two-pass radix select over chunks gives the exact cuts (values, ties, quotas) of a sort."""
+    from analysis.merging.sparsify import SelectionBuilder
+
+    g = torch.Generator().manual_seed(chunk)
+    for trial in range(6):
+        n = int(torch.randint(1, 700, (1,), generator=g))
+        a = (torch.randn(n, generator=g) * 0.01).abs()
+        if trial % 2:
+            a = torch.round(a * 300) / 300  # many ties at every threshold
+        a[: n // 4] = 0.0
+        for method, density, gamma in [("magnitude", 0.3, 0.0), ("magnitude", 0.999, 0.0), ("magnitude_outliers", 0.6, 0.1),
+                                       ("magnitude_outliers", 0.95, 0.2), ("magnitude_outliers", 0.2, 0.0)]:  # fmt: skip
+            b = SelectionBuilder(method, density, gamma, n)
+            passes = 0
+            while b.passes_left:
+                for i in range(0, n, chunk):
+                    b.add(a[i : i + chunk])
+                b.next_pass()
+                passes += 1
+            assert passes <= 2
+            got, want = b.selection(), _old_selection(a, method, density, gamma)
+            assert got == want, (method, density, gamma, n)
+            masks = [got.mask(a[i : i + chunk]) for i in range(0, n, chunk)]
+            assert torch.equal(torch.cat(masks), want.mask(a))
+
+
+def test_radix_select_stats_by_hand():
+    from analysis.merging.sparsify import RadixSelect
+
+    a = T([0.5, 2.0, 0.0, 2.0, 1.0, 0.5, 3.0])
+    r = RadixSelect(7, [1, 2, 4, 7])
+    while r.passes_left:
+        r.add(a[:3])
+        r.add(a[3:])
+        r.next_pass()
+    assert r.stat(1) == (3.0, 0, 1) and r.stat(2) == (2.0, 1, 2) and r.stat(4) == (1.0, 3, 1) and r.stat(7) == (0.0, 6, 1)
+    top2 = r.largest(2)  # 3.0 and one of the two 2.0s: the first by position
+    assert (top2.thr, top2.quota, top2.ties) == (2.0, 1, 2)
+    low4 = r.smallest(4)  # 0.0, 0.5, 0.5, 1.0
+    assert (low4.thr, low4.quota, low4.ties, low4.lower) == (1.0, 1, 1, True)
+    assert torch.equal(top2.mask(a)[0], T([0, 1, 0, 0, 0, 0, 1]).bool())
+    assert torch.equal(low4.mask(a)[0], T([1, 0, 1, 0, 1, 1, 0]).bool())
+
+
+def test_inplace_sparsification_equals_the_functional_one():
+    from analysis.merging.sparsify import sparsify
+
+    g = torch.Generator().manual_seed(3)
+    d = torch.randn(5000, generator=g)
+    for method, kw in [("magnitude", {"rescale": "l1"}), ("magnitude", {}), ("random", {"rescale": "density", "seed": 4}),
+                       ("random", {"rescale": "l2", "seed": 4}), ("magnitude_outliers", {"gamma": 0.05})]:  # fmt: skip
+        want = sparsify(d, method, 0.4, **kw)
+        scratch = d.clone()
+        got = sparsify(scratch, method, 0.4, inplace=True, **kw)
+        assert got.data_ptr() == scratch.data_ptr() and torch.equal(got, want), method
+    assert torch.equal(sparsify(d, "random", 0.0, inplace=False), torch.zeros_like(d))
+
+
+def test_slerp_matches_the_mergekit_formula_in_float64():
+    """Angle of the normalised vectors, interpolation of the original ones (not of the unit vectors)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, generator=g) * 3
+    b = a + torch.randn(300, generator=g)
+    a64, b64 = a.double(), b.double()
+    dot = float((a64 / a64.norm()) @ (b64 / b64.norm()))
+    th = math.acos(dot)
+    want = (math.sin(0.3 * th) * b64 + math.sin(0.7 * th) * a64) / math.sin(th)
+    got = get_method("slerp")([b], a, t=0.3)
+    assert torch.allclose(got.double(), want, rtol=1e-6, atol=1e-6)
+    z = torch.zeros(4)  # a zero vector counts as norm 1 (no division by zero), as in mergekit
+    assert torch.allclose(get_method("slerp")([T([1.0, 2, 3, 4])], z, t=0.5), T([1.0, 2, 3, 4]) * math.sin(math.pi / 4))

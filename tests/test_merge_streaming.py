@@ -110,10 +110,11 @@ def test_chunked_merge_matches_whole_tensor_merge(monkeypatch, tmp_path):
         save_file(sd, str(tmp_path / f"m{i}.safetensors"))
     monkeypatch.setattr(engine_mod, "CHUNK", 512)
     for method, params in [("ties", {"density": 0.3}), ("dare_ties", {"density": 0.5}), ("breadcrumbs_ties", {"density": 0.6, "gamma": 0.1}),
+                           ("breadcrumbs", {"density": 0.5, "gamma": 0.2}), ("ties", {"density": 0.7, "weight": 0.5}), ("ties", {"density": 1.0}),
                            ("task_arithmetic", {}), ("linear", {})]:  # fmt: skip
         cfg = {"merge_method": method, "base_model": str(tmp_path / "m0.safetensors"),
                "models": [str(tmp_path / f"m{i}.safetensors") for i in (1, 2, 3)], "parameters": params, "seed": 5}  # fmt: skip
-        out = tmp_path / f"out_{method}"
+        out = tmp_path / f"out_{method}_{len(list(tmp_path.iterdir()))}"
         merge(cfg, out_dir=out)
         got = load_file(str(out / "model.safetensors"))
         m = get_method(method)
@@ -243,3 +244,46 @@ def test_model_stock_and_opcm_stream_from_zoo(mlp_zoo, tmp_path):
         got = load_file(str(res.out_dir / "model.safetensors"))
         want = merge_state_dicts(method, [z.state_dict(m) for m in models], z.state_dict(b))
         assert all(torch.allclose(got[k], want[k]) for k in want)
+
+
+def test_chunked_slerp_two_passes_match_whole_tensor(monkeypatch, tmp_path):
+    """SLERP of a large tensor: one pass for the dot product and norms, one for the output."""
+    g = torch.Generator().manual_seed(1)
+    base = {"big": torch.randn(40, 100, generator=g), "small": torch.randn(5, generator=g)}
+    other = {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    save_file(base, str(tmp_path / "a.safetensors"))
+    save_file(other, str(tmp_path / "b.safetensors"))
+    monkeypatch.setattr(engine_mod, "CHUNK", 512)
+    calls = []
+    orig = engine_mod.SlerpStats.add
+    monkeypatch.setattr(engine_mod.SlerpStats, "add", lambda self, a, b: calls.append(a.numel()) or orig(self, a, b))
+    merge({"merge_method": "slerp", "base_model": str(tmp_path / "a.safetensors"), "models": [str(tmp_path / "b.safetensors")],
+           "parameters": {"t": 0.3}}, out_dir=tmp_path / "o")  # fmt: skip
+    assert max(calls) <= 512  # the angle came from chunks, never the whole tensor
+    got = load_file(str(tmp_path / "o" / "model.safetensors"))
+    want = merge_state_dicts("slerp", [other], base, t=0.3)
+    for k in want:
+        assert torch.allclose(got[k], want[k], rtol=0, atol=1e-6), k
+
+
+def test_get_flat_reads_into_a_reused_buffer(tmp_path):
+    t = torch.arange(10, dtype=torch.float32)
+    save_file({"t": t, "h": torch.ones(3, dtype=torch.float16)}, str(tmp_path / "m.safetensors"))
+    src = open_source(str(tmp_path / "m.safetensors"))
+    buf = torch.empty(4)
+    got = src.get_flat("t", 3, 7, out=buf)
+    assert torch.equal(got, t[3:7]) and got.data_ptr() == buf.data_ptr()
+    assert torch.equal(src.get_flat("t", 8, 10, out=buf), t[8:10])
+    assert torch.equal(src.get_flat("h", 0, 3, out=buf), torch.ones(3, dtype=torch.float16))  # wrong dtype: a fresh tensor
+    assert torch.equal(src.get("t"), t)
+    src.close()
+
+
+def test_merge_threads_are_restored(tmp_path):
+    save_file({"w": torch.ones(3)}, str(tmp_path / "x.safetensors"))
+    before = torch.get_num_threads()
+    merge({"merge_method": "linear", "models": [str(tmp_path / "x.safetensors")]}, out_dir=tmp_path / "o",
+          threads=1 if before != 1 else 2)  # fmt: skip
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="threads"):
+        merge({"merge_method": "linear", "models": [str(tmp_path / "x.safetensors")]}, out_dir=tmp_path / "o2", threads=0)

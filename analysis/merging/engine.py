@@ -26,9 +26,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from analysis.merging.config import MergeConfig, ModelRef, parse_dtype
+from analysis.merging.methods import SlerpStats, slerp_pair
 from analysis.merging.registry import MergeMethod, TensorContext, get_method
 from analysis.merging.sources import StateDictSource, TensorInfo, TensorSource, open_source
-from analysis.merging.sparsify import RANDOM_BLOCK, selection
+from analysis.merging.sparsify import RANDOM_BLOCK, Selection, SelectionBuilder
 from analysis.merging.writer import StreamingWriter
 from zoo.errors import ConfigError, MismatchError
 
@@ -92,6 +93,7 @@ def merge(
     dataset: str | None = None,
     progress: bool = False,
     offline: bool | None = None,
+    threads: int | None = None,
 ) -> MergeResult:
     """Run a merge, streaming tensor by tensor; write ``out_dir`` and/or store it in ``zoo``.
 
@@ -105,12 +107,26 @@ def merge(
         evaluate: evaluate a stored merge of an evaluable architecture (mlp/cnn/resnet) with
             :meth:`zoo.Zoo.evaluate` (``dataset``: default the base's ``dataset`` hyperparameter,
             else digits) and store the metrics.
+        threads: torch intra-op threads while merging (restored afterwards; ``None`` leaves
+            torch's setting). The element-wise work is memory-bound; with more threads the
+            OpenMP workers spin whenever another process holds a CPU (the CLI's default is 1).
 
     Raises:
         ConfigError: unknown method or parameter, bad values, a missing base, nothing to write.
         MismatchError: the inputs do not share tensor names and shapes.
         NotFoundError: an input that does not exist.
     """
+    if threads is not None and threads != torch.get_num_threads():
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return merge(config, out_dir=out_dir, zoo=zoo, to_zoo=to_zoo, population=population, name=name, tags=tags,
+                         max_shard_size=max_shard_size, overwrite=overwrite, evaluate=evaluate, dataset=dataset,
+                         progress=progress, offline=offline)  # fmt: skip
+        finally:
+            torch.set_num_threads(before)
     t0 = time.perf_counter()
     cfg = config if isinstance(config, MergeConfig) else (
         MergeConfig.from_dict(config) if isinstance(config, Mapping) else MergeConfig.from_yaml(config))  # fmt: skip
@@ -148,17 +164,19 @@ def merge(
         use_base = method.base != "ignored"
         for tname, info in tqdm(plan.items(), desc=f"merge.{method.name}", unit="tensor", disable=not progress):
             bsrc = base_src if use_base else None
-            if _chunkable(method, resolved, sources[0].infos()[tname], info):
-                parts = []
+            if _chunkable(method, resolved, [s.infos()[tname] for s in sources], info):
+                full = torch.empty(math.prod(info.shape), dtype=info.dtype) if collected is not None else None
+                pos = 0
                 for out in _merge_chunks(method, resolved, tname, sources, bsrc, cfg.seed):
                     out = out.to(info.dtype)
                     if writer is not None:
                         writer.write_chunk(tname, out)
-                    if collected is not None:
-                        parts.append(out)
+                    if full is not None:
+                        full[pos : pos + out.numel()] = out.reshape(-1)
+                    pos += out.numel()
                     del out
-                if collected is not None:
-                    collected[tname] = torch.cat(parts).reshape(info.shape)
+                if collected is not None and full is not None:
+                    collected[tname] = full.reshape(info.shape)
                 continue
             tensors = [s.get(tname) for s in sources]
             b = bsrc.get(tname) if bsrc is not None else None
@@ -193,38 +211,72 @@ def merge(
 CHUNK = RANDOM_BLOCK
 
 
-def _chunkable(method: MergeMethod, resolved: Mapping[str, Any], src: TensorInfo, out: TensorInfo) -> bool:
+def _chunkable(method: MergeMethod, resolved: Mapping[str, Any], srcs: Sequence[TensorInfo], out: TensorInfo) -> bool:
     n = math.prod(out.shape)
-    if method.chunking is None or n <= CHUNK or not src.dtype.is_floating_point:
+    if method.chunking is None or n <= CHUNK or not all(i.dtype.is_floating_point for i in srcs):
         return False
+    if method.chunking in MAGNITUDE and any(i.dtype == torch.float64 for i in srcs):
+        return False  # the streamed radix select reads float32 magnitudes; float64 merges whole
     # rescaling to the L1/L2 norm of the whole task vector needs whole tensors
     return not (resolved.get("rescale") and resolved.get("rescale_norm", "density") != "density")
 
 
+MAGNITUDE = ("magnitude", "magnitude_outliers")
+
+
 def _merge_chunks(method: MergeMethod, resolved: Mapping[str, Any], name: str, sources: list[TensorSource],
                   base: TensorSource | None, seed: int) -> Iterator[Tensor]:  # fmt: skip
-    """Merge one large tensor in flat chunks of :data:`CHUNK` entries (same result as whole)."""
+    """Merge one large tensor in flat chunks of :data:`CHUNK` entries (same result as whole).
+
+    Every input is read chunk by chunk into one reused buffer per input. Methods that need
+    whole-tensor statistics get them from passes over the chunks first (``ctx.stats``): TIES and
+    Breadcrumbs the exact magnitude cuts (two radix-select passes), SLERP the dot product and norms.
+    Each merged chunk must be consumed (written, copied) before the next is requested: the
+    input buffers are refilled, and a method may return a view of its inputs.
+    """
     n = math.prod(sources[0].infos()[name].shape)
-    stats = None
-    if method.chunking in ("magnitude", "magnitude_outliers") and base is not None:
-        stats = []
-        density, gamma = resolved.get("density"), resolved.get("gamma")
-        for i, s in enumerate(sources):
-            if density is not None and density[i] >= 1:
-                stats.append(None)
-                continue
-            a = torch.empty(n, dtype=torch.float32)
-            for start in range(0, n, CHUNK):
-                stop = min(n, start + CHUNK)
-                x = s.get_flat(name, start, stop).to(torch.float32)  # may be the source's own memory: no in-place
-                torch.sub(x, base.get_flat(name, start, stop).to(torch.float32), out=a[start:stop]).abs_()
-            stats.append(selection(a, method.chunking, density[i] if density else 1.0, gamma[i] if gamma else 0.01))  # type: ignore[arg-type]
-            del a
+    size = min(CHUNK, n)
+    bufs = [torch.empty(size, dtype=s.infos()[name].dtype) for s in sources]
+    bbuf = torch.empty(size, dtype=base.infos()[name].dtype) if base is not None else None
+
+    def read(start: int, stop: int, which: Sequence[int] | None = None) -> tuple[list[Tensor], Tensor | None]:
+        ts = [sources[i].get_flat(name, start, stop, out=bufs[i]) for i in (range(len(sources)) if which is None else which)]
+        b = base.get_flat(name, start, stop, out=bbuf) if base is not None else None
+        return ts, b
+
+    stats: Any = None
+    if method.chunking in MAGNITUDE and base is not None:
+        stats = _magnitude_selections(method.chunking, resolved, n, read, len(sources))
+    elif method.chunking == "slerp":
+        stats = SlerpStats()
+        for start in range(0, n, CHUNK):
+            stats.add(*slerp_pair(*read(start, min(n, start + CHUNK))))
     for start in range(0, n, CHUNK):
-        stop = min(n, start + CHUNK)
-        ts = [s.get_flat(name, start, stop) for s in sources]
-        b = base.get_flat(name, start, stop) if base is not None else None
+        ts, b = read(start, min(n, start + CHUNK))
         yield method(ts, b, ctx=TensorContext(name, seed, offset=start, stats=stats), **resolved)
+
+
+def _magnitude_selections(kind: str, resolved: Mapping[str, Any], n: int, read: Any, k: int) -> list[Selection | None]:
+    """Each model's magnitude :class:`Selection` of one large tensor, from passes over its chunks.
+
+    Memory: one float32 chunk of magnitudes and two histograms per model, whatever the tensor size.
+    """
+    density, gamma = resolved.get("density"), resolved.get("gamma")
+    builders = [SelectionBuilder(kind, density[i] if density else 1.0, gamma[i] if gamma else 0.01, n)  # type: ignore[arg-type]
+                for i in range(k)]  # fmt: skip
+    a = torch.empty(min(CHUNK, n), dtype=torch.float32)
+    while active := [i for i, bld in enumerate(builders) if bld.passes_left]:
+        for start in range(0, n, CHUNK):
+            stop = min(n, start + CHUNK)
+            ts, b = read(start, stop, active)
+            bf = b.to(torch.float32)
+            av = a[: stop - start]
+            for i, x in zip(active, ts, strict=True):
+                torch.sub(x.to(torch.float32), bf, out=av).abs_()
+                builders[i].add(av)
+        for i in active:
+            builders[i].next_pass()
+    return [bld.selection() for bld in builders]
 
 
 # ------------------------------------------------------------------------------------- helpers

@@ -25,6 +25,7 @@ opcm                sequential orthogonal-projection merging with adaptive norm 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from analysis.merging.registry import TensorContext, merge_method
 from analysis.merging.sparsify import (
+    RANDOM_BLOCK,
     Consensus,
     RescaleNorm,
     Sparsification,
@@ -124,44 +126,93 @@ def metric_weighted(
 
 
 # ---------------------------------------------------------------------------------------- SLERP
-def slerp_tensors(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8) -> Tensor:
+#: SLERP accumulates its dot product and norms over blocks of this many entries (the engine's chunk)
+SLERP_BLOCK = RANDOM_BLOCK
+
+
+@dataclass
+class SlerpStats:
+    """Dot product and squared norms of two flat tensors, accumulated in float64 block by block.
+
+    The engine feeds a large tensor's chunks in one pass, then merges chunk by chunk with the
+    coefficients these give; :func:`slerp_tensors` feeds blocks of :data:`SLERP_BLOCK` entries of
+    a whole tensor, so both paths compute the same numbers.
+    """
+
+    dot: float = 0.0
+    aa: float = 0.0
+    bb: float = 0.0
+
+    def add(self, v0: Tensor, v1: Tensor) -> None:
+        a, b = v0.reshape(-1), v1.reshape(-1)
+        for i in range(0, a.numel(), _SLERP_SUB):  # float64 copies of a slice at a time
+            x, y = a[i : i + _SLERP_SUB].to(torch.float64), b[i : i + _SLERP_SUB].to(torch.float64)
+            self.dot += float(torch.dot(x, y))
+            self.aa += float(torch.dot(x, x))
+            self.bb += float(torch.dot(y, y))
+
+
+_SLERP_SUB = 1 << 16
+
+
+def slerp_coefficients(t: float, stats: SlerpStats, dot_threshold: float = 0.9995, eps: float = 1e-8) -> tuple[float, float]:
+    """``(c0, c1)`` with slerp(v0, v1) = c0 v0 + c1 v1, as mergekit: the angle between the
+    normalised vectors (a norm <= ``eps`` counts as 1), lerp when |cos| > ``dot_threshold``."""
+    na, nb = math.sqrt(stats.aa), math.sqrt(stats.bb)
+    na = na if na > eps else 1.0
+    nb = nb if nb > eps else 1.0
+    dot = min(1.0, max(-1.0, stats.dot / (na * nb)))
+    if abs(dot) > dot_threshold:
+        return 1 - t, t
+    theta = math.acos(dot)
+    s = math.sin(theta)
+    return math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
+
+
+def slerp_tensors(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8,
+                  stats: SlerpStats | None = None) -> Tensor:  # fmt: skip
     """Spherical interpolation between two tensors seen as flat vectors (one angle per tensor).
 
     Falls back to linear interpolation when the normalised vectors are nearly colinear
-    (|cos| > ``dot_threshold``), where the spherical formula is ill-conditioned.
+    (|cos| > ``dot_threshold``), where the spherical formula is ill-conditioned. The original
+    (unnormalised) tensors are interpolated. ``stats``: the whole tensors' :class:`SlerpStats`
+    when ``v0``/``v1`` are chunks of larger tensors.
     """
     dt = _work_dtype(v0, v1)
-    a, b = v0.to(dt).reshape(-1), v1.to(dt).reshape(-1)
-    na, nb = a.norm(), b.norm()
-    na = na if na > eps else torch.ones_like(na)
-    nb = nb if nb > eps else torch.ones_like(nb)
-    dot = float(((a / na) * (b / nb)).sum().clamp(-1, 1))
-    if abs(dot) > dot_threshold:
-        out = (1 - t) * a + t * b
-    else:
-        theta = math.acos(dot)
-        s = math.sin(theta)
-        out = (math.sin((1 - t) * theta) / s) * a + (math.sin(t * theta) / s) * b
+    a, b = v0.reshape(-1), v1.reshape(-1)
+    if stats is None:
+        stats = SlerpStats()
+        for i in range(0, a.numel(), SLERP_BLOCK):
+            stats.add(a[i : i + SLERP_BLOCK], b[i : i + SLERP_BLOCK])
+    c0, c1 = slerp_coefficients(t, stats, dot_threshold, eps)
+    out = a.to(dt) * c0
+    out += b.to(dt) * c1
     return out.reshape(v0.shape)
 
 
-@merge_method("slerp", base="optional", min_models=1, max_models=2, reference="https://en.wikipedia.org/wiki/Slerp")
+@merge_method("slerp", base="optional", min_models=1, max_models=2, chunking="slerp", reference="https://en.wikipedia.org/wiki/Slerp")
 def slerp(
-    tensors: list[Tensor], base: Tensor | None, *, t: float = 0.5, dot_threshold: float = 0.9995, eps: float = 1e-8
-) -> Tensor:
+    tensors: list[Tensor], base: Tensor | None, *, t: float = 0.5, dot_threshold: float = 0.9995, eps: float = 1e-8,
+    ctx: TensorContext | None = None,
+) -> Tensor:  # fmt: skip
     """Spherical linear interpolation from the base (t = 0) to the other model (t = 1), per tensor.
 
     Give a base and one model (mergekit's form) or two models and no base (from the first).
+    ``ctx.stats``: the whole tensors' :class:`SlerpStats` (chunked merges of large tensors).
     """
+    v0, v1 = slerp_pair(tensors, base)
+    return slerp_tensors(t, v0, v1, dot_threshold, eps, stats=ctx.stats if ctx is not None else None)
+
+
+def slerp_pair(tensors: list[Tensor], base: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(from, to) of a SLERP: (base, the model) or, without a base, the two models."""
     if base is not None:
         if len(tensors) != 1:
             raise ConfigError(f"slerp merges a base and exactly one other model, got {len(tensors)} others")
-        v0, v1 = base, tensors[0]
-    else:
-        if len(tensors) != 2:
-            raise ConfigError(f"slerp without a base merges exactly two models, got {len(tensors)}")
-        v0, v1 = tensors
-    return slerp_tensors(t, v0, v1, dot_threshold, eps)
+        return base, tensors[0]
+    if len(tensors) != 2:
+        raise ConfigError(f"slerp without a base merges exactly two models, got {len(tensors)}")
+    return tensors[0], tensors[1]
 
 
 # ------------------------------------------------------------------- generalised task arithmetic
@@ -199,11 +250,13 @@ def task_arithmetic_merge(
         d = torch.sub(t.to(dt), b, out=deltas[i])
         if sparsification is not None:
             sel = ctx.stats[i] if ctx.stats is not None else None
-            deltas[i] = sparsify(d, sparsification, density[i] if density else 1.0, gamma=gamma[i] if gamma else 0.01,
-                                 rescale=rescale_norm if rescale else None, seed=ctx.seed + 7919 * (i + 1),
-                                 offset=ctx.offset, sel=sel)  # fmt: skip
+            r = sparsify(d, sparsification, density[i] if density else 1.0, gamma=gamma[i] if gamma else 0.01,
+                         rescale=rescale_norm if rescale else None, seed=ctx.seed + 7919 * (i + 1),
+                         offset=ctx.offset, sel=sel, inplace=True)  # fmt: skip
+            if r.data_ptr() != d.data_ptr():
+                d.copy_(r)
         if weight[i] != 1:
-            deltas[i].mul_(weight[i])
+            d.mul_(weight[i])
     if consensus is not None:
         mask = consensus_mask(deltas, consensus)
         mixed = deltas.mul_(mask).sum(0)

@@ -106,8 +106,9 @@ class MergeMethod:
     #: merging k identical copies (with any base) returns that model
     copies_give_model: bool = True
     #: how the engine may split a large tensor: ``None`` (whole tensors only), ``"elementwise"``
-    #: (any flat chunks), ``"magnitude"`` / ``"magnitude_outliers"`` (flat chunks after a
-    #: per-model pass computing the magnitude selection, handed over as ``ctx.stats``)
+    #: (any flat chunks), ``"magnitude"`` / ``"magnitude_outliers"`` (flat chunks after two
+    #: radix-select passes computing each model's magnitude selection, handed over as
+    #: ``ctx.stats``), ``"slerp"`` (flat chunks after a pass accumulating the dot product and norms)
     chunking: str | None = None
     takes_ctx: bool = field(default=False, repr=False)
 

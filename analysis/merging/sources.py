@@ -4,8 +4,9 @@ A :class:`TensorSource` lists its tensor names, shapes and dtypes without loadin
 loads a single tensor on demand, so a merge holds a few tensors in memory, never whole models:
 
 * :class:`SafetensorsSource`: a ``.safetensors`` file, a sharded folder (``*.index.json``), or an
-  HF-style folder. Headers are parsed up front; each tensor is read with one ``readinto`` into a
-  fresh buffer (no memory map, so finished tensors do not linger in the resident set).
+  HF-style folder. Headers are parsed up front; each tensor (or flat chunk) is read with positioned
+  reads (``os.preadv``) into a fresh buffer or the caller's reused one (no memory map, so finished
+  tensors do not linger in the resident set).
 * :class:`StateDictSource`: any ``{name: tensor}`` mapping, e.g. the copy-on-write memory-map
   views of :meth:`zoo.Zoo.state_dict` (a zoo model), or a torch checkpoint.
 
@@ -16,6 +17,7 @@ path, or a Hugging Face repo id (``org/name``, read from the local cache when of
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,8 +50,13 @@ class TensorSource(Protocol):
 
     def get(self, name: str) -> Tensor: ...
 
-    def get_flat(self, name: str, start: int, stop: int) -> Tensor:
-        """Entries ``start:stop`` of the flattened tensor (reads only those bytes)."""
+    def get_flat(self, name: str, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        """Entries ``start:stop`` of the flattened tensor (reads only those bytes).
+
+        ``out``: a contiguous buffer of the tensor's dtype and at least ``stop - start`` entries
+        that a file source may read into (so a chunked merge reuses its buffers). The result may
+        be a view of ``out`` or of the source's own memory: never modify it in place.
+        """
         ...
 
     def close(self) -> None: ...
@@ -123,29 +130,34 @@ class SafetensorsSource:
     def infos(self) -> dict[str, TensorInfo]:
         return {k: v[1] for k, v in self._where.items()}
 
-    def get(self, name: str) -> Tensor:
-        path, info, a, b = self._where[name]
+    def _fd(self, path: Path) -> int:
         fh = self._handles.get(path)
         if fh is None:
-            fh = self._handles[path] = path.open("rb")
-        t = torch.empty(info.shape, dtype=info.dtype)
-        if b > a:
-            fh.seek(a)
-            if fh.readinto(tensor_bytes(t)) != b - a:
+            fh = self._handles[path] = path.open("rb", buffering=0)
+        return fh.fileno()
+
+    def _read(self, path: Path, name: str, t: Tensor, offset: int) -> Tensor:
+        """Fill ``t`` (contiguous) with the bytes at ``offset``: positioned reads, no seek, no buffer copy."""
+        view = tensor_bytes(t)
+        fd, done, total = self._fd(path), 0, len(view)
+        while done < total:
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if got <= 0:
                 raise CorruptFileError(f"{path}: tensor {name!r} is truncated")
+            done += got
         return t
 
-    def get_flat(self, name: str, start: int, stop: int) -> Tensor:
+    def get(self, name: str) -> Tensor:
         path, info, a, _ = self._where[name]
-        fh = self._handles.get(path)
-        if fh is None:
-            fh = self._handles[path] = path.open("rb")
-        t = torch.empty(stop - start, dtype=info.dtype)
-        if stop > start:
-            fh.seek(a + start * t.element_size())
-            if fh.readinto(tensor_bytes(t)) != (stop - start) * t.element_size():
-                raise CorruptFileError(f"{path}: tensor {name!r} is truncated")
-        return t
+        return self._read(path, name, torch.empty(info.shape, dtype=info.dtype), a)
+
+    def get_flat(self, name: str, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        path, info, a, _ = self._where[name]
+        if out is not None and out.dtype == info.dtype and out.is_contiguous() and out.numel() >= stop - start:
+            t = out.reshape(-1)[: stop - start]
+        else:
+            t = torch.empty(stop - start, dtype=info.dtype)
+        return self._read(path, name, t, a + start * t.element_size())
 
     def close(self) -> None:
         for fh in self._handles.values():
@@ -167,8 +179,8 @@ class StateDictSource:
     def get(self, name: str) -> Tensor:
         return self._t[name]
 
-    def get_flat(self, name: str, start: int, stop: int) -> Tensor:
-        return self._t[name].reshape(-1)[start:stop]
+    def get_flat(self, name: str, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        return self._t[name].reshape(-1)[start:stop]  # a view: no copy (``out`` is not needed)
 
     def close(self) -> None:
         pass

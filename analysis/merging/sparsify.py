@@ -14,6 +14,9 @@ time) instead of a full sort.
 
 from __future__ import annotations
 
+import struct
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,7 +28,9 @@ from zoo.errors import ConfigError
 __all__ = [
     "Consensus",
     "Cut",
+    "RadixSelect",
     "Selection",
+    "SelectionBuilder",
     "random_keep",
     "selection",
     "top_cut",
@@ -56,10 +61,10 @@ def keep_count(density: float, n: int) -> int:
 
 @dataclass
 class Cut:
-    """The ``k`` largest entries of a flat score vector, applicable chunk by chunk.
+    """The ``k`` largest (or, ``lower``, smallest) entries of a flat score vector, applicable chunk by chunk.
 
-    Entries above ``thr`` are in; of the ``ties`` entries equal to ``thr``, ``quota`` are in: the
-    first ones by position (``first=True``) or the last ones.
+    Entries above ``thr`` (``lower``: below) are in; of the ``ties`` entries equal to ``thr``,
+    ``quota`` are in: the first ones by position (``first=True``) or the last ones.
     """
 
     thr: float
@@ -68,6 +73,7 @@ class Cut:
     first: bool = True
     everything: bool = False
     nothing: bool = False
+    lower: bool = False
 
     def mask(self, scores: Tensor, ties_before: int = 0) -> tuple[Tensor, int]:
         """Membership of a chunk whose preceding chunks held ``ties_before`` tied entries."""
@@ -76,10 +82,10 @@ class Cut:
         if self.nothing:
             return torch.zeros_like(scores, dtype=torch.bool), ties_before
         if self.quota == self.ties:  # every tie is in (the usual case: one entry at the threshold)
-            return scores >= self.thr, ties_before
+            return (scores <= self.thr if self.lower else scores >= self.thr), ties_before
         if self.quota == 0:
-            return scores > self.thr, ties_before
-        m = scores > self.thr
+            return (scores < self.thr if self.lower else scores > self.thr), ties_before
+        m = scores < self.thr if self.lower else scores > self.thr
         tied = scores == self.thr
         n_tied = int(torch.count_nonzero(tied))
         if n_tied:
@@ -149,8 +155,9 @@ def top_k_mask(scores: Tensor, k: int, *, ties: Literal["first", "last"] = "firs
 class Selection:
     """Which entries of one task vector a magnitude sparsification keeps, streamable by chunks.
 
-    ``keep``: the kept set is ``keep`` minus ``drop`` (``None``: no constraint). Built by
-    :func:`selection` from the whole tensor's magnitudes; applied chunk by chunk in order.
+    ``keep``: the kept set is ``keep`` minus ``drop_small`` and ``drop_large`` (``None``: no
+    constraint). Built by :func:`selection` (or :class:`SelectionBuilder`, from chunks) from the
+    whole tensor's magnitudes; applied chunk by chunk in order.
     """
 
     keep: Cut | None = None
@@ -159,58 +166,219 @@ class Selection:
     _seen: list[int] = field(default_factory=lambda: [0, 0, 0])
 
     def mask(self, a: Tensor) -> Tensor:
-        m = torch.ones_like(a, dtype=torch.bool)
-        for j, (cut, sign, keep) in enumerate(((self.keep, 1, True), (self.drop_small, -1, False), (self.drop_large, 1, False))):
+        m: Tensor | None = None
+        for j, (cut, keep) in enumerate(((self.keep, True), (self.drop_small, False), (self.drop_large, False))):
             if cut is None:
                 continue
-            cm, self._seen[j] = cut.mask(a if sign > 0 else -a, self._seen[j])
-            m &= cm if keep else ~cm
-        return m
+            cm, self._seen[j] = cut.mask(a, self._seen[j])
+            if not keep:
+                cm = cm.logical_not_()
+            m = cm if m is None else m.logical_and_(cm)
+        return m if m is not None else torch.ones_like(a, dtype=torch.bool)
+
+
+# ------------------------------------------------------------------------ streamed radix select
+_HI_BINS = 1 << 15  # magnitudes are >= 0: the sign bit is 0, so (bits >> 16) < 2**15
+_LO_BINS = 1 << 16
+
+
+class RadixSelect:
+    """Exact order statistics of non-negative float32 values seen in chunks, in O(chunk) memory.
+
+    For ``x >= 0`` the int32 bit pattern of a float32 is monotone in ``x``, so the ``r``-th largest
+    value is found digit by digit: pass 1 histograms the top 16 bits of every entry
+    (``torch.bincount``), which names the bin holding rank ``r``; pass 2 histograms the low 16 bits
+    of the entries in that bin, which gives the exact value, how many entries are above it and how
+    many equal it. The caller feeds every chunk to :meth:`add` once per pass and calls
+    :meth:`next_pass` between passes while :attr:`passes_left` is true.
+    """
+
+    def __init__(self, n: int, ranks: Sequence[int]) -> None:
+        self.n = n
+        self.ranks = sorted({r for r in ranks if 1 <= r <= n})  # ranks from the top, 1 = the largest
+        self.stage = 1 if self.ranks else 3
+        self.hi = torch.zeros(_HI_BINS, dtype=torch.int64)
+        self._bin: dict[int, tuple[int, int]] = {}  # rank -> (high bits, entries in higher bins)
+        self._lo: dict[int, Tensor] = {}  # high bits -> histogram of the low bits
+        self._stat: dict[int, tuple[float, int, int]] = {}  # rank -> (value, entries above, entries equal)
+
+    @property
+    def passes_left(self) -> bool:
+        return self.stage < 3
+
+    def add(self, a: Tensor) -> None:
+        """Feed the next chunk (float32, ``>= 0``) of the current pass."""
+        bits = a.reshape(-1).view(torch.int32)
+        if self.stage == 1:
+            self.hi += torch.bincount(bits >> 16, minlength=_HI_BINS)
+        elif self.stage == 2:
+            top = bits >> 16
+            for hb, hist in self._lo.items():
+                inside = bits[top == hb]
+                if inside.numel():
+                    hist += torch.bincount(inside.bitwise_and_(0xFFFF), minlength=_LO_BINS)
+
+    def next_pass(self) -> None:
+        if self.stage == 1:
+            if int(self.hi.sum()) != self.n:
+                raise ValueError(f"radix select saw {int(self.hi.sum())} entries, expected {self.n}")
+            from_top = self.hi.flip(0).cumsum(0)
+            for r in self.ranks:
+                j = int(torch.searchsorted(from_top, r))
+                hb = _HI_BINS - 1 - j
+                self._bin[r] = (hb, int(from_top[j]) - int(self.hi[hb]))
+                self._lo.setdefault(hb, torch.zeros(_LO_BINS, dtype=torch.int64))
+        elif self.stage == 2:
+            for r in self.ranks:
+                hb, above = self._bin[r]
+                hist = self._lo[hb]
+                from_top = hist.flip(0).cumsum(0)
+                j = int(torch.searchsorted(from_top, r - above))
+                lb = _LO_BINS - 1 - j
+                ties = int(hist[lb])
+                value = struct.unpack("<f", struct.pack("<i", (hb << 16) | lb))[0]
+                self._stat[r] = (value, above + int(from_top[j]) - ties, ties)
+            self._lo.clear()
+        self.stage += 1
+
+    def stat(self, r: int) -> tuple[float, int, int]:
+        """The ``r``-th largest value, how many entries are larger, how many equal it."""
+        return self._stat[r]
+
+    def largest(self, k: int, *, first: bool = True) -> Cut:
+        """The :class:`Cut` of the ``k`` largest entries (as :func:`top_cut`)."""
+        if k >= self.n:
+            return Cut(0.0, 0, 0, first, everything=True)
+        if k <= 0:
+            return Cut(0.0, 0, 0, first, nothing=True)
+        value, greater, ties = self._stat[k]
+        return Cut(value, k - greater, ties, first)
+
+    def smallest(self, k: int, *, first: bool = True) -> Cut:
+        """The :class:`Cut` of the ``k`` smallest entries (a ``lower`` cut)."""
+        if k >= self.n:
+            return Cut(0.0, 0, 0, first, everything=True, lower=True)
+        if k <= 0:
+            return Cut(0.0, 0, 0, first, nothing=True, lower=True)
+        value, greater, ties = self._stat[self.n - k + 1]
+        return Cut(value, k - (self.n - greater - ties), ties, first, lower=True)
+
+
+def _selection_counts(method: Sparsification, density: float, gamma: float, n: int) -> tuple[int, int, int]:
+    """(keep the k largest, drop the k smallest, drop the k largest) of a magnitude sparsification."""
+    if method == "magnitude":
+        return keep_count(density, n), 0, 0
+    keep = int(density * n)
+    bottom = max(0, n - keep - int(gamma * n))
+    return 0, bottom, n - bottom - keep
+
+
+class SelectionBuilder:
+    """Build the :class:`Selection` of one task vector from its magnitudes fed chunk by chunk.
+
+    ``while b.passes_left: (feed every chunk's |delta| to b.add); b.next_pass()`` then
+    :meth:`selection`. Memory: two histograms (a few hundred KB), whatever the tensor size.
+    """
+
+    def __init__(self, method: Sparsification | None, density: float, gamma: float, n: int) -> None:
+        self.method, self.n = method, n
+        self.trivial = method is None or method == "random" or density >= 1
+        if not self.trivial and method not in ("magnitude", "magnitude_outliers"):
+            raise ConfigError(f"unknown sparsification {method!r}; valid: magnitude, random, magnitude_outliers")
+        self.counts = (0, 0, 0) if self.trivial else _selection_counts(method, density, gamma, n)  # type: ignore[arg-type]
+        keep, bottom, top = self.counts
+        ranks = [r for r, k in ((keep, keep), (n - bottom + 1, bottom), (top, top)) if 0 < k < n]
+        self.radix = RadixSelect(n, ranks)
+
+    @property
+    def passes_left(self) -> bool:
+        return self.radix.passes_left
+
+    def add(self, a: Tensor) -> None:
+        self.radix.add(a)
+
+    def next_pass(self) -> None:
+        self.radix.next_pass()
+
+    def selection(self) -> Selection | None:
+        if self.trivial:
+            return None
+        keep, bottom, top = self.counts
+        if self.method == "magnitude":
+            return Selection(keep=self.radix.largest(keep))
+        return Selection(drop_small=self.radix.smallest(bottom, first=True), drop_large=self.radix.largest(top, first=False))
 
 
 def selection(a: Tensor, method: Sparsification | None, density: float, gamma: float = 0.01) -> Selection | None:
-    """The :class:`Selection` of a magnitude sparsification of a task vector with magnitudes ``a``."""
+    """The :class:`Selection` of a magnitude sparsification of a task vector with magnitudes ``a``.
+
+    float32 magnitudes go through the streamed radix select (in slices, so the same code and the
+    same cuts as a chunked merge); other dtypes through :func:`top_cut`.
+    """
     n = a.numel()
     if method is None or method == "random" or density >= 1:
         return None
+    if a.dtype == torch.float32:
+        b = SelectionBuilder(method, density, gamma, n)
+        flat = a.reshape(-1)
+        while b.passes_left:
+            for i in range(0, n, _SCAN):
+                b.add(flat[i : i + _SCAN])
+            b.next_pass()
+        return b.selection()
+    keep, bottom, top = _selection_counts(method, density, gamma, n) if method in ("magnitude", "magnitude_outliers") else (0, 0, 0)
     if method == "magnitude":
-        return Selection(keep=top_cut(a, keep_count(density, n)))
+        return Selection(keep=top_cut(a, keep))
     if method == "magnitude_outliers":
-        keep = int(density * n)
-        bottom = max(0, n - keep - int(gamma * n))
-        top = n - bottom - keep
-        return Selection(drop_small=top_cut(-a, bottom, first=True), drop_large=top_cut(a, top, first=False))
+        small = top_cut(-a, bottom, first=True)
+        small = Cut(-small.thr, small.quota, small.ties, small.first, small.everything, small.nothing, lower=True)
+        return Selection(drop_small=small, drop_large=top_cut(a, top, first=False))
     raise ConfigError(f"unknown sparsification {method!r}; valid: magnitude, random, magnitude_outliers")
 
 
-def _rescale(delta: Tensor, kept: Tensor, density: float, norm: RescaleNorm | None) -> Tensor:
+def _norm(t: Tensor, norm: RescaleNorm) -> Tensor:
+    if norm == "l1":
+        return t.abs().sum()
+    if norm == "l2":
+        return t.norm()
+    raise ConfigError(f"rescale_norm must be 'density', 'l1' or 'l2', got {norm!r}")
+
+
+def _keep(delta: Tensor, mask: Tensor, density: float, norm: RescaleNorm | None, inplace: bool) -> Tensor:
+    """``delta`` times the keep ``mask``, rescaled (``density``: by 1/density; ``l1``/``l2``: to the
+    norm ``delta`` had); ``inplace`` overwrites ``delta``."""
+    before = _norm(delta, norm) if norm is not None and norm != "density" else None
+    kept = delta.mul_(mask) if inplace else delta * mask
     if norm is None:
         return kept
     if norm == "density":
-        return kept / density if density > 0 else kept
-    if norm == "l1":
-        before, after = delta.abs().sum(), kept.abs().sum()
-    elif norm == "l2":
-        before, after = delta.norm(), kept.norm()
-    else:
-        raise ConfigError(f"rescale_norm must be 'density', 'l1' or 'l2', got {norm!r}")
+        if density <= 0:
+            return kept
+        return kept.div_(density) if inplace else kept / density
+    after = _norm(kept, norm)
+    assert before is not None
     if before < 1e-7 or after < 1e-7:
         return kept
-    return kept * (before / after)
+    return kept.mul_(before / after) if inplace else kept * (before / after)
 
 
-def magnitude(delta: Tensor, density: float, rescale: RescaleNorm | None = None, sel: Selection | None = None) -> Tensor:
-    """Keep the ``density`` fraction of entries largest in magnitude (TIES "trim"); zero the rest."""
+def magnitude(delta: Tensor, density: float, rescale: RescaleNorm | None = None, sel: Selection | None = None,
+              inplace: bool = False) -> Tensor:  # fmt: skip
+    """Keep the ``density`` fraction of entries largest in magnitude (TIES "trim"); zero the rest.
+
+    ``inplace``: overwrite ``delta`` (the merge's own scratch) instead of allocating the result.
+    """
     if density >= 1:
         return delta
     a = delta.abs()
     sel = sel or selection(a, "magnitude", density)
-    kept = delta * sel.mask(a) if sel is not None else delta
-    return _rescale(delta, kept, density, rescale)
+    if sel is None:
+        return delta
+    return _keep(delta, sel.mask(a), density, rescale, inplace)
 
 
 def magnitude_outliers(delta: Tensor, density: float, gamma: float = 0.01, rescale: RescaleNorm | None = None,
-                       sel: Selection | None = None) -> Tensor:  # fmt: skip
+                       sel: Selection | None = None, inplace: bool = False) -> Tensor:  # fmt: skip
     """Model Breadcrumbs: drop the ``gamma`` fraction largest in magnitude (outliers) and the smallest,
     keeping a ``density`` fraction in between.
 
@@ -222,13 +390,24 @@ def magnitude_outliers(delta: Tensor, density: float, gamma: float = 0.01, resca
         return delta
     a = delta.abs()
     sel = sel or selection(a, "magnitude_outliers", density, gamma)
-    kept = delta * sel.mask(a) if sel is not None else delta
-    return _rescale(delta, kept, density, rescale)
+    if sel is None:
+        return delta
+    return _keep(delta, sel.mask(a), density, rescale, inplace)
 
 
 #: DARE draws its random numbers in blocks of this many entries, each from its own seed, so a
 #: tensor merged whole or in chunks (multiples of the block) gets the same drops.
 RANDOM_BLOCK = 1 << 20
+
+_scratch = threading.local()
+
+
+def _uniform(n: int, generator: torch.Generator) -> Tensor:
+    """``torch.rand(n, generator=generator)`` into a per-thread reused buffer (valid until the next call)."""
+    buf = getattr(_scratch, "uniform", None)
+    if buf is None or buf.numel() < n:
+        buf = _scratch.uniform = torch.empty(max(n, RANDOM_BLOCK))
+    return torch.rand(n, generator=generator, out=buf[:n])
 
 
 def random_keep(n: int, density: float, seed: int, offset: int = 0) -> Tensor:
@@ -240,21 +419,21 @@ def random_keep(n: int, density: float, seed: int, offset: int = 0) -> Tensor:
         block, within = divmod(flat, RANDOM_BLOCK)
         take = min(n - pos, RANDOM_BLOCK - within)
         g = torch.Generator().manual_seed((seed * 1_000_003 + block) % (2**63 - 1))
-        r = torch.rand(within + take, generator=g)[within:]
-        out[pos : pos + take] = r < density
+        r = _uniform(within + take, g)[within:]
+        torch.lt(r, density, out=out[pos : pos + take])
         pos += take
     return out
 
 
-def random_drop(delta: Tensor, density: float, seed: int = 0, rescale: RescaleNorm | None = "density", offset: int = 0) -> Tensor:
+def random_drop(delta: Tensor, density: float, seed: int = 0, rescale: RescaleNorm | None = "density", offset: int = 0,
+                inplace: bool = False) -> Tensor:  # fmt: skip
     """DARE: drop each entry with probability ``1 - density`` (seeded), rescale the rest (default 1/density)."""
     if density >= 1:
         return delta
     if density <= 0:
-        return torch.zeros_like(delta)
+        return delta.zero_() if inplace else torch.zeros_like(delta)
     keep = random_keep(delta.numel(), density, seed, offset).reshape(delta.shape)
-    kept = delta * keep
-    return _rescale(delta, kept, density, rescale)
+    return _keep(delta, keep, density, rescale, inplace)
 
 
 def sparsify(
@@ -267,24 +446,26 @@ def sparsify(
     seed: int = 0,
     offset: int = 0,
     sel: Selection | None = None,
+    inplace: bool = False,
 ) -> Tensor:
     """Dispatch to one sparsification (``None``: the delta unchanged).
 
     ``seed``/``offset``: DARE's per-tensor seed and the chunk's position in the flat tensor;
-    ``sel``: a precomputed magnitude :class:`Selection` (for chunked merges).
+    ``sel``: a precomputed magnitude :class:`Selection` (for chunked merges); ``inplace``:
+    overwrite ``delta`` with the result (which is then ``delta`` itself).
     """
     if not 0 <= density <= 1:
         raise ConfigError(f"density must be in [0, 1], got {density}")
     if method is None:
         return delta
     if method == "magnitude":
-        return magnitude(delta, density, rescale, sel)
+        return magnitude(delta, density, rescale, sel, inplace)
     if method == "random":
-        return random_drop(delta, density, seed, rescale, offset)
+        return random_drop(delta, density, seed, rescale, offset, inplace)
     if method == "magnitude_outliers":
         if not 0 <= gamma <= 1:
             raise ConfigError(f"gamma must be in [0, 1], got {gamma}")
-        return magnitude_outliers(delta, density, gamma, rescale, sel)
+        return magnitude_outliers(delta, density, gamma, rescale, sel, inplace)
     raise ConfigError(f"unknown sparsification {method!r}; valid: magnitude, random, magnitude_outliers")
 
 

@@ -9,8 +9,9 @@ data set in chunks; :func:`evaluate_module_loop` is the naive reference (one ``n
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,12 @@ from torch import Tensor
 from kernels import batched
 from zoo.architectures import check_stacked, instantiate, normalize_config
 from zoo.errors import ConfigError, MismatchError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from zoo.records import ModelRecord
+    from zoo.store import Zoo
 
 #: The memory one evaluation chunk may use for activations (bytes).
 MEMORY_BUDGET = 1 << 30
@@ -297,3 +304,76 @@ __all__ = [
     "TASKS",
     "per_sample_loss",
 ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stored models
+
+
+def evaluate_models(
+    zoo: Zoo,
+    models: Sequence[int | str],
+    *,
+    dataset: str = "digits",
+    splits: Sequence[str] = ("test",),
+    dataset_root: str | None = None,
+    seed: int = 0,
+    record: bool = True,
+    step: int | None = None,
+) -> pd.DataFrame:
+    """Evaluate stored classifiers (one batched pass per architecture) and record the metrics.
+
+    Returns a DataFrame (model_id, split, loss, acc). With ``record`` the metrics are stored as
+    ``<split>_loss`` / ``<split>_acc``. Models whose architecture cannot be built or is not a
+    classifier raise :class:`ConfigError`.
+    """
+    import pandas as pd
+    from sqlalchemy import insert
+
+    from zoo import architectures as archs
+    from zoo import schema as S
+    from zoo.datasets import load_dataset
+    from zoo.rows import _input_desc
+
+    with zoo.engine.connect() as conn:
+        ids = [zoo._model_id(conn, m) for m in models]
+    recs = zoo._records(None, ids)
+    groups: dict[str, list[ModelRecord]] = {}
+    for r in recs:
+        cfg = r.arch_config
+        if not archs.can_build(cfg) or cfg.get("family") == "siren":
+            raise ConfigError(f"model {r.id} ({r.architecture}) is not an evaluable classifier")
+        groups.setdefault(archs.config_hash(cfg), []).append(r)
+    ds_cache: dict[bool, Any] = {}
+    rows = []
+    for group in groups.values():
+        cfg = group[0].arch_config
+        flat = cfg["family"] == "mlp"
+        if flat not in ds_cache:
+            ds = load_dataset(dataset, root=dataset_root, seed=seed)
+            ds_cache[flat] = ds.flat() if flat else ds
+        ds = ds_cache[flat]
+        W = zoo.stack([r.id for r in group])
+        for split in splits:
+            X, y = ds.split(split)
+            want = tuple(X.shape[1:])
+            if flat and want != (cfg["in_features"],) or not flat and (want[0] != cfg.get("in_channels", want[0])):
+                raise MismatchError(
+                    f"architecture {group[0].architecture} takes inputs {_input_desc(cfg)}, but data set "
+                    f"{dataset!r} has inputs of shape {list(want)}; evaluate on a matching data set"
+                )
+            try:
+                res = evaluate_population(cfg, W, X, y)
+            except RuntimeError as e:
+                raise MismatchError(f"cannot evaluate architecture {group[0].architecture} on {dataset!r}: {e}") from None
+            for r, loss, acc in zip(group, res.loss.tolist(), res.accuracy.tolist(), strict=True):
+                rows.append({"model_id": r.id, "split": split, "loss": loss, "acc": acc})
+    df = pd.DataFrame(rows, columns=["model_id", "split", "loss", "acc"])
+    if record and rows:
+        with zoo.engine.begin() as conn:
+            zoo._bump(conn)
+            conn.execute(insert(S.Metric), [
+                {"model_id": r["model_id"], "name": name, "split": r["split"], "step": step, "value": r[name]}
+                for r in rows for name in ("loss", "acc")
+            ])  # fmt: skip
+    return df.set_index("model_id").loc[[i for i in ids if i in set(df["model_id"])]].reset_index() if rows else df

@@ -21,10 +21,7 @@ removed: the store is unchanged.
 from __future__ import annotations
 
 import json
-import math
-import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import islice
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,47 +40,26 @@ from zoo.errors import (
     NotFoundError,
     ZooError,
 )
-from zoo.hashing import dtype_name, tensor_id
+from zoo.hashing import tensor_id
 from zoo.packs import BlobLocation, PackStore
 from zoo.records import ArchitectureInfo, Edge, ModelRecord, NewModel, PopulationInfo
+from zoo.rows import (
+    _arch_mismatch_message,
+    _blob_row,
+    _check_name,
+    _check_tag,
+    _chunks,
+    _hparam_row,
+    _metric_rows,
+    raw_config,
+    split_metric_name,
+)
 from zoo.settings import default_root
+
+__all__ = ["Zoo", "raw_config", "split_metric_name"]
 
 if TYPE_CHECKING:
     from zoo.query import ModelQuery, Population
-
-_SPLITS = ("train", "val", "test")
-_CHUNK = 500  # rows per IN (...) list
-
-
-def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
-
-
-def split_metric_name(name: str, split: str | None = None) -> tuple[str, str]:
-    """``"test_acc"`` -> ``("acc", "test")``; an explicit ``split`` wins."""
-    if split is not None:
-        return name, split
-    for s in _SPLITS:
-        if name.startswith(s + "_") and len(name) > len(s) + 1:
-            return name[len(s) + 1 :], s
-    return name, ""
-
-
-def raw_config(state: Mapping[str, torch.Tensor], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The architecture config of a state dict with no builder: its tensor names, dtypes and shapes."""
-    cfg: dict[str, Any] = {
-        "family": archs.RAW_FAMILY,
-        "tensors": {k: [dtype_name(v.dtype), list(v.shape)] for k, v in state.items()},
-    }
-    if extra:
-        cfg["hf_config"] = dict(extra)
-    return cfg
-
-
-def _json(v: Any) -> str:
-    return json.dumps(v, sort_keys=True, default=str)
-
 
 class _Prepared:
     __slots__ = ("item", "names", "ids", "tensors", "config", "chash", "n_params", "nbytes", "model_id",
@@ -709,55 +685,12 @@ class Zoo:
     ) -> pd.DataFrame:
         """Evaluate stored classifiers (one batched pass per architecture) and record the metrics.
 
-        Returns a DataFrame (model_id, split, loss, acc). With ``record`` the metrics are stored as
-        ``<split>_loss`` / ``<split>_acc``. Models whose architecture cannot be built or is not a
-        classifier raise :class:`ConfigError`.
+        Returns a DataFrame (model_id, split, loss, acc); see :func:`zoo.evaluate.evaluate_models`.
         """
-        from zoo.datasets import load_dataset
-        from zoo.evaluate import evaluate_population
+        from zoo.evaluate import evaluate_models
 
-        with self.engine.connect() as conn:
-            ids = [self._model_id(conn, m) for m in models]
-        recs = self._records(None, ids)
-        groups: dict[str, list[ModelRecord]] = {}
-        for r in recs:
-            cfg = r.arch_config
-            if not archs.can_build(cfg) or cfg.get("family") == "siren":
-                raise ConfigError(f"model {r.id} ({r.architecture}) is not an evaluable classifier")
-            groups.setdefault(archs.config_hash(cfg), []).append(r)
-        ds_cache: dict[bool, Any] = {}
-        rows = []
-        for group in groups.values():
-            cfg = group[0].arch_config
-            flat = cfg["family"] == "mlp"
-            if flat not in ds_cache:
-                ds = load_dataset(dataset, root=dataset_root, seed=seed)
-                ds_cache[flat] = ds.flat() if flat else ds
-            ds = ds_cache[flat]
-            W = self.stack([r.id for r in group])
-            for split in splits:
-                X, y = ds.split(split)
-                want = tuple(X.shape[1:])
-                if flat and want != (cfg["in_features"],) or not flat and (want[0] != cfg.get("in_channels", want[0])):
-                    raise MismatchError(
-                        f"architecture {group[0].architecture} takes inputs {_input_desc(cfg)}, but data set "
-                        f"{dataset!r} has inputs of shape {list(want)}; evaluate on a matching data set"
-                    )
-                try:
-                    res = evaluate_population(cfg, W, X, y)
-                except RuntimeError as e:
-                    raise MismatchError(f"cannot evaluate architecture {group[0].architecture} on {dataset!r}: {e}") from None
-                for r, loss, acc in zip(group, res.loss.tolist(), res.accuracy.tolist(), strict=True):
-                    rows.append({"model_id": r.id, "split": split, "loss": loss, "acc": acc})
-        df = pd.DataFrame(rows, columns=["model_id", "split", "loss", "acc"])
-        if record and rows:
-            with self.engine.begin() as conn:
-                self._bump(conn)
-                conn.execute(insert(S.Metric), [
-                    {"model_id": r["model_id"], "name": name, "split": r["split"], "step": step, "value": r[name]}
-                    for r in rows for name in ("loss", "acc")
-                ])  # fmt: skip
-        return df.set_index("model_id").loc[[i for i in ids if i in set(df["model_id"])]].reset_index() if rows else df
+        return evaluate_models(self, models, dataset=dataset, splits=splits, dataset_root=dataset_root, seed=seed,
+                               record=record, step=step)  # fmt: skip
 
     # ------------------------------------------------------------------------------ stats
     def summary(self) -> dict[str, Any]:
@@ -819,182 +752,17 @@ class Zoo:
     ) -> list[ModelRecord]:
         """Ingest checkpoints: a file, a folder of them, a sharded checkpoint, or a Hugging Face repo.
 
+        All or nothing: if any checkpoint fails, the models already written by this call are removed.
         A Hugging Face repo id (``org/name``) is read from the local HF cache when offline (the
         default when ``HF_HUB_OFFLINE=1``), else downloaded with huggingface_hub.
         """
-        from zoo.ingest import discover, looks_like_hf_repo_id, resolve_hf
+        from zoo.transfer import ingest
 
-        src = str(source)
-        if looks_like_hf_repo_id(src):
-            folder = resolve_hf(src, revision=revision, cache_dir=cache_dir, offline=offline)
-            sources, origin = discover(folder), f"hf://{src}" + (f"@{revision}" if revision else "")
-        else:
-            path = Path(src).expanduser()
-            if not path.exists():
-                raise NotFoundError(f"no file or folder {path}; give a checkpoint file, a folder of them or an HF repo id")
-            sources, origin = discover(path), str(path.resolve())
-        if not sources:
-            raise NotFoundError(f"no checkpoints (.safetensors, .pt, .pth, .bin, sharded index) found in {src}")
-        out: list[ModelRecord] = []
-        it = iter(sources)
-        bar = tqdm(total=len(sources), desc="ingest", unit="ckpt", disable=not progress)
-        try:
-            self._ingest_batches(it, sources, origin, arch, population, tags, batch_size, out, bar)
-        except BaseException:
-            # all or nothing: take back the batches already written (their tensors become garbage for gc)
-            if out:
-                self.remove([r.id for r in out], force=True)
-            raise
-        finally:
-            bar.close()
-        return out
-
-    def _ingest_batches(self, it: Iterator[Any], sources: list[Any], origin: str, arch: Any, population: str | None,
-                        tags: Sequence[str], batch_size: int, out: list[ModelRecord], bar: Any) -> None:  # fmt: skip
-        from zoo.ingest import load_source
-
-        while batch := list(islice(it, batch_size)):
-            items = []
-            for s in batch:
-                sd = load_source(s)
-                cfg: Mapping[str, Any] | str | None = arch
-                if cfg is None and s.config is not None:
-                    own = {k: v for k, v in s.config.items() if k != "weightzoo"}  # metadata of our export
-                    cfg = own if archs.can_build(own) else None
-                    if cfg is None:
-                        cfg = raw_config(sd, own)
-                if cfg is not None and not isinstance(cfg, str) and not archs.can_build(cfg) and cfg.get("family") != archs.RAW_FAMILY:
-                    raise ConfigError(f"architecture config of {s.path} is not valid: {cfg}")
-                where = origin if len(sources) == 1 else f"{origin}::{s.name}"
-                items.append(NewModel(sd, arch=cfg, population=population, op="ingest", source=where, tags=tags,
-                                      params={"source": where}))  # fmt: skip
-            out += self.add_many(items)
-            bar.update(len(batch))
+        return ingest(self, source, population=population, arch=arch, tags=tags, batch_size=batch_size,
+                      revision=revision, cache_dir=cache_dir, offline=offline, progress=progress)  # fmt: skip
 
     def export(self, model: int | str, out_dir: str | Path, *, overwrite: bool = False, max_shard_size: int | None = None) -> Path:
         """Write a model as a Hugging Face style folder: safetensors, config.json, README.md (card with lineage)."""
-        from zoo.export import model_card, write_hf_folder
+        from zoo.transfer import export
 
-        rec = self.get(model)
-        mets = self.metrics(rec.id)
-        metrics = {(f"{r.split}_{r.name}" if r.split else r.name): r.value for r in mets.itertuples()}
-        lineage = [
-            {"child": e.child, "parent": e.parent, "op": e.op, "role": e.role, "params": e.params}
-            for e in self.lineage(rec.id, direction="up")
-        ]
-        card = model_card(
-            title=rec.name or f"weightzoo model {rec.id}",
-            description=f"Exported from a weightzoo zoo. Population: {rec.population}; architecture: {rec.architecture}; made by `{rec.op}`.",
-            metrics=metrics, hyperparameters=rec.hparams(), lineage=lineage, tags=rec.tags(),
-        )  # fmt: skip
-        config = dict(rec.arch_config or {})
-        if config.get("family") == archs.RAW_FAMILY and "hf_config" in config:
-            config = dict(config["hf_config"])
-        config.setdefault("weightzoo", {"model_id": rec.id, "population": rec.population, "op": rec.op})
-        return write_hf_folder(out_dir, rec.state_dict(), config=config, card=card, overwrite=overwrite,
-                               max_shard_size=max_shard_size, metadata={"weightzoo_model_id": str(rec.id)})  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------- row helpers
-_NAME_RE = re.compile(r"^[^\x00-\x1f]{1,300}$")
-
-
-def _input_desc(cfg: Mapping[str, Any]) -> str:
-    if cfg.get("family") == "mlp":
-        return f"[{cfg.get('in_features')}] features"
-    return f"{cfg.get('in_channels')} channels of {cfg.get('image_size')}x{cfg.get('image_size')}"
-
-
-def _check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name.strip() != name or name.isdigit():
-        raise ConfigError(
-            f"invalid {what} name {name!r}: use 1-300 printable characters, no leading/trailing spaces, not all digits"
-        )
-    return name
-
-
-def _check_tag(tag: str) -> str:
-    if not isinstance(tag, str) or not tag or len(tag) > 200 or not _NAME_RE.match(tag):
-        raise ConfigError(f"invalid tag {tag!r}: use 1-200 printable characters")
-    return tag
-
-
-def _blob_row(tid: str, t: torch.Tensor, loc: BlobLocation) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": tid, "pack_id": loc.pack_id, "offset": loc.offset, "nbytes": loc.nbytes, "dtype": loc.dtype,
-        "shape": json.dumps(list(t.shape)), "numel": t.numel(), "l2": None, "mean": None, "std": None, "absmax": None,
-    }  # fmt: skip
-    if t.numel() and (t.is_floating_point() or t.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)):
-        f = t.double()
-        row["l2"] = _finite(f.norm())
-        row["mean"] = _finite(f.mean())
-        row["std"] = _finite(f.std()) if t.numel() > 1 else 0.0
-        row["absmax"] = _finite(f.abs().max())
-    return row
-
-
-def _finite(x: torch.Tensor) -> float | None:
-    v = float(x)
-    return v if math.isfinite(v) else None
-
-
-def _hparam_row(mid: int, name: str, value: Any) -> dict[str, Any]:
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"hyperparameter names must be non-empty strings, got {name!r}")
-    try:
-        text = json.dumps(value, sort_keys=True)
-    except TypeError as e:
-        raise ConfigError(f"hyperparameter {name!r} is not JSON-able: {e}") from None
-    num = float(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) else None
-    if isinstance(value, bool):
-        num = float(value)
-    return {"model_id": mid, "name": name, "value": text, "value_num": num,
-            "value_text": value if isinstance(value, str) else None}  # fmt: skip
-
-
-def _metric_rows(mid: int, metrics: Any, step: int | None) -> list[dict[str, Any]]:
-    if not metrics:
-        return []
-    rows = []
-    if isinstance(metrics, Mapping):
-        for k, v in metrics.items():
-            name, split = split_metric_name(str(k))
-            rows.append({"model_id": mid, "name": name, "split": split, "step": step, "value": _metric_value(k, v)})
-    else:
-        for m in metrics:
-            if isinstance(m, Mapping):
-                name, split = split_metric_name(m["name"], m.get("split"))
-                rows.append({"model_id": mid, "name": name, "split": split, "step": m.get("step", step),
-                             "value": _metric_value(name, m["value"])})  # fmt: skip
-            else:
-                name, split, st, value = m
-                rows.append({"model_id": mid, "name": name, "split": split or "", "step": st, "value": _metric_value(name, value)})
-    return rows
-
-
-def _metric_value(name: Any, v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"metric {name!r} must be a number, got {v!r}") from None
-
-
-def _arch_mismatch_message(pop: str | None, pop_arch: str, pcfg: dict, cfg: dict) -> str:
-    diff = []
-    if pcfg.get("family") != cfg.get("family"):
-        diff.append(f"family {pcfg.get('family')!r} vs {cfg.get('family')!r}")
-    elif pcfg.get("family") == archs.RAW_FAMILY:
-        a, b = pcfg.get("tensors", {}), cfg.get("tensors", {})
-        miss, extra = sorted(set(a) - set(b)), sorted(set(b) - set(a))
-        if miss:
-            diff.append(f"missing tensors {miss[:3]}")
-        if extra:
-            diff.append(f"unexpected tensors {extra[:3]}")
-        diff += [f"{k}: {a[k]} vs {b[k]}" for k in sorted(set(a) & set(b)) if a[k] != b[k]][:3]
-    else:
-        diff += [f"{k}: {pcfg.get(k)!r} vs {cfg.get(k)!r}" for k in sorted(set(pcfg) | set(cfg)) if pcfg.get(k) != cfg.get(k)][:4]
-    return (
-        f"population {pop!r} holds architecture {pop_arch!r}; this model differs ({'; '.join(diff) or 'config'}). "
-        "Add it to another population, or pass the population's architecture."
-    )
-
+        return export(self, model, out_dir, overwrite=overwrite, max_shard_size=max_shard_size)

@@ -537,3 +537,14 @@ def test_ctrl_c_leaves_a_consistent_resumable_store(tmp_path: Path):
         for i in range(4):
             chain = [z.get(f"C/{i:05d}/e{e:03d}") for e in (59, 60)]
             assert chain[1].parents()[0].parent == chain[0].id
+
+
+def test_inr_shared_init_starts_every_siren_from_the_same_weights(z: Zoo):
+    r = Recipe.from_dict({**INR, "checkpoint_epochs": [0, 20], "inr": {**INR["inr"], "shared_init": True}})
+    build(z, r, progress=False)
+    starts = z.models().population("I").step(0).stack()
+    ends = z.models().population("I").step(20).stack()
+    for k, v in starts.items():
+        assert torch.equal(v, v[:1].expand_as(v)), k  # one initialisation for all images
+        assert not torch.equal(ends[k][0], ends[k][1]), k  # fitted to different images
+    assert len({m.hparams()["seed"] for m in z.population("I").records()}) == 1

@@ -97,7 +97,9 @@ def plan_runs(recipe: Recipe, zoo: Zoo | None = None) -> list[Run]:
         runs = []
         for p in points:
             for k in range(n):
-                point = {**p, "seed": int(p["seed"]) * 100_003 + k, "inr_index": k}
+                # shared_init: every image's SIREN starts from the same weights (comparable weight spaces)
+                seed = int(p["seed"]) if recipe.inr.get("shared_init") else int(p["seed"]) * 100_003 + k
+                point = {**p, "seed": seed, "inr_index": k}
                 runs.append(Run(len(runs), recipe.arch_for(p), point, recipe.name, recipe.name))
         return runs
     archs = [recipe.arch_for(p) for p in points]

@@ -31,8 +31,10 @@ A fine-tune recipe starts from parents in the zoo (``finetune: {parents: {popula
 limit: 50, tag: T}, corruption: {kind: gaussian_noise, severity: 3}, classes: [0, 1]}``): each parent
 gets the search's runs, trained on (optionally corrupted or class-restricted) data.
 
-An INR recipe (``task: inr``, ``inr: {split: train, n: 500, seed: 0}``) fits one SIREN per image of
-``n`` images drawn from the split, for each point of the search.
+An INR recipe (``task: inr``, ``inr: {split: train, n: 500, seed: 0, shared_init: false}``) fits one
+SIREN per image of ``n`` images drawn from the split, for each point of the search. With
+``shared_init: true`` every SIREN starts from the same initial weights (a common choice that makes
+the weights of different images directly comparable); by default each image gets its own seed.
 """
 
 from __future__ import annotations

@@ -62,10 +62,9 @@ def migrate(engine: Engine) -> None:
     """Bring the catalog to the newest schema (no-op when it already is).
 
     Several processes may open a new zoo at once: on SQLite a lock file next to the catalog
-    serialises them, on PostgreSQL an advisory lock does.
+    serialises them from their first connection on (switching a new database to WAL mode needs it
+    alone, and SQLite does not wait for that), on PostgreSQL an advisory lock does.
     """
-    if current_revision(engine) == head_revision():
-        return
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         from filelock import FileLock
 

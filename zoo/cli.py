@@ -281,7 +281,9 @@ def cmd_app(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.url:  # through the environment: a catalog URL may hold a password
         env["WEIGHTZOO_URL"] = args.url
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(main), *root], env=env)
+    # offline-friendly: no usage statistics sent from the browser
+    cmd = [sys.executable, "-m", "streamlit", "run", str(main), "--browser.gatherUsageStats", "false", *root]
+    return subprocess.call(cmd, env=env)
 
 
 # ------------------------------------------------------------------------------------ parser

@@ -639,3 +639,20 @@ def align_and_store(
         zoo, [model_id], reference_id, method=method, population=population, seed=seed, max_iter=max_iter,
         data=data, dataset=dataset, dataset_root=dataset_root, evaluate=evaluate,
     )[0]  # fmt: skip
+
+
+def mixup_aligner(seed: int = 0) -> Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], dict[str, Tensor]]:
+    """``align(population, reference) -> aligned population`` by weight matching, for weight-space
+    mixup (:mod:`weightspace.augment`). Registered as the ``weight_matching`` entry point of the
+    ``weightzoo.aligners`` group, so weightspace can use it without importing analysis.
+
+    Shapes:
+        population: ``name -> [N, ...]`` MLP-style stacked weights; reference: ``name -> [...]``.
+    """
+    from weightspace.views import mlp_spec_from_names
+
+    def align(population: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        spec = mlp_spec_from_names(list(population))
+        return align_population(dict(population), dict(reference), seed=seed, spec=spec).aligned
+
+    return align

@@ -21,21 +21,16 @@ __all__ = ["register", "weight_matching_align"]
 
 
 def weight_matching_align(seed: int = 0) -> Any:
-    """An ``align(population, reference) -> aligned population`` callable using :mod:`analysis.align`
-    weight matching (imported here, at call time: weightspace itself never depends on analysis)."""
-    from analysis.align import align_population
+    """An ``align(population, reference) -> aligned population`` callable for mixup, found through the
+    ``weightzoo.aligners`` entry-point group (``analysis.align`` provides ``weight_matching``), so that
+    weightspace never imports analysis (DESIGN.md's dependency direction)."""
+    from importlib.metadata import entry_points
 
-    def align(population: Any, reference: Any) -> Any:
-        return align_population(dict(population), dict(reference), seed=seed,
-                                **_spec_kw(population)).aligned  # fmt: skip
-
-    return align
-
-
-def _spec_kw(population: Any) -> dict[str, Any]:
-    from weightspace.views import mlp_spec_from_names
-
-    return {"spec": mlp_spec_from_names(list(population))}
+    found = [ep for ep in entry_points(group="weightzoo.aligners") if ep.name == "weight_matching"]
+    if not found:
+        raise ConfigError("no 'weight_matching' aligner is installed (entry-point group weightzoo.aligners); "
+                          "reinstall weightzoo (pip install -e .) to register analysis.align")  # fmt: skip
+    return found[0].load()(seed)
 
 
 def _open(args: argparse.Namespace) -> Any:

@@ -88,7 +88,7 @@ def write_hf_folder(
         _write_text(tmp / "README.md", card if card is not None else model_card(title=out_dir.name))
         for f in tmp.iterdir():
             _fsync(f)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -151,7 +151,7 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
+def replace_dir(tmp: Path, out_dir: Path) -> None:
     """Move the finished ``tmp`` folder to ``out_dir``, replacing an empty or overwritable one."""
     old: Path | None = None
     if out_dir.is_dir() and not any(out_dir.iterdir()):

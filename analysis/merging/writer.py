@@ -23,6 +23,7 @@ from torch import Tensor
 
 from analysis.merging.sources import TensorInfo
 from zoo.errors import ConfigError, DuplicateError, MismatchError
+from zoo.export import replace_dir
 from zoo.hashing import dtype_name, tensor_bytes
 
 __all__ = ["StreamingWriter", "parse_size"]
@@ -196,15 +197,8 @@ def _nbytes(info: TensorInfo) -> int:
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """fsync every finished file, then move the folder into place (zoo.export's atomic replace)."""
     for f in tmp.iterdir():
         with f.open("rb") as fh:
             os.fsync(fh.fileno())
-    old = None
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    elif out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    replace_dir(tmp, out_dir)

@@ -28,7 +28,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from kernels import batched as K
@@ -183,6 +182,9 @@ def _assign(cost: Tensor, old: Tensor | None = None) -> tuple[Tensor, Tensor, Te
         cost: ``[N, n, n]``; old: ``[N, n]`` or None. Returns ``(perm [N, n], objective [N],
         objective of old [N] or None)`` (objectives in float64).
     """
+    # imported here, not at module import: every `weightzoo` command loads this module's CLI plug-in
+    from scipy.optimize import linear_sum_assignment
+
     c = cost.detach().numpy().astype(np.float64, copy=False)
     # minimise -c after subtracting row then column minima (Jonker-Volgenant's reduction): every
     # assignment's objective moves by the same constant, so the optimum is the same, and scipy's

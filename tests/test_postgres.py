@@ -103,3 +103,31 @@ def test_two_processes_write_at_once(pg, tmp_path):
     assert z.population("p").count() == 60
     assert z.verify().ok
     assert z.population("p").stack()["layers.0.weight"].shape == (60, 4, 8)
+
+
+def test_derived_tables_on_postgres(pgzoo):
+    import numpy as np
+    import pandas as pd
+
+    from zoo import NotFoundError
+
+    recs = [pgzoo.add(init_state(CFG, s), arch=CFG, population="p", metrics={"test_acc": 0.5 + s / 10}) for s in range(3)]
+    ids = [r.id for r in recs]
+    df = pd.DataFrame({"model_id": ids, "pred": [0.1, 0.2, 0.3], "emb": [np.ones(4, np.float32) * i for i in range(3)]})
+    info = pgzoo.write_table("encoder_preds", df, description="d", produced_by=ids[0])
+    assert info.columns == {"model_id": "BIGINT", "pred": "DOUBLE", "emb": "FLOAT[4]"} and info.produced_by == ids[0]
+    out = pgzoo.sql(
+        "select m.id, p.pred, w.test_acc, p.emb from model_overview m join encoder_preds p on p.model_id = m.id "
+        "join metrics_wide w on w.model_id = m.id order by m.id"
+    )
+    assert out["id"].tolist() == ids and out["test_acc"].tolist() == pytest.approx([0.5, 0.6, 0.7])
+    assert list(out["emb"][2]) == [2.0] * 4
+    pgzoo.write_table("encoder_preds", df.iloc[:1], mode="append")
+    assert pgzoo.sql("select count(*) as n from encoder_preds")["n"][0] == 4
+    with pytest.raises(NotFoundError):
+        pgzoo.write_table("encoder_preds", df.assign(model_id=[ids[0], ids[1], 10**6]), mode="append")
+    pgzoo.remove([ids[0]])  # ON DELETE SET NULL (and the explicit update) clear the producer
+    assert pgzoo.table_info("encoder_preds").produced_by is None and len(pgzoo.table("encoder_preds")) == 4
+    assert pgzoo.verify().ok
+    pgzoo.drop_table("encoder_preds")
+    assert pgzoo.tables() == [] and pgzoo.verify().orphan_table_files == []

@@ -30,7 +30,8 @@ _LAZY = {
     "ModelQuery": "zoo.query",
     "Population": "zoo.query",
     **{name: "zoo.records" for name in (
-        "ArchitectureInfo", "Edge", "GcReport", "ModelRecord", "NewModel", "PopulationInfo", "VerifyReport"
+        "ArchitectureInfo", "Edge", "GcReport", "ModelRecord", "NewModel", "PopulationInfo", "TableInfo",
+        "VerifyReport"
     )},
 }  # fmt: skip
 
@@ -48,6 +49,6 @@ def __getattr__(name: str):  # noqa: ANN202
 
 __all__ = [
     "Zoo", "ModelQuery", "Population", "ModelRecord", "NewModel", "PopulationInfo", "ArchitectureInfo", "Edge",
-    "VerifyReport", "GcReport", "ZooError", "NotFoundError", "CorruptFileError", "UnsafeFileError", "MismatchError",
+    "TableInfo", "VerifyReport", "GcReport", "ZooError", "NotFoundError", "CorruptFileError", "UnsafeFileError", "MismatchError",
     "DuplicateError", "QueryError", "IntegrityError", "StorageError", "ConfigError", "DatasetError",
 ]  # fmt: skip

@@ -8,11 +8,17 @@ query), and registers them on a separate *query* connection that has file access
 changes disabled. User SQL therefore cannot touch the catalog or the file system, repeated queries
 run on DuckDB's columnar engine at in-memory speed, and every query sees the latest committed writes.
 
+Derived tables (:mod:`zoo.tables`) are registered the same way: the snapshot's ``derived_tables`` rows
+name their Parquet files, which are read here with pyarrow (not by the query connection, which keeps
+its file access disabled), only for tables a query names, and cached by file (files are immutable).
+
 Only a single SELECT (or WITH ... SELECT) statement is accepted; anything else raises QueryError.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +27,7 @@ import duckdb
 import pandas as pd
 from sqlalchemy import text
 
-from zoo.errors import QueryError
+from zoo.errors import IntegrityError, QueryError
 from zoo.schema import TABLES
 
 if TYPE_CHECKING:
@@ -72,6 +78,9 @@ class Analytics:
         self._generation: int | None = None
         self._query_con: duckdb.DuckDBPyConnection | None = None
         self._tables: dict[str, Any] = {}
+        self._derived: dict[str, tuple[list[str], list[list[str]]]] = {}  # name -> (files, column types)
+        self._derived_done: set[str] = set()
+        self._file_cache: dict[str, Any] = {}  # parquet file name -> Arrow table
 
     def close(self) -> None:
         if self._query_con is not None:
@@ -150,7 +159,30 @@ class Analytics:
             self._query_con.close()
         self._query_con, self._tables, self._generation = con, tables, gen
         self._wide_done: set[str] = set()
+        self._derived = {
+            r["name"]: (json.loads(r["files"]), json.loads(r["column_types"])) for r in tables["derived_tables"].to_pylist()
+        }
+        self._derived_done = set()
+        live = {f for files, _ in self._derived.values() for f in files}
+        self._file_cache = {f: t for f, t in self._file_cache.items() if f in live}
         return con
+
+    def _ensure_derived(self, con: duckdb.DuckDBPyConnection, sql: str) -> None:
+        """Register the derived tables the query names (raises FileNotFoundError on a stale snapshot)."""
+        import pyarrow as pa
+
+        low = sql.lower()
+        for name, (files, types) in self._derived.items():
+            if name in self._derived_done or not re.search(rf"\b{name}\b", low):
+                continue
+            missing = [f for f in files if f not in self._file_cache]
+            if missing:
+                for f in missing:
+                    self._file_cache[f] = self.zoo.table_files.read([f], types)
+            parts = [self._file_cache[f] for f in files]
+            tbl = pa.concat_tables(parts) if len(parts) > 1 else parts[0] if parts else self.zoo.table_files.read([], types)
+            con.register(name, tbl)
+            self._derived_done.add(name)
 
     def _ensure_wide(self, con: duckdb.DuckDBPyConnection, sql: str) -> None:
         low = sql.lower()
@@ -178,14 +210,24 @@ class Analytics:
                 "change the zoo through the Python API or the CLI"
             )
         with self._lock:
-            con = self._refresh()
-            self._ensure_wide(con, sql)
+            for _ in range(5):
+                con = self._refresh()
+                self._ensure_wide(con, sql)
+                try:
+                    self._ensure_derived(con, sql)
+                    break
+                except FileNotFoundError:  # a writer replaced or dropped a table since our snapshot
+                    self._generation = None
+            else:
+                raise IntegrityError("a derived table's file is missing; run `weightzoo verify`")
             try:
                 rel = con.execute(sql)
                 return rel.fetch_arrow_table() if arrow else rel.fetchdf()
             except duckdb.Error as e:
+                derived = f"; derived tables: {', '.join(self._derived)}" if self._derived else ""
                 raise QueryError(
                     f"query failed: {_first_line(e)}. Tables: {', '.join(TABLES)}; views: {', '.join([*VIEWS, *WIDE])}"
+                    f"{derived}"
                 ) from None
 
 

@@ -5,6 +5,7 @@
     weightzoo ls                        populations; `ls -p digits-mlp` lists models
     weightzoo show 42                   one model: architecture, metrics, hparams, lineage, tensors
     weightzoo query "select ..."        read-only SQL (DuckDB) over the catalog
+    weightzoo tables                    derived tables (learner outputs); `tables show NAME`, `tables drop NAME`
     weightzoo ingest PATH|ORG/NAME      checkpoints, folders, sharded checkpoints, HF repos
     weightzoo export 42 OUT_DIR         HF-style folder (safetensors, config.json, model card)
     weightzoo verify | gc | lineage 42 | tag 42 good | push 42 org/name
@@ -168,6 +169,50 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(df.to_csv(index=False), end="")
     else:
         print(_table(df, args.limit))
+    return 0
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    z = _open(args, create=False)
+    if args.action == "list":
+        if args.name is not None:
+            raise ZooError(f"`weightzoo tables list` takes no table name; did you mean `weightzoo tables show {args.name}`?")
+        infos = z.tables()
+        if args.json:
+            _print_json([t.to_dict() for t in infos])
+            return 0
+        if not infos:
+            print(f"no derived tables in {z.root}; learners write them with Zoo.write_table(name, dataframe)")
+        for t in infos:
+            cols = ", ".join(f"{c} {ty}" for c, ty in t.columns.items())
+            by = f"  by model {t.produced_by}" if t.produced_by is not None else ""
+            print(f"{t.name:28s} {t.n_rows:9d} rows  {t.nbytes / 1e6:8.2f} MB{by}  ({cols[:100]})"
+                  + (f"\n{'':28s} {t.description}" if t.description else ""))  # fmt: skip
+        return 0
+    if args.name is None:
+        raise ZooError(f"name the table: `weightzoo tables {args.action} NAME` (list them with `weightzoo tables`)")
+    if args.action == "drop":
+        info = z.table_info(args.name)
+        z.drop_table(args.name)
+        print(f"dropped table {args.name} ({info.n_rows} rows)")
+        return 0
+    info = z.table_info(args.name)
+    df = z.table(args.name)
+    shown = df.head(args.limit)
+    if args.json:
+        _print_json({**info.to_dict(), "rows": json.loads(shown.to_json(orient="records", default_handler=str))})
+        return 0
+    if args.csv:
+        print(shown.to_csv(index=False), end="")
+        return 0
+    by = f", produced by model {info.produced_by}" if info.produced_by is not None else ""
+    print(f"table {info.name}: {info.n_rows} rows{by}, updated {info.updated_at}")
+    if info.description:
+        print(f"  {info.description}")
+    print("  columns: " + ", ".join(f"{c} {ty}" for c, ty in info.columns.items()))
+    print(_table(shown, args.limit))
+    if info.n_rows > args.limit:
+        print(f"... {info.n_rows - args.limit} more (use --limit)")
     return 0
 
 
@@ -335,13 +380,29 @@ def build_parser() -> argparse.ArgumentParser:
         "query", parents=[common], help="run a read-only SQL query (DuckDB) over the catalog",
         description="Tables: models, populations, architectures, metrics (model_id, name, split, step, value), "
         "hyperparameters (model_id, name, value, value_num, value_text), lineage (child_id, parent_id, role, op, params), "
-        "tags, tensors (model_id, name, blob_id), blobs (id, dtype, shape, l2, mean, std, absmax), packs. "
+        "tags, tensors (model_id, name, blob_id), blobs (id, dtype, shape, l2, mean, std, absmax), packs, "
+        "derived_tables, and every derived table by name (see `weightzoo tables`). "
         "Views: model_overview, metrics_wide, hparams_wide.",
     )  # fmt: skip
     s.add_argument("sql")
     s.add_argument("--csv", action="store_true", help="CSV output")
     s.add_argument("--limit", type=int, default=100, help="rows to print (table output)")
     s.set_defaults(func=cmd_query)
+
+    s = sub.add_parser(
+        "tables", parents=[common], help="list, show or drop derived tables (learner outputs queryable with SQL)",
+        description="Derived tables hold learner outputs (predictions, embeddings, weight statistics) written with "
+        "Zoo.write_table(name, dataframe). `weightzoo query` can join them with the catalog, e.g. "
+        "\"select m.name, p.pred from model_overview m join encoder_preds p on p.model_id = m.id\".",
+        epilog="Examples: `weightzoo tables`; `weightzoo tables show encoder_preds --limit 5`; "
+        "`weightzoo tables drop encoder_preds`.",
+    )  # fmt: skip
+    s.add_argument("action", nargs="?", choices=["list", "show", "drop"], default="list",
+                   help="list (default) all tables; show NAME: its columns and first rows; drop NAME: delete it")  # fmt: skip
+    s.add_argument("name", nargs="?", help="table name (for show and drop)")
+    s.add_argument("--limit", type=int, default=20, help="rows to print for show (default 20)")
+    s.add_argument("--csv", action="store_true", help="CSV output for show")
+    s.set_defaults(func=cmd_tables)
 
     s = sub.add_parser("ingest", parents=[common], help="add checkpoints: file, folder, sharded index, or HF repo id")
     s.add_argument("source", help="path to .safetensors/.pt/.pth/.bin, a folder, or an HF repo id (org/name)")

@@ -4,6 +4,8 @@ Like git's object store: ``verify`` re-hashes every blob against its content add
 everything a model references and removes orphan pack files and temp files only once they are older
 than a grace period, so a writer that is still committing is not robbed of what it just wrote.
 ``gc`` takes the catalog's write lock for its catalog changes, and deletes files only after commit.
+Derived tables' Parquet files (``<root>/tables/``) are checked and collected the same way: a file the
+catalog names must exist and read back with the recorded row count; a file no table names is an orphan.
 """
 
 from __future__ import annotations
@@ -79,7 +81,46 @@ def verify(zoo: Zoo, *, rehash: bool = True, progress: bool = False) -> VerifyRe
     known = set(packs)
     rep.orphan_packs = sorted(p for p in files if p not in known)
     rep.temp_files = [p.name for p in zoo.packs.list_temp()]
+    _verify_tables(zoo, rep, rehash=rehash)
     return rep
+
+
+def _verify_tables(zoo: Zoo, rep: VerifyReport, *, rehash: bool) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    on_disk = zoo.table_files.list_files()
+    with zoo.engine.connect() as c:
+        rows = c.execute(select(S.DerivedTable.name, S.DerivedTable.files, S.DerivedTable.n_rows)).all()
+    rep.n_tables = len(rows)
+    referenced: set[str] = set()
+    missing: dict[str, str] = {}  # file -> table
+    corrupt: dict[str, str] = {}
+    for r in rows:
+        files = json.loads(r.files)
+        referenced.update(files)
+        n, bad = 0, False
+        for f in files:
+            try:
+                if f not in on_disk:
+                    raise FileNotFoundError(f)
+                n += pq.read_table(on_disk[f]).num_rows if rehash else pq.read_metadata(on_disk[f]).num_rows
+            except FileNotFoundError:
+                missing[f], bad = r.name, True
+            except (OSError, pa.ArrowException):
+                corrupt[f], bad = r.name, True
+        if not bad and n != int(r.n_rows):  # the files do not hold the rows the catalog counts
+            corrupt.update(dict.fromkeys(files, r.name))
+    if missing or corrupt:  # a writer may have replaced a table meanwhile: keep what is still referenced
+        with zoo.engine.connect() as c:
+            now = {f for files in c.execute(select(S.DerivedTable.files)).scalars() for f in json.loads(files)}
+        missing = {f: t for f, t in missing.items() if f in now and not zoo.table_files.path(f).exists()}
+        corrupt = {f: t for f, t in corrupt.items() if f in now}
+    rep.missing_table_files = sorted(missing)
+    rep.corrupt_table_files = sorted(corrupt)
+    rep.affected_tables = sorted({*missing.values(), *corrupt.values()})
+    rep.orphan_table_files = sorted(f for f, p in on_disk.items() if f not in referenced and p.exists())
+    rep.temp_files += ["tables/.tmp/" + p.name for p in zoo.table_files.list_temp()]
 
 
 def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, dry_run: bool = False) -> GcReport:
@@ -171,7 +212,22 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
             rep.bytes_freed += st.st_size
             if not dry_run:
                 zoo.packs.delete(pid)
-    for path in zoo.packs.list_temp():
+    # derived tables' orphan files (a writer that crashed before its commit, or a failed delete)
+    with zoo.engine.connect() as c:
+        referenced = {f for files in c.execute(select(S.DerivedTable.files)).scalars() for f in json.loads(files)}
+    for name, path in zoo.table_files.list_files().items():
+        if name in referenced:
+            continue
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if now - st.st_mtime >= grace_seconds:
+            rep.table_files_removed.append(name)
+            rep.bytes_freed += st.st_size
+            if not dry_run:
+                path.unlink(missing_ok=True)
+    for path in [*zoo.packs.list_temp(), *zoo.table_files.list_temp()]:
         try:
             st = path.stat()
         except FileNotFoundError:

@@ -131,6 +131,33 @@ class ModelRecord:
         }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class TableInfo:
+    """A derived table (learner outputs written with :meth:`Zoo.write_table`).
+
+    ``columns`` maps each column, in order, to its SQL (DuckDB) type: ``BIGINT``, ``DOUBLE``,
+    ``FLOAT``, ``BOOLEAN``, ``VARCHAR``, ``TIMESTAMP``, ``TIMESTAMP WITH TIME ZONE``, or a vector
+    type such as ``FLOAT[16]``. ``produced_by`` is the id of the model (e.g. the stored encoder) that
+    wrote it, or None. ``n_files`` is the number of Parquet files holding its rows (one per append).
+    """
+
+    name: str
+    n_rows: int
+    columns: dict[str, str]
+    description: str
+    produced_by: int | None
+    nbytes: int
+    n_files: int
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        for k in ("created_at", "updated_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        return d
+
+
 @dataclass
 class VerifyReport:
     """What ``Zoo.verify`` found. ``ok`` is False when data is missing or corrupt."""
@@ -145,10 +172,18 @@ class VerifyReport:
     temp_files: list[str] = field(default_factory=list)
     unreferenced_blobs: int = 0
     affected_models: list[int] = field(default_factory=list)
+    n_tables: int = 0
+    missing_table_files: list[str] = field(default_factory=list)
+    corrupt_table_files: list[str] = field(default_factory=list)
+    orphan_table_files: list[str] = field(default_factory=list)
+    affected_tables: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing_packs or self.corrupt_blobs or self.missing_blobs)
+        return not (
+            self.missing_packs or self.corrupt_blobs or self.missing_blobs or self.missing_table_files
+            or self.corrupt_table_files
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -157,7 +192,8 @@ class VerifyReport:
 
     def __str__(self) -> str:
         lines = [
-            f"{'OK' if self.ok else 'PROBLEMS FOUND'}: {self.n_models} models, {self.n_blobs} blobs in {self.n_packs} packs",
+            f"{'OK' if self.ok else 'PROBLEMS FOUND'}: {self.n_models} models, {self.n_blobs} blobs in {self.n_packs} packs"
+            + (f", {self.n_tables} derived tables" if self.n_tables else ""),
         ]
         for label, items in [
             ("missing pack files", self.missing_packs),
@@ -165,6 +201,9 @@ class VerifyReport:
             ("blobs missing from their pack", self.missing_blobs),
             ("orphan packs (not in the catalog; `weightzoo gc` removes them)", self.orphan_packs),
             ("unfinished temp files (`weightzoo gc` removes them)", self.temp_files),
+            ("missing table files", self.missing_table_files),
+            ("corrupt table files", self.corrupt_table_files),
+            ("orphan table files (not in the catalog; `weightzoo gc` removes them)", self.orphan_table_files),
         ]:
             if items:
                 lines.append(f"  {label}: {len(items)}: {', '.join(map(str, items[:5]))}{' ...' if len(items) > 5 else ''}")
@@ -172,6 +211,8 @@ class VerifyReport:
             lines.append(f"  unreferenced blobs (garbage, `weightzoo gc` removes them): {self.unreferenced_blobs}")
         if self.affected_models:
             lines.append(f"  models affected: {json.dumps(self.affected_models[:20])}")
+        if self.affected_tables:
+            lines.append(f"  derived tables affected: {', '.join(self.affected_tables[:20])}")
         return "\n".join(lines)
 
 
@@ -184,6 +225,7 @@ class GcReport:
     packs_compacted: list[str] = field(default_factory=list)
     orphans_removed: list[str] = field(default_factory=list)
     temp_removed: list[str] = field(default_factory=list)
+    table_files_removed: list[str] = field(default_factory=list)
     bytes_freed: int = 0
     dry_run: bool = False
 
@@ -194,7 +236,8 @@ class GcReport:
         verb = "would remove" if self.dry_run else "removed"
         return (
             f"gc {verb}: {self.blobs_removed} unreferenced blobs, {len(self.packs_removed)} empty packs, "
-            f"{len(self.orphan_packs_str())} orphan packs, {len(self.temp_removed)} temp files; "
+            f"{len(self.orphan_packs_str())} orphan packs, {len(self.table_files_removed)} orphan table files, "
+            f"{len(self.temp_removed)} temp files; "
             f"compacted {len(self.packs_compacted)} packs; {self.bytes_freed / 1e6:.2f} MB freed"
         )
 

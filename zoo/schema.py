@@ -11,6 +11,9 @@ Everything is a model, and every model has lineage:
 - ``packs``: immutable safetensors files, one per write batch.
 - ``hyperparameters``, ``metrics`` (long form: name, split, step, value), ``tags``.
 - ``lineage``: edges ``parent -> child`` with the operation and its parameters.
+- ``derived_tables``: learner outputs written back with ``Zoo.write_table`` (predictions, embeddings,
+  weight statistics): one row per named table; its data lives in immutable Parquet files under
+  ``<root>/tables/`` (see :mod:`zoo.tables`).
 - ``catalog_state``: a generation counter bumped by every write (cache invalidation for queries) and a
   layout version bumped only when ``gc`` moves or deletes blobs (cache invalidation for blob locations).
 """
@@ -147,6 +150,24 @@ class Tag(Base):
     __tablename__ = "tags"
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
     tag: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
+
+
+class DerivedTable(Base):
+    """A named table of learner outputs; its rows live in Parquet files (``files``, a JSON list)."""
+
+    __tablename__ = "derived_tables"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    files: Mapped[str] = mapped_column(Text)  # JSON list of file names under <root>/tables/, in row order
+    column_types: Mapped[str] = mapped_column(Text)  # JSON [[column, SQL type], ...]
+    n_rows: Mapped[int] = mapped_column(BigInteger)
+    nbytes: Mapped[int] = mapped_column(BigInteger)
+    description: Mapped[str] = mapped_column(Text, default="")
+    produced_by: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 #: Tables exposed to ``Zoo.sql`` (all of them).

@@ -10,6 +10,7 @@ A zoo is a root folder holding ``catalog.db`` (SQLite, WAL; or any SQLAlchemy UR
     child = z.add(sd2, parents=[m.id], op="finetune", params={"epochs": 3})
     pop = z.population("mine"); W = pop.stack()      # {tensor name: Tensor[N, ...]}
     df = z.sql("select * from models")               # DuckDB over the live catalog, read-only
+    z.write_table("preds", pd.DataFrame({"model_id": ids, "pred": p}))   # learner outputs, queryable by z.sql
 
 Every write goes through :meth:`Zoo.add_many` (``add`` is one item of it): tensors are hashed,
 the catalog's write lock is taken, tensors not stored yet are written as one new pack (temp file,
@@ -42,7 +43,7 @@ from zoo.errors import (
 )
 from zoo.hashing import tensor_id
 from zoo.packs import BlobLocation, PackStore
-from zoo.records import ArchitectureInfo, Edge, ModelRecord, NewModel, PopulationInfo
+from zoo.records import ArchitectureInfo, Edge, ModelRecord, NewModel, PopulationInfo, TableInfo
 from zoo.rows import (
     _arch_mismatch_message,
     _blob_row,
@@ -59,7 +60,10 @@ from zoo.settings import default_root
 __all__ = ["Zoo", "raw_config", "split_metric_name"]
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from zoo.query import ModelQuery, Population
+    from zoo.tables import TableFiles
 
 class _Prepared:
     __slots__ = ("item", "names", "ids", "tensors", "config", "chash", "n_params", "nbytes", "model_id",
@@ -79,6 +83,7 @@ class Zoo:
         self.engine = engine
         self.packs = PackStore(root / "packs")
         self._analytics = None
+        self._table_files: TableFiles | None = None
         self._arch_cache: dict[int, tuple[str, dict[str, Any]]] = {}
         # blob id -> (pack, offset, dtype, shape): valid while the layout version is unchanged (only gc moves blobs)
         self._loc_cache: dict[str, tuple[str, int, str, str]] = {}
@@ -116,6 +121,15 @@ class Zoo:
             engine.dispose()
             raise ZooError(f"cannot open the catalog at {url}: {e}") from e
         return cls(root, engine, url)
+
+    @property
+    def table_files(self) -> TableFiles:
+        """The folder of derived-table Parquet files, ``<root>/tables/``."""
+        if self._table_files is None:
+            from zoo.tables import TableFiles
+
+            self._table_files = TableFiles(self.root / "tables")
+        return self._table_files
 
     def close(self) -> None:
         if self._analytics is not None:
@@ -486,6 +500,8 @@ class Zoo:
         """Delete models from the catalog (their tensors become garbage for :meth:`gc`).
 
         Refuses to delete a model that has children (its lineage would be cut) unless ``force``.
+        Rows of derived tables that name a removed model are kept (they are data; joins with
+        ``models`` drop them), and tables it produced keep their rows with ``produced_by`` cleared.
         """
         with self.engine.begin() as conn:
             self._bump(conn)
@@ -498,6 +514,7 @@ class Zoo:
                     raise ZooError(f"model(s) {sorted(set(kids))[:5]} have children in the zoo; pass force=True to cut their lineage")
             for table in (S.TensorEntry, S.Hyperparameter, S.Metric, S.Tag):
                 conn.execute(delete(table).where(table.model_id.in_(ids)))
+            conn.execute(update(S.DerivedTable).where(S.DerivedTable.produced_by.in_(ids)).values(produced_by=None))
             conn.execute(delete(S.LineageEdge).where(S.LineageEdge.child_id.in_(ids) | S.LineageEdge.parent_id.in_(ids)))
             conn.execute(delete(S.Model).where(S.Model.id.in_(ids)))
         return len(ids)
@@ -713,8 +730,9 @@ class Zoo:
         """Run a read-only SQL query (DuckDB) over the live catalog; pandas out (Arrow with ``arrow=True``).
 
         Tables: models, populations, architectures, metrics, hyperparameters, lineage, tags,
-        tensors, blobs, packs. Views: ``model_overview`` (one row per model with population,
-        architecture and its metrics/hparams as JSON). Anything but a single SELECT is refused
+        tensors, blobs, packs, derived_tables, and every derived table by its name (see
+        :meth:`write_table`). Views: ``model_overview`` (one row per model with population and
+        architecture), ``metrics_wide``, ``hparams_wide``. Anything but a single SELECT is refused
         with :class:`~zoo.errors.QueryError`.
         """
         from zoo.analytics import Analytics
@@ -722,6 +740,66 @@ class Zoo:
         if self._analytics is None:
             self._analytics = Analytics(self)
         return self._analytics.query(query, arrow=arrow)
+
+    # ------------------------------------------------------------------------------ derived tables
+    def write_table(
+        self,
+        name: str,
+        frame: pd.DataFrame,
+        *,
+        mode: str = "replace",
+        description: str | None = None,
+        produced_by: int | str | None = None,
+    ) -> TableInfo:
+        """Store learner outputs (predictions, embeddings, statistics) as a derived table ``name``.
+
+        ``Zoo.sql`` can then query it and join it with the catalog
+        (``select m.name, p.pred from model_overview m join preds p on p.model_id = m.id``).
+
+        Args:
+            name: 1-63 lower-case letters, digits and ``_``, starting with a letter; not a catalog
+                table or view name (``models``, ``model_overview``, ...) nor an SQL keyword.
+            frame: a DataFrame of numbers, strings, bools, datetimes, or vector cells (equal-length
+                1-D arrays/lists/tensors, stored as ``FLOAT[d]``/``DOUBLE[d]``). A column
+                ``model_id`` must hold ids of models in the zoo. A named index is kept as columns.
+            mode: ``"replace"`` (the default; creates or overwrites) or ``"append"`` (adds rows
+                with the same columns, creating the table if needed; ints/floats are cast to the
+                stored numeric types).
+            description: free text; None keeps the table's current one.
+            produced_by: the model (id or name) that produced the table, e.g. the stored encoder,
+                recorded for lineage; None keeps the current one.
+
+        The write is atomic (Parquet file fsynced and renamed, then the catalog commits); bad
+        input raises a :class:`~zoo.errors.ZooError` and leaves the store unchanged.
+        """
+        from zoo.tables import write_table
+
+        return write_table(self, name, frame, mode=mode, description=description, produced_by=produced_by)
+
+    def table(self, name: str, *, arrow: bool = False) -> pd.DataFrame | pa.Table:
+        """A derived table's rows as pandas (vector cells as numpy arrays); Arrow with ``arrow=True``."""
+        from zoo.tables import read_table
+
+        t = read_table(self, name)
+        return t if arrow else t.to_pandas()
+
+    def tables(self) -> list[TableInfo]:
+        """All derived tables (name, rows, column types, description, producer, times), by name."""
+        from zoo.tables import list_tables
+
+        return list_tables(self)
+
+    def table_info(self, name: str) -> TableInfo:
+        """One derived table's :class:`~zoo.records.TableInfo` (:class:`NotFoundError` if none)."""
+        from zoo.tables import table_info
+
+        return table_info(self, name)
+
+    def drop_table(self, name: str) -> None:
+        """Delete a derived table (its catalog row, then its files)."""
+        from zoo.tables import drop_table
+
+        drop_table(self, name)
 
     # ------------------------------------------------------------------------------ maintenance
     def verify(self, *, rehash: bool = True, progress: bool = False) -> Any:

@@ -23,8 +23,21 @@ CFGS = {
     "mlp3": {"family": "mlp", "in_features": 5, "hidden": [7, 6, 4], "out_features": 2},
     "siren": {"family": "siren", "in_features": 2, "hidden": [8, 8], "out_features": 1},
 }
-FAST = {"np": {"epochs": 3, "hidden": 8, "head_hidden": 16}, "flat_mlp": {"epochs": 3, "hidden": [16]}, "stats": {"max_iter": 10}}
-INVARIANT = ("np", "stats")
+#: conformance variants: key -> (registered name, fast config)
+FAST = {
+    "np": ("np", {"epochs": 3, "hidden": 8, "edge_hidden": 4, "head_hidden": 16}),
+    "np_probes": ("np", {"epochs": 3, "hidden": 8, "edge_hidden": 4, "head_hidden": 16, "probes": 5}),
+    "probe": ("probe", {"epochs": 3, "n_probes": 6, "head_hidden": 16}),
+    "probe_free": ("probe", {"epochs": 3, "n_probes": 6, "head_hidden": 16, "generator": "free"}),
+    "flat_mlp": ("flat_mlp", {"epochs": 3, "hidden": [16]}),
+    "stats": ("stats", {"max_iter": 10}),
+}
+INVARIANT = ("np", "np_probes", "probe", "probe_free", "stats")
+
+
+def fast(key: str, **kw) -> object:
+    name, cfg = FAST[key]
+    return make_encoder(name, **{**cfg, **kw})
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +65,7 @@ def targets(X: dict[str, torch.Tensor], task: str) -> np.ndarray:
 
 
 def test_registry() -> None:
-    assert {"np", "flat_mlp", "stats"} <= set(encoders())
+    assert {"np", "probe", "flat_mlp", "stats"} <= set(encoders())
     with pytest.raises(ConfigError, match="valid: .*np"):
         get_encoder("dws9000")
     with pytest.raises(DuplicateError):
@@ -67,7 +80,7 @@ def test_registry() -> None:
 def test_invariant_to_hidden_permutations(name: str, arch: str, task: str) -> None:
     cfg = CFGS[arch]
     X = population(cfg)
-    enc = make_encoder(name, task=task, **FAST[name]).fit(X, targets(X, task), spec=spec_for(cfg))
+    enc = fast(name, task=task).fit(X, targets(X, task), spec=spec_for(cfg), arch=cfg)
     Xp = permuted(cfg, X)
     if task == "regression":
         np.testing.assert_allclose(enc.predict(Xp), enc.predict(X), rtol=1e-4, atol=1e-5)
@@ -77,10 +90,11 @@ def test_invariant_to_hidden_permutations(name: str, arch: str, task: str) -> No
 
 
 @pytest.mark.parametrize("arch", ["mlp3", "siren"])
-def test_np_intermediate_features_are_equivariant(arch: str) -> None:
+@pytest.mark.parametrize("probes", [0, 3])
+def test_np_intermediate_features_are_equivariant(arch: str, probes: int) -> None:
     cfg = CFGS[arch]
     X = population(cfg, 6)
-    enc = NPEncoder(epochs=1, hidden=8, head_hidden=8).fit(X, targets(X, "regression"))
+    enc = NPEncoder(epochs=1, hidden=8, head_hidden=8, probes=probes).fit(X, targets(X, "regression"), arch=cfg)
     spec = spec_for(cfg)
     perms = random_permutation(spec, X, torch.Generator().manual_seed(3), batch=6)
     nodes, edges = enc.features(X)
@@ -109,7 +123,7 @@ def test_flat_mlp_is_not_invariant_but_learns() -> None:
 def test_save_load_roundtrip(name: str, tmp_path) -> None:
     cfg = CFGS["mlp3"]
     X = population(cfg)
-    enc = make_encoder(name, **FAST[name]).fit(X, targets(X, "regression"))
+    enc = fast(name).fit(X, targets(X, "regression"), arch=cfg)
     enc.save(tmp_path / name)
     if name == "stats":
         with pytest.raises(UnsafeFileError, match="trust"):
@@ -124,17 +138,61 @@ def test_save_load_roundtrip(name: str, tmp_path) -> None:
 
 @pytest.mark.parametrize("name", sorted(FAST))
 def test_bad_input_raises_project_errors(name: str) -> None:
-    X = population(CFGS["mlp1"])
-    enc = make_encoder(name, **FAST[name])
+    cfg = CFGS["mlp1"]
+    X = population(cfg)
+    enc = fast(name)
     with pytest.raises(ConfigError, match="not fitted"):
         enc.predict(X)
     with pytest.raises(MismatchError):
-        enc.fit(X, np.zeros(3))
-    enc.fit(X, targets(X, "regression"))
+        enc.fit(X, np.zeros(3), arch=cfg)
+    enc.fit(X, targets(X, "regression"), arch=cfg)
     with pytest.raises(MismatchError):
         enc.predict(population(CFGS["mlp3"]))
     with pytest.raises(ConfigError, match="task"):
-        make_encoder(name, task="ranking").fit(X, targets(X, "regression"))
+        fast(name, task="ranking").fit(X, targets(X, "regression"), arch=cfg)
+
+
+@pytest.mark.parametrize("name", ["np_probes", "probe"])
+def test_encoders_that_run_models_need_the_architecture(name: str) -> None:
+    X = population(CFGS["mlp1"])
+    with pytest.raises(ConfigError, match="arch"):
+        fast(name).fit(X, targets(X, "regression"))
+    cnn = {"family": "cnn", "in_channels": 1, "channels": [4], "out_features": 3}
+    if name == "np_probes":  # probe features need a dense chain
+        with pytest.raises(ConfigError):
+            fast(name).fit(population(cnn, 4), np.arange(4.0), spec=spec_for(cnn), arch=cnn)
+
+
+def test_probe_encoder_runs_any_batched_family_and_is_invariant_to_relu_rescaling() -> None:
+    from weightspace.augment import rescale
+
+    cnn = {"family": "cnn", "in_channels": 1, "image_size": 8, "channels": [4, 4], "out_features": 3}
+    X = population(cnn, 12)
+    enc = fast("probe").fit(X, targets({"layers.0.weight": X["convs.0.weight"]}, "regression"), arch=cnn)
+    assert enc.probes().shape == (6, 1, 8, 8)
+    np.testing.assert_allclose(enc.predict(permuted(cnn, X)), enc.predict(X), rtol=1e-4, atol=1e-5)
+    cfg = CFGS["mlp3"]
+    X = population(cfg)
+    enc = fast("probe").fit(X, targets(X, "regression"), arch=cfg)
+    Xr = rescale(X, spec_for(cfg), generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(Xr["layers.0.weight"], X["layers.0.weight"])
+    np.testing.assert_allclose(enc.predict(Xr), enc.predict(X), rtol=1e-4, atol=1e-5)
+
+
+def test_np_with_probe_features_learns_a_function_property() -> None:
+    """A probe-feature NP learns a property of the SIRENs' functions (the sign of their mean output on a
+    grid) and scores well above chance on held-out models."""
+    from zoo.evaluate import functional_forward
+
+    cfg = {"family": "siren", "in_features": 2, "hidden": [8, 8], "out_features": 1, "w0": 30.0}
+    X = population(cfg, 48)
+    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, 4), torch.linspace(-1, 1, 4), indexing="ij"), -1).reshape(-1, 2)
+    y = (functional_forward(cfg, X, grid)[..., 0].mean(1) > 0).long().numpy()  # label: mean brightness sign
+    tr, te = np.arange(36), np.arange(36, 48)
+    enc = NPEncoder(task="classification", epochs=60, hidden=16, edge_hidden=4, head_hidden=32, probes=16, lr=3e-3)
+    enc.fit({k: v[tr] for k, v in X.items()}, y[tr], arch=cfg)
+    acc = (enc.predict({k: v[te] for k, v in X.items()}) == y[te]).mean()
+    assert acc >= 0.75, acc
 
 
 def test_np_refuses_non_chains() -> None:
@@ -142,3 +200,5 @@ def test_np_refuses_non_chains() -> None:
     X = population(cfg, 4)
     with pytest.raises(ConfigError):
         NPEncoder(epochs=1).fit(X, np.arange(4.0), spec=spec_for(cfg))
+    with pytest.raises(ConfigError, match="probes"):
+        NPEncoder(epochs=1, probes=-1).fit(population(CFGS["mlp1"], 4), np.arange(4.0), arch=CFGS["mlp1"])

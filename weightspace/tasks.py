@@ -11,7 +11,8 @@ Tasks (:data:`TASKS`):
 * ``accuracy`` -- regression of a metric (default ``test_acc``) of a classifier population
   (default ``digits-mlp``, every checkpoint); scored with Kendall's tau, R^2 and MAE.
 * ``inr-class`` -- classification of INRs by the hyperparameter ``label`` (default ``digits-inr``: the
-  digit each SIREN represents); scored with accuracy.
+  digit each SIREN represents); scored with accuracy. INRs of the same image (hyperparameter ``image``,
+  e.g. the two random-init "views" of ``digits-inr-views``) are one group, so they share a side of the split.
 * ``hparam-bucket`` -- classification of a numeric hyperparameter's quantile bucket (default ``lr``,
   3 buckets over ``digits-mlp``); scored with accuracy.
 
@@ -134,7 +135,10 @@ def _task_inr(zoo: Any, population: str | None, label: str = "label") -> TaskDat
     X = {k: v[torch.tensor(keep)] for k, v in X.items()}
     y = df[col].to_numpy()
     y = y.astype(int) if all(float(v).is_integer() for v in y if isinstance(v, int | float)) else y.astype(str)
-    return TaskData("inr-class", "classification", population, X, y, _groups(df), df["id"].astype(int).tolist(),
+    groups = _groups(df)
+    if "hp_image" in df.columns and df["hp_image"].notna().all():  # views of one image stay on one side
+        groups = np.asarray([f"image:{int(v)}" for v in df["hp_image"]], dtype=object)
+    return TaskData("inr-class", "classification", population, X, y, groups, df["id"].astype(int).tolist(),
                     _spec(cfg, X), cfg, {"label": label})  # fmt: skip
 
 
@@ -250,7 +254,7 @@ def run_task(
         raise ConfigError(f"encoder task {enc.task!r} does not fit task {data.task!r} ({data.kind})")  # type: ignore[attr-defined]
     tr, te = split_by_run(data.groups, test_fraction, seed)
     t0 = time.perf_counter()
-    enc.fit(data.subset(tr), data.y[tr], spec=data.spec, align=align, progress=progress)  # type: ignore[attr-defined]
+    enc.fit(data.subset(tr), data.y[tr], spec=data.spec, align=align, arch=data.config, progress=progress)  # type: ignore[attr-defined]
     secs = time.perf_counter() - t0
     pred = enc.predict(data.subset(te))  # type: ignore[attr-defined]
     return TaskResult(data.task, enc, score(data.kind, data.y[te], pred), secs, len(tr), len(te), data.population, seed)

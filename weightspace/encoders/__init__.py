@@ -4,14 +4,15 @@
     enc = make_encoder("np", task="regression", epochs=50).fit(X_train, y_train)
     enc.predict(X_test); enc.transform(X_test); enc.save("enc/"); load_encoder("enc/")
 
-Registered: ``np`` (permutation-equivariant NP/DWS-style), ``flat_mlp`` (baseline), ``stats``
-(statistics features + scikit-learn).
+Registered: ``np`` (permutation-equivariant NP/DWS-style), ``probe`` (learned probe inputs run through
+the models, ProbeGen-style), ``flat_mlp`` (baseline), ``stats`` (statistics features + scikit-learn).
 """
 
-from weightspace.encoders import flat_mlp, np_encoder, stats  # noqa: F401  (registers the encoders)
+from weightspace.encoders import flat_mlp, np_encoder, probe, stats  # noqa: F401  (registers the encoders)
 from weightspace.encoders.base import TASKS, Encoder, TorchEncoder, load_encoder
 from weightspace.encoders.flat_mlp import FlatMLPEncoder
 from weightspace.encoders.np_encoder import NPEncoder
+from weightspace.encoders.probe import ProbeEncoder
 from weightspace.encoders.registry import encoders, get_encoder, make_encoder, register_encoder
 from weightspace.encoders.stats import StatsEncoder, weight_statistics
 
@@ -19,6 +20,7 @@ __all__ = [
     "Encoder",
     "TorchEncoder",
     "NPEncoder",
+    "ProbeEncoder",
     "FlatMLPEncoder",
     "StatsEncoder",
     "weight_statistics",

@@ -177,6 +177,8 @@ class TorchEncoder(Encoder):
     """
 
     needs_spec: ClassVar[bool] = True  # False: any architecture (the spec only serves augmentations)
+    needs_arch: ClassVar[bool] = False  # True: the encoder runs the models (fit needs ``arch=``)
+    normalize_inputs: ClassVar[bool] = True  # False: ``_prepare`` gets the raw weights
     task: str
     epochs: int
     batch_size: int
@@ -190,6 +192,22 @@ class TorchEncoder(Encoder):
 
     def _build_net(self, n_out: int) -> nn.Module:
         raise NotImplementedError
+
+    def _set_arch(self, arch: Mapping[str, Any] | None) -> None:
+        if arch is None:
+            if self.needs_arch:
+                raise ConfigError(
+                    f"encoder {self.name!r} runs the models, so it needs their architecture: "
+                    "fit(X, y, arch=zoo.population(name).config)"
+                )
+            self.arch_ = None
+            return
+        from zoo.architectures import normalize_config
+
+        self.arch_ = normalize_config(arch)
+
+    def _normalize(self, raw: Stacked) -> Stacked:
+        return self.normalizer_.transform(raw) if self.normalize_inputs else raw
 
     def _layout(self, X: Stacked, spec: PermutationSpec | None) -> None:
         """Learn the input layout (shapes, spec) from the training population."""
@@ -211,18 +229,22 @@ class TorchEncoder(Encoder):
         *,
         spec: PermutationSpec | None = None,
         align: AlignFn | None = None,
+        arch: Mapping[str, Any] | None = None,
         progress: bool = False,
     ) -> TorchEncoder:
         """Fit on a stacked training population ``X`` and targets ``y [N]``.
 
         ``spec``: the architecture's permutation spec (default: read from mlp-style names).
         ``align``: the aligner for mixup augmentation (see :class:`~weightspace.augment.Augmenter`).
+        ``arch``: the population's architecture config (``Population.config``); needed by encoders that
+        run the models (``probe``), ignored by the others.
         """
         self._check_task()
         n = check_stacked(X)
         if len(y) != n:
             raise MismatchError(f"{n} models but {len(y)} targets")
         X = {k: v.float() for k, v in X.items()}
+        self._set_arch(arch)
         self._layout(X, spec)
         yt = self._encode_targets(y)
         self.normalizer_ = LayerNormalizer().fit(X)
@@ -236,7 +258,7 @@ class TorchEncoder(Encoder):
             yb = yt[idx]
             if aug:
                 raw, yb = aug(raw, yb, self.spec_, index=idx, generator=gen)
-            return self._prepare(self.normalizer_.transform(raw)), yb
+            return self._prepare(self._normalize(raw)), yb
 
         loss = regression_loss if self.task == "regression" else classification_loss
         self.history_ = train_network(
@@ -253,7 +275,7 @@ class TorchEncoder(Encoder):
         outs = []
         for i in range(0, n, batch):
             raw = {k: X[k][i : i + batch].float() for k in self.layout_}
-            outs.append(getattr(self.net_, method)(self._prepare(self.normalizer_.transform(raw))))
+            outs.append(getattr(self.net_, method)(self._prepare(self._normalize(raw))))
         return torch.cat(outs)
 
     def decision_function(self, X: Stacked) -> Tensor:
@@ -275,7 +297,7 @@ class TorchEncoder(Encoder):
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         state = {
             "layout_": self.layout_, "spec_": self.spec_.to_dict(), "normalizer_": self.normalizer_.state(),
-            "history_": self.history_, **self._target_state(),
+            "history_": self.history_, "arch_": getattr(self, "arch_", None), **self._target_state(),
         }  # fmt: skip
         return state, {k: v.detach().clone() for k, v in self.net_.state_dict().items()}
 
@@ -284,6 +306,7 @@ class TorchEncoder(Encoder):
         self.spec_ = PermutationSpec.from_dict(state["spec_"])
         self.normalizer_ = LayerNormalizer.from_state(state["normalizer_"])
         self.history_ = list(state.get("history_", []))
+        self.arch_ = state.get("arch_")
         for k in ("y_mean_", "y_std_", "y_sorted_", "classes_"):
             if k in state:
                 setattr(self, k, state[k])

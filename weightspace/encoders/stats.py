@@ -71,8 +71,8 @@ class StatsEncoder(Encoder):
         raise ConfigError(f"unknown stats model {self.model!r}; valid: auto, gbt, ridge")
 
     def fit(self, X: Mapping[str, Tensor], y: Any, *, spec: PermutationSpec | None = None, align: Any = None,
-            progress: bool = False) -> StatsEncoder:  # fmt: skip
-        """Fit the model on the statistics of ``X``; ``spec``/``align`` are accepted and unused."""
+            arch: Any = None, progress: bool = False) -> StatsEncoder:  # fmt: skip
+        """Fit the model on the statistics of ``X``; ``spec``/``align``/``arch`` are accepted and unused."""
         self._check_task()
         n = check_stacked(X)
         if len(y) != n:

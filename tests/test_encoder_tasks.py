@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from weightspace.cli import register, weight_matching_align
-from weightspace.tasks import encoder_from_zoo, load_task, run_task, similar, split_by_run, store_encoder
+from weightspace.tasks import (
+    encoder_from_zoo,
+    load_task,
+    run_task,
+    similar,
+    split_by_run,
+    store_encoder,
+    write_outputs,
+)
 from zoo.builder import build
 from zoo.errors import ConfigError, NotFoundError
 from zoo.recipes import Recipe
@@ -58,7 +66,7 @@ def test_load_tasks(tiny_zoo) -> None:
         load_task(tiny_zoo, "accuracy", "nope")
 
 
-@pytest.mark.parametrize("encoder", ["np", "flat_mlp", "stats"])
+@pytest.mark.parametrize("encoder", ["np", "probe", "flat_mlp", "stats"])
 def test_run_task_scores_held_out_runs(tiny_zoo, encoder: str) -> None:
     cfg = {"stats": {"max_iter": 10}}.get(encoder, {"epochs": 2})
     res = run_task(tiny_zoo, encoder, "accuracy", cfg, population="tiny-mlp", seed=0, test_fraction=0.25)
@@ -97,9 +105,42 @@ def test_cli_register_and_run(tiny_zoo, capsys) -> None:
     out = capsys.readouterr().out
     assert "kendall_tau" in out and "model_id" in out
     mid = int(out.strip().splitlines()[-1].split(":")[1])
+    args = p.parse_args(["train-encoder", "inr-class", "-p", "tiny-inr", "--encoder", "probe", "--epochs", "2",
+                         "--root", root, "--no-progress", "--write-table", "inr_pred", "--json"])  # fmt: skip
+    assert args.func(args) == 0
+    assert tiny_zoo.table("inr_pred")["model_id"].nunique() == 12
     args = p.parse_args(["similar", "tiny-mlp/00001/e003", "--encoder-model", str(mid), "--k", "2", "--root", root])
     assert args.func(args) == 0
     assert "distance" in capsys.readouterr().out
     args = p.parse_args(["similar", "1", "--root", root])
     with pytest.raises(ConfigError, match="exactly one"):
         args.func(args)
+
+
+def test_encoder_lineage_and_outputs_as_sql_table(tiny_zoo) -> None:
+    res = run_task(tiny_zoo, "np", "accuracy", {"epochs": 2}, population="tiny-mlp", seed=1, test_fraction=0.25)
+    rec = store_encoder(tiny_zoo, res)
+    parents = tiny_zoo.sql(f"select parent_id, role from lineage where child_id = {rec.id}")
+    assert sorted(parents["parent_id"]) == sorted(res.train_ids) and set(parents["role"]) == {"train"}
+    assert set(res.train_ids).isdisjoint(res.test_ids)
+    info = write_outputs(tiny_zoo, res.encoder, "acc_pred", result=res, produced_by=rec.id)
+    assert info.n_rows == 24 and info.produced_by == rec.id
+    df = tiny_zoo.sql(
+        "select t.model_id, t.prediction, t.split, len(t.embedding) as d, w.test_acc from acc_pred t "
+        "join metrics_wide w on w.model_id = t.model_id order by t.model_id"
+    )
+    assert len(df) == 24 and (df["d"] == 128).all()
+    assert sorted(df.loc[df["split"] == "test", "model_id"]) == sorted(res.test_ids)
+    X = tiny_zoo.stack(df["model_id"].astype(int).tolist())
+    np.testing.assert_allclose(df["prediction"], res.encoder.predict(X), rtol=1e-5)
+    # the held-out score recomputed in SQL's output equals the one run_task reported
+    from weightspace.tasks import score
+
+    test = df[df["split"] == "test"]
+    assert score("regression", test["test_acc"], test["prediction"])["kendall_tau"] == pytest.approx(
+        res.metrics["kendall_tau"], abs=1e-9
+    )
+    with pytest.raises(NotFoundError):
+        write_outputs(tiny_zoo, res.encoder, "x_pred", population="nope")
+    with pytest.raises(ConfigError):
+        write_outputs(tiny_zoo, res.encoder, "x_pred")

@@ -6,6 +6,7 @@ Plugged into the ``weightzoo`` CLI through the ``weightzoo.commands`` entry-poin
     weightzoo train-encoder accuracy --encoder np                     # digits-mlp: predict test accuracy
     weightzoo train-encoder inr-class --encoder np --augment rescale,noise --to-zoo
     weightzoo train-encoder hparam-bucket --encoder stats --save enc/
+    weightzoo train-encoder accuracy --encoder probe --to-zoo --write-table acc_pred   # outputs as a SQL table
     weightzoo similar digits-mlp/00007/e024 --encoder-model 1234 --k 5
 """
 
@@ -47,7 +48,7 @@ def _augment_list(text: str | None) -> list[Any]:
 
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
-    from weightspace.tasks import run_task, store_encoder
+    from weightspace.tasks import run_task, store_encoder, write_outputs
 
     config = json.loads(args.config) if args.config else {}
     if not isinstance(config, dict):
@@ -68,13 +69,16 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
     if args.to_zoo:
         rec = store_encoder(z, res)
         out["model_id"], out["model_population"] = rec.id, rec.population
+    if args.write_table:
+        info = write_outputs(z, res.encoder, args.write_table, result=res, produced_by=out.get("model_id"))
+        out["table"] = info.name
     if args.json:
         print(json.dumps(out, indent=2, default=str))
     else:
         m = ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items())
         print(f"{res.task} on {res.population}: encoder {res.encoder.name}, {res.n_train} train / {res.n_test} test models "
               f"(split by run), trained in {res.train_seconds:.1f}s: {m}")
-        for k in ("saved_to", "model_id"):
+        for k in ("saved_to", "model_id", "table"):
             if k in out:
                 print(f"{k}: {out[k]}")
     return 0
@@ -116,7 +120,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test-fraction", type=float, default=0.2)
     s.add_argument("--save", help="save the trained encoder into this folder")
-    s.add_argument("--to-zoo", action="store_true", help="store the trained encoder in the zoo (op train.encoder)")
+    s.add_argument("--to-zoo", action="store_true",
+                   help="store the trained encoder in the zoo (op train.encoder, lineage to the models it trained on)")
+    s.add_argument("--write-table", metavar="NAME",
+                   help="write predictions + embeddings of every model of the population (and its train/test side) "
+                        "as the derived table NAME, queryable with `weightzoo query`/Zoo.sql")  # fmt: skip
     s.set_defaults(func=cmd_train_encoder)
 
     s = sub.add_parser("similar", parents=[common], help="nearest models in an encoder's embedding space")

@@ -50,6 +50,7 @@ __all__ = [
     "similar",
     "store_encoder",
     "encoder_from_zoo",
+    "write_outputs",
 ]
 
 
@@ -220,6 +221,8 @@ class TaskResult:
     n_test: int
     population: str
     seed: int
+    train_ids: list[int] = field(default_factory=list)
+    test_ids: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -257,7 +260,9 @@ def run_task(
     enc.fit(data.subset(tr), data.y[tr], spec=data.spec, align=align, arch=data.config, progress=progress)  # type: ignore[attr-defined]
     secs = time.perf_counter() - t0
     pred = enc.predict(data.subset(te))  # type: ignore[attr-defined]
-    return TaskResult(data.task, enc, score(data.kind, data.y[te], pred), secs, len(tr), len(te), data.population, seed)
+    ids = np.asarray(data.ids)
+    return TaskResult(data.task, enc, score(data.kind, data.y[te], pred), secs, len(tr), len(te), data.population, seed,
+                      ids[tr].tolist(), ids[te].tolist())  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,8 +318,9 @@ def store_encoder(zoo: Any, result: TaskResult, *, population: str = "encoders",
     """Store a trained torch encoder in the zoo: its network's state dict, op ``train.encoder``, hyperparameters
     ``encoder`` (name), ``task``, ``trained_on`` (population) and ``encoder_doc`` (the JSON config + learned
     state that :func:`encoder_from_zoo` rebuilds it from), its held-out metrics, tags ``encoder``,
-    ``encoder:<name>``, ``task:<task>``. Populations hold one architecture each, so the default population
-    name gets the encoder's name and task appended.
+    ``encoder:<name>``, ``task:<task>``, and lineage: every model it was trained on is a parent (role
+    ``train``), so ``zoo.lineage(encoder)`` leads back to its training population. Populations hold one
+    architecture each, so the default population name gets the encoder's name and task appended.
     """
     enc = result.encoder
     if not isinstance(enc, TorchEncoder):
@@ -331,7 +337,66 @@ def store_encoder(zoo: Any, result: TaskResult, *, population: str = "encoders",
         metrics={f"test_{k}": v for k, v in result.metrics.items()},
         tags=("encoder", f"encoder:{enc.name}", f"task:{result.task}", *tags),
         source=f"weightspace.tasks:{result.task}",
+        parents={int(i): "train" for i in result.train_ids},
+        params={"task": result.task, "seed": result.seed, "n_train": result.n_train, "n_test": result.n_test},
     )
+
+
+def write_outputs(
+    zoo: Any,
+    encoder: Encoder,
+    table: str,
+    *,
+    population: str | None = None,
+    result: TaskResult | None = None,
+    produced_by: int | str | None = None,
+    embeddings: bool = True,
+    batch: int = 1024,
+) -> Any:
+    """Write an encoder's outputs for every model of ``population`` as the derived table ``table``
+    (:meth:`zoo.Zoo.write_table`), queryable with ``Zoo.sql`` and joinable with the catalog.
+
+    Columns: ``model_id``, ``prediction`` (regression value or class label), ``embedding`` (a float vector,
+    unless ``embeddings=False``), and, given the ``result`` of :func:`run_task`, ``split`` (``train``,
+    ``test`` or NULL for models the encoder neither trained nor was scored on). ``population`` defaults to
+    the one the result was trained on. ``produced_by``: the stored encoder (id or name), for lineage.
+
+    Example::
+
+        res = run_task(z, "np", "accuracy")
+        enc = store_encoder(z, res)
+        write_outputs(z, res.encoder, "acc_pred", result=res, produced_by=enc.id)
+        z.sql("select m.name, t.prediction, w.test_acc from acc_pred t join model_overview m on m.id = t.model_id "
+              "join metrics_wide w on w.model_id = t.model_id where t.split = 'test'")
+    """
+    population = population or (result.population if result is not None else None)
+    if population is None:
+        raise ConfigError("give population=... (or result=...) to write outputs for")
+    names = {p.name for p in zoo.populations()}
+    if population not in names:
+        raise NotFoundError(f"no population {population!r} in the zoo at {zoo.root}")
+    ids = zoo.population(population).df()["id"].astype(int).tolist()
+    if not ids:
+        raise NotFoundError(f"population {population!r} has no models")
+    preds, embs = [], []
+    for i in range(0, len(ids), batch):
+        X = zoo.stack(ids[i : i + batch])
+        try:
+            preds.append(np.asarray(encoder.predict(X)))  # type: ignore[attr-defined]
+            if embeddings:
+                embs.append(np.asarray(encoder.transform(X), dtype=np.float32))  # type: ignore[attr-defined]
+        except MismatchError as e:
+            raise MismatchError(f"population {population!r} does not fit the encoder: {e}") from None
+    frame = pd.DataFrame({"model_id": ids, "prediction": np.concatenate(preds)})
+    if embeddings:
+        frame["embedding"] = list(np.concatenate(embs))
+    if result is not None:
+        side = {**{i: "train" for i in result.train_ids}, **{i: "test" for i in result.test_ids}}
+        frame["split"] = pd.Series([side.get(i) for i in ids], dtype=object)
+    desc = f"outputs of encoder {encoder.name!r} on population {population!r}"
+    if result is not None:
+        desc += f" (task {result.task}, seed {result.seed})"
+    return zoo.write_table(table, frame, description=desc, produced_by=produced_by)
 
 
 def encoder_from_zoo(zoo: Any, model: int | str) -> Encoder:

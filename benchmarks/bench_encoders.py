@@ -1,10 +1,13 @@
 """Weight-space encoders on the built-in populations: every encoder x task x augmentation, mean ± std over seeds.
 
-    weightzoo build digits-mlp --root R && weightzoo build digits-inr --root R
-    python benchmarks/bench_encoders.py --root R [--seeds 3] [--epochs 100] [--tasks accuracy,inr-class,hparam-bucket]
+    R=/tmp/benchzoo
+    weightzoo build digits-mlp --root $R && weightzoo build digits-cnn --root $R && weightzoo build digits-inr-views --root $R
+    python benchmarks/bench_encoders.py --root $R [--seeds 3] [--tasks accuracy,accuracy-cnn,inr-class,hparam-bucket]
+        [--encoders np,np+probes,gmn,probe,flat_mlp,stats] [--augment both|none|only]
 
-Prints a markdown table (docs/encoders.md) and writes JSON rows to --out. Splits are by run (20 % of runs
-held out); the seed seeds the split and the encoder. Threads: --threads (default 1).
+Prints a markdown table (docs/encoders.md) and appends JSON rows to --out (one per fit; a rerun skips the
+fits already in --out, so an interrupted benchmark resumes). Splits are by run (20 % of the runs held out;
+for INRs, by image); the seed seeds the split and the encoder. Threads: --threads (default 1).
 """
 
 from __future__ import annotations
@@ -24,40 +27,77 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from weightspace.tasks import load_task, run_task  # noqa: E402
 from zoo import Zoo  # noqa: E402
 
-AUG = {"accuracy": ["rescale", "noise"], "hparam-bucket": ["rescale", "noise"], "inr-class": ["noise", "dropout"]}
-MAIN = {"accuracy": "kendall_tau", "inr-class": "accuracy", "hparam-bucket": "accuracy"}
+#: task key -> (weightspace task, population, main score, augmentations)
+TASKS = {
+    "accuracy": ("accuracy", "digits-mlp", "kendall_tau", ["rescale", "noise"]),
+    "accuracy-cnn": ("accuracy", "digits-cnn", "kendall_tau", ["rescale", "noise"]),
+    "inr-class": ("inr-class", "digits-inr-views", "accuracy", ["noise", "dropout"]),
+    "hparam-bucket": ("hparam-bucket", "digits-mlp", "accuracy", ["rescale", "noise"]),
+}
+#: variant -> (registered encoder, config, families it supports, epochs per task (default: --epochs))
+VARIANTS = {
+    "np": ("np", {}, {"mlp", "siren"}, {"inr-class": 40}),
+    "np+probes": ("np", {"probes": 32}, {"mlp", "siren"}, {"inr-class": 40}),
+    "gmn": ("gmn", {}, {"mlp", "siren", "cnn"}, {"inr-class": 40}),
+    "probe": ("probe", {}, {"mlp", "siren", "cnn"}, {}),
+    "flat_mlp": ("flat_mlp", {}, {"mlp", "siren", "cnn"}, {}),
+    "stats": ("stats", {}, {"mlp", "siren", "cnn"}, {}),
+}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--root", required=True)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", required=True, action="append", help="zoo root; repeat to take each population from "
+                    "the first root that has it")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--tasks", default="accuracy,inr-class,hparam-bucket")
-    ap.add_argument("--encoders", default="np,flat_mlp,stats")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--encoders", default=",".join(VARIANTS))
+    ap.add_argument("--augment", default="both", choices=["both", "none", "only"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="bench_encoders.json")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    z = Zoo.open(a.root, create=False)
-    rows = []
+    try:
+        import weightspace.encoders.gmn  # noqa: F401  (registers "gmn" when present)
+    except ImportError:
+        pass
+    zoos = [Zoo.open(r, create=False) for r in a.root]
+    out = Path(a.out)
+    rows = json.loads(out.read_text()) if out.is_file() else []
+    done = {(r["task_key"], r["variant"], r["augment"], r["seed"]): r for r in rows}
     print(f"load average at start: {os.getloadavg()}", flush=True)
-    for task in a.tasks.split(","):
-        data = load_task(z, task)
-        for enc in a.encoders.split(","):
-            for aug in ([False] if enc == "stats" else [False, True]):
+    for key in a.tasks.split(","):
+        task, pop, main_score, aug_steps = TASKS[key]
+        z = next((zz for zz in zoos if pop in {p.name for p in zz.populations()}), zoos[0])
+        data = load_task(z, task, pop)
+        family = (data.config or {}).get("family", "mlp")
+        for var in a.encoders.split(","):
+            enc, base, families, epochs = VARIANTS[var]
+            if family not in families:
+                continue
+            augs = {"both": [False, True], "none": [False], "only": [True]}[a.augment]
+            for aug in [False] if enc == "stats" else augs:
                 vals, secs = [], []
                 for seed in range(a.seeds):
-                    cfg = {} if enc == "stats" else {"epochs": a.epochs, "augment": AUG[task] if aug else []}
-                    t = time.perf_counter()
-                    res = run_task(z, enc, data, cfg, seed=seed)
-                    secs.append(time.perf_counter() - t)
-                    vals.append(res.metrics)
-                    rows.append({"task": task, "encoder": enc, "augment": aug, **res.to_dict()})
-                    Path(a.out).write_text(json.dumps(rows, indent=1, default=str))
-                m = {k: (np.mean([v[k] for v in vals]), np.std([v[k] for v in vals])) for k in vals[0]}
-                cells = " | ".join(f"{k} {mu:.3f} ± {sd:.3f}" for k, (mu, sd) in m.items())
-                print(f"| {task} | {enc} | {'+'.join(AUG[task]) if aug else '-'} | {cells} | {np.mean(secs):.1f} s |", flush=True)
+                    k = (key, var, aug, seed)
+                    if k not in done:
+                        cfg = dict(base)
+                        if enc != "stats":
+                            cfg |= {"epochs": epochs.get(key, a.epochs), "augment": aug_steps if aug else []}
+                        t = time.perf_counter()
+                        res = run_task(z, enc, data, cfg, seed=seed)
+                        r = {"task_key": key, "variant": var, "augment": aug, "wall_seconds": time.perf_counter() - t,
+                             "load": os.getloadavg()[0], **res.to_dict()}  # fmt: skip
+                        rows.append(r)
+                        done[k] = r
+                        out.write_text(json.dumps(rows, indent=1, default=str))
+                    vals.append(done[k]["metrics"])
+                    secs.append(done[k]["train_seconds"])
+                m = {s: (np.mean([v[s] for v in vals]), np.std([v[s] for v in vals])) for s in vals[0]}
+                cells = " | ".join(f"{mu:.3f} ± {sd:.3f}" for mu, sd in m.values())
+                print(f"| {key} ({pop}) | {var} | {'+'.join(aug_steps) if aug else '-'} | {cells} "
+                      f"({', '.join(m)}) | {np.mean(secs):.0f} s |", flush=True)  # fmt: skip
     print(f"load average at end: {os.getloadavg()}", flush=True)
 
 

@@ -65,13 +65,26 @@ def targets(X: dict[str, torch.Tensor], task: str) -> np.ndarray:
 
 
 def test_registry() -> None:
-    assert {"np", "probe", "flat_mlp", "stats"} <= set(encoders())
+    assert {"np", "gmn", "probe", "flat_mlp", "stats"} <= set(encoders())
     with pytest.raises(ConfigError, match="valid: .*np"):
         get_encoder("dws9000")
     with pytest.raises(DuplicateError):
         register_encoder("np")
     with pytest.raises(ConfigError, match="options"):
         make_encoder("np", widht=3)
+
+
+def test_lazy_registration_imports_on_first_use(monkeypatch) -> None:
+    from weightspace.encoders import registry
+
+    monkeypatch.setattr(registry, "_LAZY", dict(registry._LAZY))
+    registry.register_lazy("ghost", "weightspace.encoders.no_such_module", "pip install ghost-extra")
+    assert "ghost" in encoders()
+    with pytest.raises(ConfigError, match="ghost-extra"):
+        make_encoder("ghost")
+    with pytest.raises(DuplicateError):
+        registry.register_lazy("np", "weightspace.encoders.np_encoder")
+    assert get_encoder("gmn").__name__ == "GMNEncoder"  # torch_geometric is a dev dependency
 
 
 @pytest.mark.parametrize("name", INVARIANT)

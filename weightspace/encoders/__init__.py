@@ -4,8 +4,9 @@
     enc = make_encoder("np", task="regression", epochs=50).fit(X_train, y_train)
     enc.predict(X_test); enc.transform(X_test); enc.save("enc/"); load_encoder("enc/")
 
-Registered: ``np`` (permutation-equivariant NP/DWS-style), ``probe`` (learned probe inputs run through
-the models, ProbeGen-style), ``flat_mlp`` (baseline), ``stats`` (statistics features + scikit-learn).
+Registered: ``np`` (permutation-equivariant NP/DWS-style), ``gmn`` (graph metanetwork over neural graphs,
+torch_geometric, imported on first use), ``probe`` (learned probe inputs run through the models,
+ProbeGen-style), ``flat_mlp`` (baseline), ``stats`` (statistics features + scikit-learn).
 """
 
 from weightspace.encoders import flat_mlp, np_encoder, probe, stats  # noqa: F401  (registers the encoders)
@@ -13,8 +14,11 @@ from weightspace.encoders.base import TASKS, Encoder, TorchEncoder, load_encoder
 from weightspace.encoders.flat_mlp import FlatMLPEncoder
 from weightspace.encoders.np_encoder import NPEncoder
 from weightspace.encoders.probe import ProbeEncoder
-from weightspace.encoders.registry import encoders, get_encoder, make_encoder, register_encoder
+from weightspace.encoders.registry import encoders, get_encoder, make_encoder, register_encoder, register_lazy
 from weightspace.encoders.stats import StatsEncoder, weight_statistics
+
+# torch_geometric costs seconds to import: "gmn" is imported on first use (weightspace.encoders.gmn.GMNEncoder)
+register_lazy("gmn", "weightspace.encoders.gmn", "install it with pip install 'weightzoo[graph]' (torch_geometric)")
 
 __all__ = [
     "Encoder",
@@ -28,6 +32,7 @@ __all__ = [
     "get_encoder",
     "make_encoder",
     "register_encoder",
+    "register_lazy",
     "load_encoder",
     "TASKS",
 ]

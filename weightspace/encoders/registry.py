@@ -7,9 +7,11 @@ from typing import Any, TypeVar
 
 from zoo.errors import ConfigError, DuplicateError
 
-__all__ = ["register_encoder", "get_encoder", "make_encoder", "encoders"]
+__all__ = ["register_encoder", "register_lazy", "get_encoder", "make_encoder", "encoders"]
 
 _ENCODERS: dict[str, type] = {}
+#: name -> (module that registers it on import, pip hint if its optional dependency is missing)
+_LAZY: dict[str, tuple[str, str]] = {}
 T = TypeVar("T", bound=type)
 
 
@@ -19,6 +21,7 @@ def register_encoder(name: str) -> Callable[[T], T]:
         raise DuplicateError(f"an encoder named {name!r} is already registered")
 
     def deco(cls: T) -> T:
+        _LAZY.pop(name, None)  # a lazily registered encoder's module is being imported
         _ENCODERS[name] = cls
         cls.name = name  # type: ignore[attr-defined]
         return cls
@@ -26,13 +29,29 @@ def register_encoder(name: str) -> Callable[[T], T]:
     return deco
 
 
+def register_lazy(name: str, module: str, hint: str = "") -> None:
+    """Register encoder ``name`` as living in ``module``, imported on first use (for encoders with heavy or
+    optional dependencies, e.g. torch_geometric: importing it costs seconds at every CLI start)."""
+    if name in _ENCODERS or name in _LAZY:
+        raise DuplicateError(f"an encoder named {name!r} is already registered")
+    _LAZY[name] = (module, hint)
+
+
 def encoders() -> list[str]:
-    """Names of the registered encoders."""
-    return sorted(_ENCODERS)
+    """Names of the registered encoders (lazy ones included)."""
+    return sorted(set(_ENCODERS) | set(_LAZY))
 
 
 def get_encoder(name: str) -> type:
     """The encoder class registered as ``name``."""
+    if name not in _ENCODERS and name in _LAZY:
+        import importlib
+
+        module, hint = _LAZY[name]
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"encoder {name!r} needs a package that is not installed ({e}); {hint}") from None
     try:
         return _ENCODERS[name]
     except KeyError:

@@ -83,6 +83,20 @@ fig = px.bar(ops, x="op", y="models", title="models by operation")
 fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10})
 c2.plotly_chart(fig, width="stretch", key="ov_ops")
 
+# ------------------------------------------------------------------------------------ derived tables
+st.subheader("Derived tables")
+tables = C.derived_tables()
+if tables.empty:
+    st.caption(
+        "No derived tables yet. Learners write their outputs here, e.g. "
+        "`weightzoo train-encoder accuracy --to-zoo --write-table acc_pred`; query them on **Models** with SQL."
+    )
+else:
+    st.dataframe(tables, hide_index=True, width="stretch", key="ov_tables")
+    name = st.selectbox("preview", tables["name"].tolist(), key="ov_table")
+    with C.shown_errors("reading the table"):
+        st.dataframe(C.sql(f'select * from "{name}" limit 50'), hide_index=True, width="stretch", key="ov_table_rows")
+
 st.divider()
 st.markdown(
     "**Next:** browse and query models on **Models**, look inside one on **Model detail**, map a population on "

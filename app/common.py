@@ -236,6 +236,21 @@ def final_only(df: pd.DataFrame) -> pd.DataFrame:
     return df[keep]
 
 
+def derived_tables() -> pd.DataFrame:
+    """The zoo's derived tables (learner outputs): name, rows, columns, description, producer, updated."""
+    return _derived(*zoo_location(), generation())
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _derived(root: str, url: str | None, gen: int) -> pd.DataFrame:
+    rows = [t.to_dict() for t in zoo().tables()]
+    cols = ["name", "n_rows", "columns", "description", "produced_by", "updated_at"]
+    df = pd.DataFrame(rows, columns=None if rows else cols)
+    if rows:
+        df = df[cols].assign(columns=df["columns"].map(lambda c: ", ".join(f"{k} {v}" for k, v in dict(c).items())))
+    return df
+
+
 def lineage_edges() -> pd.DataFrame:
     """All lineage edges: child_id, parent_id, role, op."""
     return _edges(*zoo_location(), generation())

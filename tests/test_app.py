@@ -166,6 +166,24 @@ def test_overview_lists_populations_with_counts(page, app_zoo: dict) -> None:
     assert str(app_zoo["parent"]) in set(recent["parents"])
 
 
+def test_overview_lists_derived_tables_with_a_preview(page, writable_zoo: dict) -> None:
+    import pandas as pd
+
+    at = page(HOME, writable_zoo["root"])
+    assert any("No derived tables yet" in c.value for c in at.caption)
+    with Zoo.open(writable_zoo["root"]) as z:
+        ids = z.population("t-mlp").ids()
+        z.write_table("acc_pred", pd.DataFrame({"model_id": ids, "prediction": [0.5 + i / 100 for i in range(len(ids))]}),
+                      description="encoder outputs")  # fmt: skip
+    at = page(HOME, writable_zoo["root"])
+    tables = next(d.value for d in at.dataframe if "n_rows" in d.value.columns)
+    assert tables.iloc[0]["name"] == "acc_pred" and tables.iloc[0]["n_rows"] == len(ids)
+    assert "prediction DOUBLE" in tables.iloc[0]["columns"]
+    assert at.selectbox(key="ov_table").value == "acc_pred"
+    rows = next(d.value for d in at.dataframe if "prediction" in d.value.columns)
+    assert sorted(rows["model_id"]) == sorted(ids)
+
+
 # ------------------------------------------------------------------------------------ models
 def test_models_table_filters(page, app_zoo: dict) -> None:
     at = page(MODELS, app_zoo["root"])

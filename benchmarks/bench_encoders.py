@@ -3,7 +3,7 @@
     R=/tmp/benchzoo
     weightzoo build digits-mlp --root $R && weightzoo build digits-cnn --root $R && weightzoo build digits-inr-views --root $R
     python benchmarks/bench_encoders.py --root $R [--seeds 3] [--tasks accuracy,accuracy-cnn,inr-class,hparam-bucket]
-        [--encoders np,np+probes,gmn,probe,flat_mlp,stats] [--augment both|none|only]
+        [--encoders np,np+probes,gmn,gmn+probes,probe,flat_mlp,stats] [--augment both|none|only]
 
 Prints a markdown table (docs/encoders.md) and appends JSON rows to --out (one per fit; a rerun skips the
 fits already in --out, so an interrupted benchmark resumes). Splits are by run (20 % of the runs held out;
@@ -39,6 +39,7 @@ VARIANTS = {
     "np": ("np", {}, {"mlp", "siren"}, {"inr-class": 40}),
     "np+probes": ("np", {"probes": 32}, {"mlp", "siren"}, {"inr-class": 40}),
     "gmn": ("gmn", {}, {"mlp", "siren", "cnn"}, {"inr-class": 40}),
+    "gmn+probes": ("gmn", {"probes": 32}, {"mlp", "siren"}, {"inr-class": 40}),
     "probe": ("probe", {}, {"mlp", "siren", "cnn"}, {}),
     "flat_mlp": ("flat_mlp", {}, {"mlp", "siren", "cnn"}, {}),
     "stats": ("stats", {}, {"mlp", "siren", "cnn"}, {}),

@@ -27,12 +27,13 @@ CFGS = {
 FAST = {
     "np": ("np", {"epochs": 3, "hidden": 8, "edge_hidden": 4, "head_hidden": 16}),
     "np_probes": ("np", {"epochs": 3, "hidden": 8, "edge_hidden": 4, "head_hidden": 16, "probes": 5}),
+    "gmn_probes": ("gmn", {"epochs": 2, "hidden": 8, "edge_hidden": 4, "msg_hidden": 4, "head_hidden": 16, "probes": 4}),
     "probe": ("probe", {"epochs": 3, "n_probes": 6, "head_hidden": 16}),
     "probe_free": ("probe", {"epochs": 3, "n_probes": 6, "head_hidden": 16, "generator": "free"}),
     "flat_mlp": ("flat_mlp", {"epochs": 3, "hidden": [16]}),
     "stats": ("stats", {"max_iter": 10}),
 }
-INVARIANT = ("np", "np_probes", "probe", "probe_free", "stats")
+INVARIANT = ("np", "np_probes", "gmn_probes", "probe", "probe_free", "stats")
 
 
 def fast(key: str, **kw) -> object:
@@ -165,13 +166,13 @@ def test_bad_input_raises_project_errors(name: str) -> None:
         fast(name, task="ranking").fit(X, targets(X, "regression"), arch=cfg)
 
 
-@pytest.mark.parametrize("name", ["np_probes", "probe"])
+@pytest.mark.parametrize("name", ["np_probes", "gmn_probes", "probe"])
 def test_encoders_that_run_models_need_the_architecture(name: str) -> None:
     X = population(CFGS["mlp1"])
     with pytest.raises(ConfigError, match="arch"):
         fast(name).fit(X, targets(X, "regression"))
     cnn = {"family": "cnn", "in_channels": 1, "channels": [4], "out_features": 3}
-    if name == "np_probes":  # probe features need a dense chain
+    if name != "probe":  # probe features need a dense chain
         with pytest.raises(ConfigError):
             fast(name).fit(population(cnn, 4), np.arange(4.0), spec=spec_for(cnn), arch=cnn)
 

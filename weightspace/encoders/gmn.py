@@ -23,6 +23,7 @@ Shapes: ``B`` models of ``V`` nodes and ``E`` edges each; node states ``[B * V, 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,11 +32,12 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
 from weightspace.encoders.base import TorchEncoder
+from weightspace.encoders.probe import ProbeInputs, chain_activations
 from weightspace.encoders.registry import register_encoder
 from weightspace.graph import GraphTemplate, graph_template
 from weightspace.spec import PermutationSpec
 
-__all__ = ["GMNEncoder", "GMNConv", "GMNNet"]
+__all__ = ["GMNEncoder", "GMNConv", "GMNNet", "GMNProbeNet"]
 
 AGGREGATIONS = ("mean", "max", "sum")
 
@@ -135,12 +137,13 @@ class GMNNet(nn.Module):
         dropout: float = 0.2,
         aggr: Sequence[str] = ("mean",),
         out_dim: int = 16,
+        extra_node_features: int = 0,
     ) -> None:
         super().__init__()
         self.template = template
         t = template
         L = len(t.sizes) - 1
-        self.node_in = nn.Linear(t.x.shape[1], hidden)
+        self.node_in = nn.Linear(t.x.shape[1] + extra_node_features, hidden)
         self.node_kind = nn.Embedding(t.n_kinds, hidden)
         self.edge_in = EdgeLinear(t.kernel, edge_hidden)
         self.edge_kind = nn.Embedding(L, edge_hidden)
@@ -186,6 +189,37 @@ class GMNNet(nn.Module):
         return self.out(self.embed(batch))
 
 
+class GMNProbeNet(nn.Module):
+    """:class:`GMNNet` whose nodes also carry their values on learned probe inputs (Kofinas et al. 2024):
+    input neurons the probe coordinates, hidden neurons their activations, output neurons the outputs.
+    Inputs: ``(batch, raw chain)``; the activations are node features, so invariance is kept."""
+
+    def __init__(self, net: GMNNet, probes: ProbeInputs, arch: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.net = net
+        self.probes = probes
+        self.arch = dict(arch)
+
+    def _with_probes(self, inputs: tuple) -> Any:
+        batch, raw = inputs
+        x = self.probes()  # [P, n_0]
+        acts = chain_activations(raw, x, self.arch)  # [B, P, n_l], l = 1..L
+        B = acts[0].shape[0]
+        vals = torch.cat([x.unsqueeze(0).expand(B, -1, -1), *acts], 2)  # [B, P, n_nodes] in graph order
+        batch = copy.copy(batch)  # shallow: the graph tensors are shared, only x is replaced
+        batch.x = torch.cat([batch.x, torch.asinh(vals).transpose(1, 2).reshape(-1, x.shape[0])], -1)
+        return batch
+
+    def features(self, inputs: tuple) -> tuple[Tensor, Tensor]:
+        return self.net.features(self._with_probes(inputs))
+
+    def embed(self, inputs: tuple) -> Tensor:
+        return self.net.embed(self._with_probes(inputs))
+
+    def forward(self, inputs: tuple) -> Tensor:
+        return self.net(self._with_probes(inputs))
+
+
 @register_encoder("gmn")
 class GMNEncoder(TorchEncoder):
     """A graph metanetwork: edge-aware message passing over each model's neural graph, invariant pooling,
@@ -202,6 +236,10 @@ class GMNEncoder(TorchEncoder):
         epochs, batch_size, lr, weight_decay, seed: training (AdamW, cosine schedule).
         augment: augmentation steps (see :class:`~weightspace.augment.Augmenter`).
         target: regression targets as ``"rank"`` (normal scores of ranks) or ``"standard"``.
+        probes: learned probe inputs whose values at every neuron become node features (inputs: the probe
+            itself, hidden: activations, outputs: outputs), as in Kofinas et al. 2024; 0 (default) reads the
+            weights only. Needs ``fit(..., arch=config)``; mlp and siren chains.
+        probe_range: initial spread of the probes (see :class:`~weightspace.encoders.ProbeEncoder`).
     """
 
     def __init__(
@@ -220,10 +258,14 @@ class GMNEncoder(TorchEncoder):
         weight_decay: float = 1e-2,
         augment: Sequence[Any] = (),
         target: str = "rank",
+        probes: int = 0,
+        probe_range: float = 1.0,
         seed: int = 0,
     ) -> None:
         self.task = task
         self.target = target
+        self.probes = probes
+        self.probe_range = probe_range
         self.hidden = hidden
         self.edge_hidden = edge_hidden
         self.msg_hidden = msg_hidden
@@ -255,17 +297,43 @@ class GMNEncoder(TorchEncoder):
         super()._layout(X, spec)
         self._template()  # refuses architectures that are not dense/conv chains, before training
 
-    def _prepare(self, stacked: Mapping[str, Tensor]) -> Any:
-        return self._template().batch(stacked)
+    def _set_arch(self, arch: Mapping[str, Any] | None) -> None:
+        from zoo.errors import ConfigError
+
+        if self.probes and arch is None:
+            raise ConfigError("GMN probe features run the models: fit(X, y, arch=zoo.population(name).config)")
+        super()._set_arch(arch)
+
+    def _normalize(self, raw: Mapping[str, Tensor]) -> Any:
+        normed = self.normalizer_.transform(raw)
+        return (normed, raw) if self.probes else normed
+
+    def _prepare(self, stacked: Any) -> Any:
+        if not self.probes:
+            return self._template().batch(stacked)
+        normed, raw = stacked
+        chain = self._template().chain
+        return self._template().batch(normed), [(raw[w], raw[b] if b else None) for w, b in chain]
 
     def _build_net(self, n_out: int) -> nn.Module:
-        return GMNNet(self._template(), n_out, hidden=self.hidden, edge_hidden=self.edge_hidden,
-                      msg_hidden=self.msg_hidden, n_layers=self.n_layers, head_hidden=self.head_hidden, dropout=self.dropout,
-                      aggr=self.aggr)  # fmt: skip
+        from zoo.errors import ConfigError
+
+        P = int(self.probes)
+        if P < 0:
+            raise ConfigError(f"probes must be >= 0, got {P}")
+        net = GMNNet(self._template(), n_out, hidden=self.hidden, edge_hidden=self.edge_hidden,
+                     msg_hidden=self.msg_hidden, n_layers=self.n_layers, head_hidden=self.head_hidden, dropout=self.dropout,
+                     aggr=self.aggr, extra_node_features=P)  # fmt: skip
+        if not P:
+            return net
+        arch = getattr(self, "arch_", None)
+        if arch is None or arch["family"] not in ("mlp", "siren"):
+            raise ConfigError("GMN probe features support mlp and siren populations")
+        return GMNProbeNet(net, ProbeInputs(P, self._template().sizes[0], probe_range=float(self.probe_range)), arch)
 
     def features(self, X: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Equivariant node states ``[N * V, H]`` and edge states ``[N * E, D]`` (graph order of
         :mod:`weightspace.graph`)."""
         self._check_fitted()
         with torch.no_grad():
-            return self.net_.features(self._prepare(self.normalizer_.transform(X)))
+            return self.net_.features(self._prepare(self._normalize(X)))

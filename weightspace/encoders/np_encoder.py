@@ -16,34 +16,12 @@ from torch import Tensor, nn
 
 from weightspace.encoders.base import TorchEncoder
 from weightspace.encoders.np_layers import NPInputs, NPNet, np_inputs
-from weightspace.encoders.probe import ProbeInputs
+from weightspace.encoders.probe import ProbeInputs, chain_activations
 from weightspace.encoders.registry import register_encoder
 from weightspace.views import dense_chain
 from zoo.errors import ConfigError
 
-__all__ = ["NPEncoder", "NPProbeNet", "chain_activations"]
-
-#: (weights, biases) of a dense chain, raw (not normalised): ``[B, n_out, n_in]``, ``[B, n_out]``
-RawChain = list[tuple[Tensor, Tensor | None]]
-
-
-def chain_activations(raw: RawChain, x: Tensor, arch: Mapping[str, Any]) -> list[Tensor]:
-    """Every layer's output on shared inputs ``x [P, n_0]``: ``[B, P, n_l]`` for l = 1..L (hidden layers
-    after their non-linearity, the last one linear), for mlp (its ``activation``) and siren (``sin(w0 .)``)."""
-    from kernels.batched import activate
-
-    fam = arch["family"]
-    if fam not in ("mlp", "siren"):
-        raise ConfigError(f"probe features need an mlp or siren chain, not {fam!r}")
-    h = x.unsqueeze(0).expand(raw[0][0].shape[0], -1, -1)
-    outs = []
-    for i, (w, b) in enumerate(raw):
-        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)) if b is not None else torch.bmm(h, w.transpose(1, 2))
-        if i < len(raw) - 1:
-            h = torch.sin(float(arch["w0"]) * h) if fam == "siren" else activate(h, arch["activation"])
-        outs.append(h)
-    return outs
-
+__all__ = ["NPEncoder", "NPProbeNet"]
 
 class NPProbeNet(nn.Module):
     """:class:`NPNet` whose hidden neurons also carry their activations on learned probe inputs (node

@@ -32,7 +32,7 @@ from weightspace.encoders.base import TorchEncoder
 from weightspace.encoders.registry import register_encoder
 from zoo.errors import ConfigError
 
-__all__ = ["ProbeEncoder", "ProbeNet", "ProbeInputs", "probe_input_shape"]
+__all__ = ["ProbeEncoder", "ProbeNet", "ProbeInputs", "probe_input_shape", "chain_activations", "RawChain"]
 
 GENERATORS = ("linear", "free")
 
@@ -47,6 +47,28 @@ def probe_input_shape(arch: Mapping[str, Any]) -> tuple[int, ...]:
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         return (int(arch["in_channels"]), int(h), int(w))
     raise ConfigError(f"the probe encoder cannot run architecture family {fam!r}; families: mlp, siren, cnn, resnet")
+
+
+#: (weights, biases) of a dense chain, raw (not normalised): ``[B, n_out, n_in]``, ``[B, n_out]``
+RawChain = list[tuple[Tensor, Tensor | None]]
+
+
+def chain_activations(raw: RawChain, x: Tensor, arch: Mapping[str, Any]) -> list[Tensor]:
+    """Every layer's output on shared inputs ``x [P, n_0]``: ``[B, P, n_l]`` for l = 1..L (hidden layers
+    after their non-linearity, the last one linear), for mlp (its ``activation``) and siren (``sin(w0 .)``)."""
+    from kernels.batched import activate
+
+    fam = arch["family"]
+    if fam not in ("mlp", "siren"):
+        raise ConfigError(f"probe features need an mlp or siren chain, not {fam!r}")
+    h = x.unsqueeze(0).expand(raw[0][0].shape[0], -1, -1)
+    outs = []
+    for i, (w, b) in enumerate(raw):
+        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)) if b is not None else torch.bmm(h, w.transpose(1, 2))
+        if i < len(raw) - 1:
+            h = torch.sin(float(arch["w0"]) * h) if fam == "siren" else activate(h, arch["activation"])
+        outs.append(h)
+    return outs
 
 
 class ProbeInputs(nn.Module):

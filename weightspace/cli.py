@@ -112,7 +112,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("train-encoder", parents=[common], help="train a weight-space encoder on a task and score it",
                        description="Train on a run-grouped split (no run on both sides) and score on the held-out runs.")  # fmt: skip
     s.add_argument("task", choices=sorted(TASKS), help="accuracy | inr-class | hparam-bucket")
-    s.add_argument("--encoder", default="np", choices=encoders())
+    s.add_argument("--encoder", default="np", choices=encoders(),
+                   help="np: permutation-equivariant NP layers; gmn: graph metanetwork (torch_geometric); probe: "
+                        "learned probe inputs run through the models; flat_mlp, stats: baselines. np and gmn take "
+                        "probe features with --config '{\"probes\": 32}' (needed for INRs)")  # fmt: skip
     s.add_argument("-p", "--population", help="population (default: digits-mlp, or digits-inr for inr-class)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--augment", help="comma-separated: permute,rescale,noise,dropout,mixup (or a JSON list)")

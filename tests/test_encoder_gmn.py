@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_encoders import permuted
+from tests.test_encoders import population as _population
+
 pytest.importorskip("torch_geometric")
 
 import weightspace.encoders.gmn  # noqa: E402,F401  (registers "gmn")
@@ -13,7 +16,6 @@ from weightspace.encoders.base import load_encoder  # noqa: E402
 from weightspace.encoders.registry import encoders, make_encoder  # noqa: E402
 from weightspace.graph import graph_template, neural_graphs  # noqa: E402
 from weightspace.spec import apply_permutation, random_permutation, spec_for  # noqa: E402
-from zoo.architectures import init_state  # noqa: E402
 from zoo.errors import ConfigError, MismatchError  # noqa: E402
 
 CFGS = {
@@ -34,16 +36,7 @@ def _threads():
 
 
 def population(cfg: dict, n: int = 16) -> dict[str, torch.Tensor]:
-    states = [init_state(cfg, s, init_scale=0.5 + s / n) for s in range(n)]
-    return {k: torch.stack([s[k] for s in states]) for k in states[0]}
-
-
-def permuted(cfg: dict, X: dict[str, torch.Tensor], seed: int = 1) -> dict[str, torch.Tensor]:
-    spec = spec_for(cfg)
-    n = next(iter(X.values())).shape[0]
-    return apply_permutation(
-        spec, random_permutation(spec, X, torch.Generator().manual_seed(seed), batch=n), X
-    )
+    return _population(cfg, n)
 
 
 def first_weight(X: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
 from weightspace.encoders.base import TorchEncoder
-from weightspace.encoders.probe import ProbeInputs, chain_activations
+from weightspace.encoders.probe import ProbeFeatures, ProbeInputs, chain_activations
 from weightspace.encoders.registry import register_encoder
 from weightspace.graph import GraphTemplate, graph_template
 from weightspace.spec import PermutationSpec
@@ -221,7 +221,7 @@ class GMNProbeNet(nn.Module):
 
 
 @register_encoder("gmn")
-class GMNEncoder(TorchEncoder):
+class GMNEncoder(ProbeFeatures, TorchEncoder):
     """A graph metanetwork: edge-aware message passing over each model's neural graph, invariant pooling,
     an MLP head. Invariant to every hidden-neuron permutation (a tested property). Supports chains of
     dense/conv layers (mlp, siren, cnn without BatchNorm); others raise :class:`~zoo.errors.ConfigError`.
@@ -297,17 +297,6 @@ class GMNEncoder(TorchEncoder):
         super()._layout(X, spec)
         self._template()  # refuses architectures that are not dense/conv chains, before training
 
-    def _set_arch(self, arch: Mapping[str, Any] | None) -> None:
-        from zoo.errors import ConfigError
-
-        if self.probes and arch is None:
-            raise ConfigError("GMN probe features run the models: fit(X, y, arch=zoo.population(name).config)")
-        super()._set_arch(arch)
-
-    def _normalize(self, raw: Mapping[str, Tensor]) -> Any:
-        normed = self.normalizer_.transform(raw)
-        return (normed, raw) if self.probes else normed
-
     def _prepare(self, stacked: Any) -> Any:
         if not self.probes:
             return self._template().batch(stacked)
@@ -316,20 +305,13 @@ class GMNEncoder(TorchEncoder):
         return self._template().batch(normed), [(raw[w], raw[b] if b else None) for w, b in chain]
 
     def _build_net(self, n_out: int) -> nn.Module:
-        from zoo.errors import ConfigError
-
-        P = int(self.probes)
-        if P < 0:
-            raise ConfigError(f"probes must be >= 0, got {P}")
+        P = self._n_probes()
         net = GMNNet(self._template(), n_out, hidden=self.hidden, edge_hidden=self.edge_hidden,
                      msg_hidden=self.msg_hidden, n_layers=self.n_layers, head_hidden=self.head_hidden, dropout=self.dropout,
                      aggr=self.aggr, extra_node_features=P)  # fmt: skip
         if not P:
             return net
-        arch = getattr(self, "arch_", None)
-        if arch is None or arch["family"] not in ("mlp", "siren"):
-            raise ConfigError("GMN probe features support mlp and siren populations")
-        return GMNProbeNet(net, ProbeInputs(P, self._template().sizes[0], probe_range=float(self.probe_range)), arch)
+        return GMNProbeNet(net, *self._probe_inputs(self._template().sizes[0]))
 
     def features(self, X: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Equivariant node states ``[N * V, H]`` and edge states ``[N * E, D]`` (graph order of

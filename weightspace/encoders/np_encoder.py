@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from weightspace.encoders.base import TorchEncoder
 from weightspace.encoders.np_layers import NPInputs, NPNet, np_inputs
-from weightspace.encoders.probe import ProbeInputs, chain_activations
+from weightspace.encoders.probe import ProbeFeatures, ProbeInputs, chain_activations
 from weightspace.encoders.registry import register_encoder
 from weightspace.views import dense_chain
 from zoo.errors import ConfigError
@@ -51,7 +51,7 @@ class NPProbeNet(nn.Module):
 
 
 @register_encoder("np")
-class NPEncoder(TorchEncoder):
+class NPEncoder(ProbeFeatures, TorchEncoder):
     """Equivariant NP layers (shared parameters across each hidden permutation group), invariant pooling,
     an MLP head. Invariant to every hidden-neuron permutation of the input models (a tested property).
 
@@ -111,15 +111,6 @@ class NPEncoder(TorchEncoder):
             self._chain_cache, self._chain_key = dense_chain(self.spec_), self.spec_
         return self._chain_cache
 
-    def _set_arch(self, arch: Mapping[str, Any] | None) -> None:
-        if self.probes and arch is None:
-            raise ConfigError("NP probe features run the models: fit(X, y, arch=zoo.population(name).config)")
-        super()._set_arch(arch)
-
-    def _normalize(self, raw: Mapping[str, Tensor]) -> Any:
-        normed = self.normalizer_.transform(raw)
-        return (normed, raw) if self.probes else normed
-
     def _prepare(self, stacked: Any) -> Any:
         chain = self._chain()
         if not self.probes:
@@ -132,9 +123,7 @@ class NPEncoder(TorchEncoder):
         chain = self._chain()
         if len(chain) < 2:
             raise ConfigError("the NP encoder needs at least one hidden layer (a chain of two or more dense layers)")
-        P = int(self.probes)
-        if P < 0:
-            raise ConfigError(f"probes must be >= 0, got {P}")
+        P = self._n_probes()
         shapes = self.layout_
         sizes = [shapes[chain[0].weight][1]] + [shapes[lay.weight][0] for lay in chain]  # n_0 .. n_L
         L = len(chain)
@@ -143,10 +132,7 @@ class NPEncoder(TorchEncoder):
                     head_hidden=self.head_hidden, dropout=self.dropout, edge_hidden=self.edge_hidden)  # fmt: skip
         if not P:
             return net
-        arch = getattr(self, "arch_", None)
-        if arch is None or arch["family"] not in ("mlp", "siren"):
-            raise ConfigError("NP probe features support mlp and siren populations")
-        return NPProbeNet(net, ProbeInputs(P, sizes[0], probe_range=float(self.probe_range)), arch)
+        return NPProbeNet(net, *self._probe_inputs(sizes[0]))
 
     def features(self, X: Mapping[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Equivariant intermediate features (node sets ``[N, n_l, C]``, edge sets ``[N, n_out, n_in, C_e]``)."""

@@ -32,7 +32,7 @@ from weightspace.encoders.base import TorchEncoder
 from weightspace.encoders.registry import register_encoder
 from zoo.errors import ConfigError
 
-__all__ = ["ProbeEncoder", "ProbeNet", "ProbeInputs", "probe_input_shape", "chain_activations", "RawChain"]
+__all__ = ["ProbeEncoder", "ProbeNet", "ProbeInputs", "ProbeFeatures", "probe_input_shape", "chain_activations", "RawChain"]
 
 GENERATORS = ("linear", "free")
 
@@ -97,6 +97,40 @@ class ProbeInputs(nn.Module):
 
     def forward(self) -> Tensor:
         return self.gen(self.codes) if self.generator == "linear" else self.probes
+
+
+class ProbeFeatures:
+    """Mixin for weight-reading :class:`~weightspace.encoders.base.TorchEncoder` subclasses with an optional
+    ``probes`` option (probe features, Kofinas et al. 2024): with ``probes > 0`` the encoder needs the
+    architecture, ``_prepare`` receives ``(normalised, raw)`` stacked weights (raw ones to run the models),
+    and :meth:`_probe_inputs` builds the learned probes for a dense chain."""
+
+    probes: int
+    probe_range: float
+
+    def _set_arch(self, arch: Mapping[str, Any] | None) -> None:
+        if self.probes and arch is None:
+            raise ConfigError(
+                f"{self.name} probe features run the models: fit(X, y, arch=zoo.population(name).config)"  # type: ignore[attr-defined]
+            )
+        super()._set_arch(arch)  # type: ignore[misc]
+
+    def _normalize(self, raw: Mapping[str, Tensor]) -> Any:
+        normed = self.normalizer_.transform(raw)  # type: ignore[attr-defined]
+        return (normed, raw) if self.probes else normed
+
+    def _n_probes(self) -> int:
+        P = int(self.probes)
+        if P < 0:
+            raise ConfigError(f"probes must be >= 0, got {P}")
+        return P
+
+    def _probe_inputs(self, n_in: int) -> tuple[ProbeInputs, dict[str, Any]]:
+        """The learned probes (``[probes, n_in]``) and the architecture they run through (mlp or siren)."""
+        arch = getattr(self, "arch_", None)
+        if arch is None or arch["family"] not in ("mlp", "siren"):
+            raise ConfigError(f"{self.name} probe features support mlp and siren populations")  # type: ignore[attr-defined]
+        return ProbeInputs(self._n_probes(), n_in, probe_range=float(self.probe_range)), arch
 
 
 class ProbeNet(nn.Module):

@@ -23,6 +23,9 @@ from zoo.errors import CorruptFileError, IntegrityError
 from zoo.records import GcReport, VerifyReport
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
     from zoo.store import Zoo
 
 
@@ -200,33 +203,17 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
     # orphan files and temp files (outside the transaction: they are not in the catalog)
     with zoo.engine.connect() as c:
         known = set(c.execute(select(S.Pack.id)).scalars())
-    for pid, path in zoo.packs.list_files().items():
-        if pid in known:
-            continue
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        if now - st.st_mtime >= grace_seconds:
-            rep.orphans_removed.append(pid)
-            rep.bytes_freed += st.st_size
-            if not dry_run:
-                zoo.packs.delete(pid)
+    removed, freed = _remove_stale(zoo.packs.list_files(), known, now - grace_seconds, dry_run, zoo.packs.delete)
+    rep.orphans_removed += removed
+    rep.bytes_freed += freed
     # derived tables' orphan files (a writer that crashed before its commit, or a failed delete)
     with zoo.engine.connect() as c:
         referenced = {f for files in c.execute(select(S.DerivedTable.files)).scalars() for f in json.loads(files)}
-    for name, path in zoo.table_files.list_files().items():
-        if name in referenced:
-            continue
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        if now - st.st_mtime >= grace_seconds:
-            rep.table_files_removed.append(name)
-            rep.bytes_freed += st.st_size
-            if not dry_run:
-                path.unlink(missing_ok=True)
+    files = zoo.table_files.list_files()
+    removed, freed = _remove_stale(files, referenced, now - grace_seconds, dry_run,
+                                   lambda name: files[name].unlink(missing_ok=True))  # fmt: skip
+    rep.table_files_removed += removed
+    rep.bytes_freed += freed
     for path in [*zoo.packs.list_temp(), *zoo.table_files.list_temp()]:
         try:
             st = path.stat()
@@ -241,3 +228,24 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
 
 
 __all__ = ["verify", "gc", "IntegrityError"]
+
+
+def _remove_stale(
+    files: dict[str, Path], keep: set[str], older_than: float, dry_run: bool, delete: Callable[[str], None]
+) -> tuple[list[str], int]:
+    """Delete (unless ``dry_run``) the files not in ``keep`` last modified before ``older_than`` (epoch
+    seconds); returns their names and total size. Files that vanish meanwhile are skipped."""
+    removed, freed = [], 0
+    for name, path in files.items():
+        if name in keep:
+            continue
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_mtime <= older_than:
+            removed.append(name)
+            freed += st.st_size
+            if not dry_run:
+                delete(name)
+    return removed, freed

@@ -55,7 +55,8 @@ def new_pack_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:12]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder (so a rename into it survives a crash); best effort where the OS refuses."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -125,7 +126,7 @@ class PackStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise StorageError(

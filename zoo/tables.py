@@ -40,6 +40,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from zoo import schema as S
 from zoo.errors import ConfigError, DuplicateError, IntegrityError, MismatchError, NotFoundError, StorageError
+from zoo.packs import fsync_dir
 from zoo.records import TableInfo
 from zoo.rows import _chunks
 
@@ -356,19 +357,6 @@ def _conform(table: pa.Table, types: list[list[str]], stored: list[list[str]], n
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class TableFiles:
     """The folder of derived-table files, ``<root>/tables/`` (temp files in ``tables/.tmp/``)."""
 
@@ -404,7 +392,7 @@ class TableFiles:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise StorageError(

@@ -40,6 +40,14 @@ class Encoder:
 
     name: ClassVar[str] = ""
 
+    def _store_params(self, params: Mapping[str, Any]) -> None:
+        """Keep the constructor's arguments as attributes (call ``self._store_params(locals())`` first thing
+        in ``__init__``); tuples become lists, so a configuration survives a JSON round trip unchanged."""
+        for k in inspect.signature(type(self).__init__).parameters:
+            if k != "self":
+                v = params[k]
+                setattr(self, k, list(v) if isinstance(v, tuple) else v)
+
     def get_params(self) -> dict[str, Any]:
         """The constructor's arguments (the configuration), as given."""
         return {p: getattr(self, p) for p in inspect.signature(type(self).__init__).parameters if p != "self"}

@@ -52,16 +52,7 @@ class FlatMLPEncoder(TorchEncoder):
         target: str = "rank",
         seed: int = 0,
     ) -> None:
-        self.task = task
-        self.target = target
-        self.hidden = list(hidden)
-        self.dropout = dropout
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.augment = list(augment)
-        self.seed = seed
+        self._store_params(locals())
 
     def _prepare(self, stacked: Mapping[str, Tensor]) -> Tensor:
         return flatten(stacked, list(self.layout_))

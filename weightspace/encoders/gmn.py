@@ -262,23 +262,7 @@ class GMNEncoder(ProbeFeatures, TorchEncoder):
         probe_range: float = 1.0,
         seed: int = 0,
     ) -> None:
-        self.task = task
-        self.target = target
-        self.probes = probes
-        self.probe_range = probe_range
-        self.hidden = hidden
-        self.edge_hidden = edge_hidden
-        self.msg_hidden = msg_hidden
-        self.n_layers = n_layers
-        self.head_hidden = head_hidden
-        self.dropout = dropout
-        self.aggr = list(aggr)
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.augment = list(augment)
-        self.seed = seed
+        self._store_params(locals())
 
     def _template(self) -> GraphTemplate:
         key = (self.spec_, tuple((k, tuple(v)) for k, v in self.layout_.items()))

@@ -90,21 +90,7 @@ class NPEncoder(ProbeFeatures, TorchEncoder):
         probe_range: float = 1.0,
         seed: int = 0,
     ) -> None:
-        self.task = task
-        self.target = target
-        self.hidden = hidden
-        self.edge_hidden = edge_hidden
-        self.n_layers = n_layers
-        self.head_hidden = head_hidden
-        self.dropout = dropout
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.augment = list(augment)
-        self.probes = probes
-        self.probe_range = probe_range
-        self.seed = seed
+        self._store_params(locals())
 
     def _chain(self) -> list:
         if getattr(self, "_chain_cache", None) is None or self._chain_key is not self.spec_:

@@ -224,21 +224,7 @@ class ProbeEncoder(TorchEncoder):
         target: str = "rank",
         seed: int = 0,
     ) -> None:
-        self.task = task
-        self.target = target
-        self.n_probes = n_probes
-        self.generator = generator
-        self.latent = latent
-        self.depth = depth
-        self.probe_range = probe_range
-        self.head_hidden = head_hidden
-        self.dropout = dropout
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.augment = list(augment)
-        self.seed = seed
+        self._store_params(locals())
 
     def _prepare(self, stacked: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return dict(stacked)

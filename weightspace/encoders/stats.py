@@ -48,11 +48,7 @@ class StatsEncoder(Encoder):
 
     def __init__(self, task: str = "regression", model: str = "auto", target: str = "rank", seed: int = 0,
                  max_iter: int = 300) -> None:  # fmt: skip
-        self.task = task
-        self.target = target
-        self.model = model
-        self.seed = seed
-        self.max_iter = max_iter
+        self._store_params(locals())
 
     def _make_model(self) -> Any:
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor

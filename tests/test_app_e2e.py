@@ -121,8 +121,9 @@ def _wait_idle(page, timeout: float = 30.0) -> None:
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout * 1000)
     quiet = 0
     while time.monotonic() < deadline:
-        running = page.locator('[data-testid="stStatusWidget"]').count() > 0 and "Running" in (
-            page.locator('[data-testid="stStatusWidget"]').first.inner_text(timeout=1000) or "")
+        # all_inner_texts does not wait: the widget may vanish between a count() and a read (a race that
+        # made inner_text time out on a loaded machine)
+        running = any("Running" in t for t in page.locator('[data-testid="stStatusWidget"]').all_inner_texts())
         skeleton = page.locator('[data-testid="stSkeleton"]').count() > 0
         quiet = quiet + 1 if not (running or skeleton) else 0
         if quiet >= 4:

@@ -553,6 +553,14 @@ def test_cli_tables_list_show_drop(tz: Zoo, capsys: pytest.CaptureFixture) -> No
     assert tz.tables() == []
 
 
+def test_cli_show_shortens_long_vectors(tz: Zoo, capsys: pytest.CaptureFixture) -> None:
+    tz.write_table("wide_emb", preds(tz, dim=64)[["model_id", "embedding"]])
+    rc, out, _ = run(capsys, "tables", "show", "wide_emb", "--root", str(tz.root))
+    assert rc == 0 and "... (64)]" in out and "63" not in out.split("columns:")[1].split("\n", 1)[1]
+    rc, out, _ = run(capsys, "tables", "show", "wide_emb", "--root", str(tz.root), "--json")
+    assert len(json.loads(out)["rows"][0]["embedding"]) == 64  # machine output keeps every value
+
+
 def test_cli_tables_errors_exit_2(tz: Zoo, capsys: pytest.CaptureFixture) -> None:
     root = str(tz.root)
     for argv, msg in ((["show", "nope"], "no derived table 'nope'"), (["drop", "nope"], "no derived table"),

@@ -172,6 +172,14 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _short_vector(v: object, keep: int = 4) -> object:
+    """A vector cell as ``[a, b, c, d, ... (n)]`` for the terminal (CSV/JSON output keep every value)."""
+    if hasattr(v, "__len__") and not isinstance(v, str) and len(v) > keep:  # type: ignore[arg-type]
+        head = ", ".join(f"{float(x):.4g}" for x in list(v)[:keep])  # type: ignore[call-overload]
+        return f"[{head}, ... ({len(v)})]"  # type: ignore[arg-type]
+    return v
+
+
 def cmd_tables(args: argparse.Namespace) -> int:
     z = _open(args, create=False)
     if args.action == "list":
@@ -210,7 +218,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
     if info.description:
         print(f"  {info.description}")
     print("  columns: " + ", ".join(f"{c} {ty}" for c, ty in info.columns.items()))
-    print(_table(shown, args.limit))
+    print(_table(shown.apply(lambda col: col.map(_short_vector)), args.limit))
     if info.n_rows > args.limit:
         print(f"... {info.n_rows - args.limit} more (use --limit)")
     return 0

@@ -301,6 +301,26 @@ def test_population_map_pca_and_tsne(page, app_zoo: dict) -> None:
     assert button(at, "Open model")
 
 
+def test_population_map_by_stored_embeddings_coloured_by_predictions(page, writable_zoo: dict) -> None:
+    import pandas as pd
+
+    at = page(MAP, writable_zoo["root"])
+    assert at.selectbox(key="pm_source").options == ["weights"]
+    with Zoo.open(writable_zoo["root"]) as z:
+        ids = z.population("t-mlp").ids()[:5]
+        g = np.random.default_rng(0)
+        z.write_table("enc_out", pd.DataFrame({"model_id": ids, "prediction": g.random(len(ids)),
+                                               "embedding": list(g.random((len(ids), 6)).astype("float32"))}))  # fmt: skip
+    at = page(MAP, writable_zoo["root"])
+    assert at.selectbox(key="pm_source").options == ["weights", "enc_out.embedding"]
+    assert "enc_out.prediction" in at.selectbox(key="pm_colour").options
+    at.selectbox(key="pm_source").select("enc_out.embedding").run()
+    at.selectbox(key="pm_colour").select("enc_out.prediction").run()
+    assert_clean(at)
+    assert "5 of 6 models" in texts(at)  # only the 5 models that have an embedding are placed
+    assert at.get("plotly_chart")
+
+
 # ------------------------------------------------------------------------------------ align and merge
 def test_linear_path_before_and_after_alignment(page, app_zoo: dict) -> None:
     before = zoo_state(app_zoo["root"])

@@ -1,5 +1,6 @@
-"""Population map: the models of a population in 2-D by their weights (PCA or t-SNE), coloured by any
-metric or hyperparameter; pick a point to open the model."""
+"""Population map: the models of a population in 2-D by their weights or by an encoder's stored embeddings
+(a vector column of a derived table), with PCA or t-SNE, coloured by any metric, hyperparameter or derived
+table column (e.g. an encoder's predictions); pick a point to open the model."""
 
 import sys
 from pathlib import Path
@@ -47,23 +48,57 @@ if n_all < 3:
     st.stop()
 n_max = c3.number_input("most models (random sample)", min_value=3, max_value=max(3, min(n_all, cap)),
                         value=min(n_all, cap, 2000), step=100, key="pm_n")  # fmt: skip
-st.caption("Stored embeddings: none in this zoo (encoders that write them are not built yet); the map uses the weights.")
+# derived tables with a model_id column: vector columns can place the models, scalar ones colour them
+derived = C.derived_tables()
+vector_cols, scalar_cols = [], []
+for _, t in derived.iterrows():
+    cols = dict(c.rsplit(" ", 1) for c in t["columns"].split(", ")) if t["columns"] else {}
+    if "model_id" not in cols:
+        continue
+    for c, ty in cols.items():
+        if c != "model_id":
+            (vector_cols if ty.endswith("]") else scalar_cols).append(f"{t['name']}.{c}")
+source = st.selectbox("position by", ["weights", *vector_cols], key="pm_source",
+                      help="the flattened weights, or embeddings an encoder stored as a derived table "
+                           "(`weightzoo train-encoder ... --write-table NAME`)")  # fmt: skip
+if not vector_cols:
+    st.caption("No stored embeddings in this zoo yet (`weightzoo train-encoder accuracy --write-table acc_pred` "
+               "writes some); the map uses the weights.")  # fmt: skip
+
+
+def derived_column(ref: str) -> pd.Series:
+    """A derived table's column by model id (``table.column``)."""
+    t, c = ref.split(".", 1)
+    df = C.sql(f'select model_id, "{c}" as v from "{t}"')
+    return df.drop_duplicates("model_id", keep="last").set_index("model_id")["v"]
+
+
+if source != "weights":
+    have = set(derived_column(source).index.astype(int))
+    members = members[members["id"].isin(have)]
+    if len(members) < 3:
+        st.info(f"`{source}` holds embeddings for {len(members)} model(s) of `{pop}`: a map needs at least 3.")
+        st.stop()
 
 ids = members["id"].to_numpy()
 if len(ids) > n_max:
     ids = np.sort(np.random.default_rng(0).choice(ids, int(n_max), replace=False))
 
 
-def coords(root: str, gen: int, ids: tuple[int, ...], method: str) -> tuple[np.ndarray, dict]:
-    """2-D coordinates, memoised per (zoo, generation, models, method); a progress bar while computing."""
+def coords(root: str, gen: int, ids: tuple[int, ...], method: str, source: str) -> tuple[np.ndarray, dict]:
+    """2-D coordinates, memoised per (zoo, generation, models, method, source); a progress bar while computing."""
     memo = C.memo("population_map")
-    key = (root, gen, ids, method)
+    key = (root, gen, ids, method, source)
     if key not in memo:
-        bar = st.progress(0.0, text=f"reading the weights of {len(ids):,} models ...")
-        with C.reading():
-            stacked = z.stack(list(ids))
-        X = W.flatten_stack(stacked)
-        del stacked
+        bar = st.progress(0.0, text=f"reading the {source} of {len(ids):,} models ...")
+        if source == "weights":
+            with C.reading():
+                stacked = z.stack(list(ids))
+            X = W.flatten_stack(stacked)
+            del stacked
+        else:
+            vec = derived_column(source)
+            X = np.stack([np.asarray(vec.loc[i], dtype=np.float64) for i in ids])
         bar.progress(0.4, text=f"{'PCA' if method == 'pca' else 'PCA + t-SNE'} of a {X.shape[0]:,} x {X.shape[1]:,} matrix ...")
         memo.put(key, W.embed_2d(X, method))
         bar.empty()
@@ -71,7 +106,8 @@ def coords(root: str, gen: int, ids: tuple[int, ...], method: str) -> tuple[np.n
 
 
 try:
-    xy, info = coords(C.zoo_location()[0], C.generation(), tuple(int(i) for i in ids), "tsne" if method == "t-SNE" else "pca")
+    xy, info = coords(C.zoo_location()[0], C.generation(), tuple(int(i) for i in ids), "tsne" if method == "t-SNE" else "pca",
+                      source)  # fmt: skip
 except ZooError as e:
     st.error(f"cannot map population {pop!r}: {e}")
     st.stop()
@@ -80,6 +116,10 @@ sub = members.set_index("id").loc[ids].reset_index()
 colourable = [c for c in C.metric_columns(sub) if sub[c].notna().any()]
 colourable += [c for c in sub.columns if c.startswith("hp_") and sub[c].notna().any()]
 colourable += ["step", "op", "run"]
+for ref in scalar_cols:  # e.g. an encoder's predictions
+    sub[ref] = sub["id"].map(derived_column(ref))
+    if sub[ref].notna().any():
+        colourable.append(ref)
 default = colourable.index("test_acc") if "test_acc" in colourable else 0
 colour = st.selectbox("colour by", colourable, index=default, key="pm_colour")
 plot = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "id": sub["id"], "name": sub["name"].fillna("(unnamed)"),

@@ -246,6 +246,24 @@ def test_detail_training_curve_of_a_run(page, app_zoo: dict) -> None:
     assert "Training curves" in texts(at) and "2 checkpoints" in texts(at)
 
 
+def test_detail_similar_models_by_a_stored_encoder(page, writable_zoo: dict) -> None:
+    from weightspace.tasks import run_task, store_encoder
+
+    root = writable_zoo["root"]
+    with Zoo.open(root) as z:
+        target = z.population("t-mlp").final().ids()[0]
+    at = page(DETAIL, root, model=target)
+    assert any("No encoder trained on population" in i.value for i in at.info)
+    with Zoo.open(root) as z:
+        enc = store_encoder(z, run_task(z, "np", "accuracy", {"epochs": 1}, population="t-mlp", test_fraction=0.34))
+        members = set(z.population("t-mlp").ids())
+    at = page(DETAIL, root, model=target)
+    assert at.selectbox(key="d_sim_encoder").value == enc.id
+    near = next(d.value for d in at.dataframe if "distance" in d.value.columns)
+    assert len(near) == 5 and target not in set(near["id"]) and near["distance"].is_monotonic_increasing
+    assert set(near["id"]) <= members
+
+
 def test_detail_unknown_model_is_an_error(page, app_zoo: dict) -> None:
     at = page(DETAIL, app_zoo["root"], model=999999)
     assert at.error and "no model" in at.error[0].value

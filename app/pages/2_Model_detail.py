@@ -103,8 +103,8 @@ created = f" · created {rec.created_at:%Y-%m-%d %H:%M:%S}" if rec.created_at el
 st.markdown(f"**{rec.name or '(unnamed)'}** · population `{rec.population or '-'}` · run `{rec.run or '-'}` · "
             f"architecture `{rec.architecture}`{created}" + (f" · source `{rec.source}`" if rec.source else ""))  # fmt: skip
 
-t_layers, t_weights, t_metrics, t_tags, t_lineage, t_export = st.tabs(
-    ["Layers", "Weights", "Metrics & training", "Tags", "Lineage", "Export"]
+t_layers, t_weights, t_metrics, t_tags, t_lineage, t_similar, t_export = st.tabs(
+    ["Layers", "Weights", "Metrics & training", "Tags", "Lineage", "Similar", "Export"]
 )
 
 # ------------------------------------------------------------------------------------ layers
@@ -218,6 +218,36 @@ with t_lineage:
             st.caption("Compare this model with a parent on **Diffs and signatures**:")
             for e in up[:5]:
                 C.model_link(rec.id, label=f"diff {rec.id} vs parent {e.parent} ({e.op})", page_key="diffs")
+
+# ------------------------------------------------------------------------------------ similar
+with t_similar:
+    encs = table[(table["op"] == "train.encoder")]
+    if "hp_trained_on" in encs.columns:
+        encs = encs[encs["hp_trained_on"] == rec.population]
+    if encs.empty:
+        st.info(f"No encoder trained on population `{rec.population}` is stored in this zoo. Train one with "
+                f"`weightzoo train-encoder accuracy -p {rec.population} --to-zoo` to search by embedding.")  # fmt: skip
+    else:
+        labels = {int(r["id"]): f"{int(r['id'])} · {r['hp_encoder']} · {r['hp_task']}" for _, r in encs.iterrows()}
+        enc_id = st.selectbox("encoder", list(labels), format_func=labels.get, key="d_sim_encoder")
+        k = st.slider("neighbours", 1, 50, 10, key="d_sim_k")
+        memo = C.memo("similar")
+        key = (C.zoo_location()[0], C.generation(), int(enc_id), rec.id)
+        if key not in memo:
+            from weightspace.tasks import encoder_from_zoo, similar
+
+            try:
+                with st.spinner("embedding the population ..."), C.reading():
+                    memo.put(key, similar(z, rec.id, encoder_from_zoo(z, int(enc_id)), k=50))
+            except ZooError as e:
+                st.error(f"cannot search with encoder {enc_id}: {e}")
+                st.stop()
+        near = memo.get(key).head(k)
+        st.dataframe(near, hide_index=True, width="stretch", key="d_sim_table")
+        st.caption("Cosine distance in the encoder's embedding space (its penultimate layer), nearest first.")
+        pick = st.selectbox("open", near["id"].astype(int).tolist(), key="d_sim_pick")
+        if st.button(f"Open model {pick}", key="d_sim_open"):
+            C.open_model(int(pick))
 
 # ------------------------------------------------------------------------------------ export
 with t_export:

@@ -243,12 +243,23 @@ def derived_tables() -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _derived(root: str, url: str | None, gen: int) -> pd.DataFrame:
+    types = derived_column_types()
     rows = [t.to_dict() for t in zoo().tables()]
     cols = ["name", "n_rows", "columns", "description", "produced_by", "updated_at"]
     df = pd.DataFrame(rows, columns=None if rows else cols)
     if rows:
-        df = df[cols].assign(columns=df["columns"].map(lambda c: ", ".join(f"{k} {v}" for k, v in dict(c).items())))
+        df = df[cols].assign(columns=df["name"].map(lambda t: ", ".join(f"{k} {v}" for k, v in types[t].items())))
     return df
+
+
+def derived_column_types() -> dict[str, dict[str, str]]:
+    """``{table: {column: SQL type}}`` of the zoo's derived tables."""
+    return _derived_types(*zoo_location(), generation())
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _derived_types(root: str, url: str | None, gen: int) -> dict[str, dict[str, str]]:
+    return {t.name: dict(t.columns) for t in zoo().tables()}
 
 
 def lineage_edges() -> pd.DataFrame:

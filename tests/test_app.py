@@ -328,10 +328,11 @@ def test_population_map_by_stored_embeddings_coloured_by_predictions(page, writa
         ids = z.population("t-mlp").ids()[:5]
         g = np.random.default_rng(0)
         z.write_table("enc_out", pd.DataFrame({"model_id": ids, "prediction": g.random(len(ids)),
-                                               "embedding": list(g.random((len(ids), 6)).astype("float32"))}))  # fmt: skip
+                                               "embedding": list(g.random((len(ids), 6)).astype("float32")),
+                                               "made": pd.Timestamp("2026-01-01", tz="UTC")}))  # fmt: skip
     at = page(MAP, writable_zoo["root"])
     assert at.selectbox(key="pm_source").options == ["weights", "enc_out.embedding"]
-    assert "enc_out.prediction" in at.selectbox(key="pm_colour").options
+    assert {"enc_out.prediction", "enc_out.made"} <= set(at.selectbox(key="pm_colour").options)  # multi-word types
     at.selectbox(key="pm_source").select("enc_out.embedding").run()
     at.selectbox(key="pm_colour").select("enc_out.prediction").run()
     assert_clean(at)

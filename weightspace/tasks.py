@@ -79,14 +79,19 @@ class TaskData:
         return {k: v[t] for k, v in self.X.items()}
 
 
-def _load_population(zoo: Any, population: str, final: bool) -> tuple[pd.DataFrame, dict[str, Tensor], dict | None]:
+def _population(zoo: Any, population: str) -> Any:
+    """``zoo.population(population)``, or a NotFoundError that lists the zoo's populations."""
     names = {p.name for p in zoo.populations()}
     if population not in names:
         raise NotFoundError(
             f"no population {population!r} in the zoo at {zoo.root}; populations: {', '.join(sorted(names)) or 'none'} "
             f"(build one with `weightzoo build {population} --root {zoo.root}`)"
         )
-    q = zoo.population(population)
+    return zoo.population(population)
+
+
+def _load_population(zoo: Any, population: str, final: bool) -> tuple[pd.DataFrame, dict[str, Tensor], dict | None]:
+    q = _population(zoo, population)
     if final:
         q = q.final()
     df = q.df()
@@ -372,10 +377,7 @@ def write_outputs(
     population = population or (result.population if result is not None else None)
     if population is None:
         raise ConfigError("give population=... (or result=...) to write outputs for")
-    names = {p.name for p in zoo.populations()}
-    if population not in names:
-        raise NotFoundError(f"no population {population!r} in the zoo at {zoo.root}")
-    ids = zoo.population(population).df()["id"].astype(int).tolist()
+    ids = _population(zoo, population).df()["id"].astype(int).tolist()
     if not ids:
         raise NotFoundError(f"population {population!r} has no models")
     preds, embs = [], []

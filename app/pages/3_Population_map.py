@@ -49,15 +49,13 @@ if n_all < 3:
 n_max = c3.number_input("most models (random sample)", min_value=3, max_value=max(3, min(n_all, cap)),
                         value=min(n_all, cap, 2000), step=100, key="pm_n")  # fmt: skip
 # derived tables with a model_id column: vector columns can place the models, scalar ones colour them
-derived = C.derived_tables()
 vector_cols, scalar_cols = [], []
-for _, t in derived.iterrows():
-    cols = dict(c.rsplit(" ", 1) for c in t["columns"].split(", ")) if t["columns"] else {}
+for name, cols in C.derived_column_types().items():
     if "model_id" not in cols:
         continue
     for c, ty in cols.items():
         if c != "model_id":
-            (vector_cols if ty.endswith("]") else scalar_cols).append(f"{t['name']}.{c}")
+            (vector_cols if ty.endswith("]") else scalar_cols).append(f"{name}.{c}")
 source = st.selectbox("position by", ["weights", *vector_cols], key="pm_source",
                       help="the flattened weights, or embeddings an encoder stored as a derived table "
                            "(`weightzoo train-encoder ... --write-table NAME`)")  # fmt: skip

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+
+from zoo.progress import progress_bar
 
 __all__ = ["train_network", "regression_loss", "classification_loss"]
 
@@ -58,7 +59,7 @@ def train_network(
     )
     history: list[float] = []
     net.train()
-    for _ in tqdm(range(epochs), desc="epochs", disable=not progress, leave=False):
+    for _ in progress_bar(range(epochs), desc="epochs", disable=not progress, leave=False):
         order = torch.randperm(n, generator=gen)
         tot, cnt = 0.0, 0
         for i in range(0, n, batch_size):

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
 from zoo.errors import ConfigError, NotFoundError
+from zoo.progress import progress_bar
 from zoo.recipes import SHARD_PARAMS, TRAIN_PARAMS, Recipe
 from zoo.records import NewModel
 from zoo.training import Checkpoint, TrainSpec, train_population
@@ -267,7 +267,7 @@ def build(
             r.point["image"] = int(ds.indices[k])
             r.point["label"] = int(ds.labels[k])
     shards = shard_runs(todo, max_shard)
-    bar = tqdm(total=len(todo), desc=f"build {recipe.name}", unit="run", disable=not progress)
+    bar = progress_bar(total=len(todo), desc=f"build {recipe.name}", unit="run", disable=not progress)
     try:
         for shard in shards:
             init = zoo.stack([r.parent for r in shard]) if recipe.finetune is not None else None

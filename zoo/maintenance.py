@@ -16,10 +16,10 @@ import time
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, exists, func, insert, select, update
-from tqdm.auto import tqdm
 
 from zoo import schema as S
 from zoo.errors import CorruptFileError, IntegrityError
+from zoo.progress import progress_bar
 from zoo.records import GcReport, VerifyReport
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def verify(zoo: Zoo, *, rehash: bool = True, progress: bool = False) -> VerifyRe
             ).scalar_one()
         )
         bad_blobs: set[str] = set()
-        for pack_id in tqdm(packs, desc="verify", unit="pack", disable=not progress):
+        for pack_id in progress_bar(packs, desc="verify", unit="pack", disable=not progress):
             blobs = c.execute(
                 select(S.Blob.id, S.Blob.offset, S.Blob.nbytes, S.Blob.dtype, S.Blob.shape).where(S.Blob.pack_id == pack_id)
             ).all()

@@ -42,11 +42,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from zoo.architectures import check_stacked, init_state, normalize_config, parameter_names
 from zoo.errors import ConfigError, MismatchError
 from zoo.evaluate import TASKS, evaluate_population, functional_forward
+from zoo.progress import progress_bar
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 TASK_ALIASES = {"inr": "regression"}  # the recipes' name for INR fitting
@@ -455,7 +455,7 @@ def _classification_epochs(
 
     if 0 in spec.checkpoint_epochs:
         yield checkpoint(0)
-    bar = tqdm(
+    bar = progress_bar(
         range(1, spec.epochs + 1),
         disable=not progress,
         desc=f"train {spec.n} x {pop.cfg['family']}",
@@ -513,7 +513,7 @@ def _regression_epochs(
 
     if 0 in spec.checkpoint_epochs:
         yield checkpoint(0)
-    bar = tqdm(
+    bar = progress_bar(
         range(1, spec.epochs + 1),
         disable=not progress,
         desc=f"fit {spec.n} x {pop.cfg['family']}",

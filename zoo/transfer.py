@@ -8,10 +8,9 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
 from zoo import architectures as archs
 from zoo.errors import ConfigError, NotFoundError
+from zoo.progress import progress_bar
 from zoo.records import ModelRecord, NewModel
 from zoo.rows import raw_config
 
@@ -52,7 +51,7 @@ def ingest(
         raise NotFoundError(f"no checkpoints (.safetensors, .pt, .pth, .bin, sharded index) found in {src}")
     out: list[ModelRecord] = []
     it = iter(sources)
-    bar = tqdm(total=len(sources), desc="ingest", unit="ckpt", disable=not progress)
+    bar = progress_bar(total=len(sources), desc="ingest", unit="ckpt", disable=not progress)
     try:
         _ingest_batches(zoo, it, sources, origin, arch, population, tags, batch_size, out, bar)
     except BaseException:

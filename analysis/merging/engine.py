@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from analysis.merging.config import MergeConfig, ModelRef, parse_dtype
 from analysis.merging.methods import SlerpStats, slerp_pair
@@ -32,6 +31,7 @@ from analysis.merging.sources import StateDictSource, TensorInfo, TensorSource, 
 from analysis.merging.sparsify import RANDOM_BLOCK, Selection, SelectionBuilder
 from analysis.merging.writer import StreamingWriter
 from zoo.errors import ConfigError, MismatchError
+from zoo.progress import progress_bar
 
 __all__ = ["MergeResult", "merge", "merge_state_dicts"]
 
@@ -162,7 +162,7 @@ def merge(
                                      metadata={"weightzoo_merge": method.name})  # fmt: skip
         collected: dict[str, Tensor] | None = {} if (to_zoo and writer is None) else None
         use_base = method.base != "ignored"
-        for tname, info in tqdm(plan.items(), desc=f"merge.{method.name}", unit="tensor", disable=not progress):
+        for tname, info in progress_bar(plan.items(), desc=f"merge.{method.name}", unit="tensor", disable=not progress):
             bsrc = base_src if use_base else None
             if _chunkable(method, resolved, [s.infos()[tname] for s in sources], info):
                 full = torch.empty(math.prod(info.shape), dtype=info.dtype) if collected is not None else None

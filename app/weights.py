@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+
+from zoo.errors import ConfigError
 
 
 def as_matrix(t: Tensor) -> Tensor | None:
@@ -120,6 +123,26 @@ def flatten_stack(W: Mapping[str, Tensor], *, standardize: bool = True) -> np.nd
     if not blocks:
         return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(blocks, dim=1).numpy()
+
+
+def align_stack(stacked: Mapping[str, Tensor], config: Mapping[str, Any] | None) -> tuple[dict[str, Tensor], dict]:
+    """The population canonicalised: every model's neurons permuted onto the first model's by weight
+    matching (Git Re-Basin), so that unit i means the same unit across models and a map of the weights
+    shows their differences instead of their arbitrary neuron order.
+
+    Returns ``(aligned stack, info)``; ``info`` holds the mean L2 distance to the reference before and
+    after. Raises :class:`~zoo.ConfigError` when the architecture has no permutation spec.
+    """
+    from analysis.align import align_population
+    from weightspace.spec import spec_for
+
+    if config is None:
+        raise ConfigError("the population has no architecture config, so it has no permutation spec")
+    spec = spec_for(config)
+    reference = {k: v[0] for k, v in stacked.items()}
+    res = align_population(dict(stacked), reference, spec=spec, config=dict(config), max_iter=30)
+    info = {"distance_before": float(res.distance_before.mean()), "distance_after": float(res.distance_after.mean())}
+    return res.aligned, info
 
 
 def embed_2d(X: np.ndarray, method: str = "pca", *, seed: int = 0, perplexity: float = 30.0) -> tuple[np.ndarray, dict]:

@@ -319,11 +319,28 @@ def test_population_map_pca_and_tsne(page, app_zoo: dict) -> None:
     assert button(at, "Open model")
 
 
+def test_population_map_aligns_weights_by_default_and_states_explained_variance(page, app_zoo: dict) -> None:
+    import re
+
+    at = page(MAP, app_zoo["root"])
+    assert at.selectbox(key="pm_source").value == "weights, aligned to a reference"
+    caption = next(t for t in texts(at).splitlines() if "models of `t-mlp`" in t)
+    ev = [float(x) for x in re.search(r"explain ([\d.]+)% \+ ([\d.]+)% of the variance", caption).groups()]
+    assert 0 < ev[1] <= ev[0] <= 100
+    before, after = (float(x) for x in re.search(r"distance to the reference from ([\d.e+-]+) to ([\d.e+-]*\d)",
+                                                  caption).groups())  # fmt: skip
+    assert after < before  # weight matching brought the models closer to the reference
+    at.selectbox(key="pm_source").select("weights (raw)").run()
+    assert_clean(at)
+    raw = next(t for t in texts(at).splitlines() if "models of `t-mlp`" in t)
+    assert "explain" in raw and "Alignment" not in raw
+
+
 def test_population_map_by_stored_embeddings_coloured_by_predictions(page, writable_zoo: dict) -> None:
     import pandas as pd
 
     at = page(MAP, writable_zoo["root"])
-    assert at.selectbox(key="pm_source").options == ["weights"]
+    assert at.selectbox(key="pm_source").options == ["weights, aligned to a reference", "weights (raw)"]
     with Zoo.open(writable_zoo["root"]) as z:
         ids = z.population("t-mlp").ids()[:5]
         g = np.random.default_rng(0)
@@ -331,7 +348,8 @@ def test_population_map_by_stored_embeddings_coloured_by_predictions(page, writa
                                                "embedding": list(g.random((len(ids), 6)).astype("float32")),
                                                "made": pd.Timestamp("2026-01-01", tz="UTC")}))  # fmt: skip
     at = page(MAP, writable_zoo["root"])
-    assert at.selectbox(key="pm_source").options == ["weights", "enc_out.embedding"]
+    assert at.selectbox(key="pm_source").options == ["weights, aligned to a reference", "weights (raw)",
+                                                      "enc_out.embedding"]
     assert {"enc_out.prediction", "enc_out.made"} <= set(at.selectbox(key="pm_colour").options)  # multi-word types
     at.selectbox(key="pm_source").select("enc_out.embedding").run()
     at.selectbox(key="pm_colour").select("enc_out.prediction").run()

@@ -56,8 +56,26 @@ for name, cols in C.derived_column_types().items():
     for c, ty in cols.items():
         if c != "model_id":
             (vector_cols if ty.endswith("]") else scalar_cols).append(f"{name}.{c}")
-source = st.selectbox("position by", ["weights", *vector_cols], key="pm_source",
-                      help="the flattened weights, or embeddings an encoder stored as a derived table "
+ALIGNED, RAW = "weights, aligned to a reference", "weights (raw)"
+
+
+def has_spec(model_id: int) -> bool:
+    """Whether the population's architecture has a permutation spec (so it can be canonicalised)."""
+    from weightspace.spec import spec_for
+
+    try:
+        spec_for(z.get(model_id).arch_config)
+        return True
+    except (ZooError, TypeError, KeyError):
+        return False
+
+
+alignable = has_spec(int(members["id"].iloc[0]))
+sources = ([ALIGNED, RAW] if alignable else [RAW]) + vector_cols
+source = st.selectbox("position by", sources, key="pm_source",
+                      help="the flattened weights, canonicalised first by weight matching onto the population's "
+                           "first model (neuron order is arbitrary, so raw weights of permuted networks do not line "
+                           "up), the raw weights, or embeddings an encoder stored as a derived table "
                            "(`weightzoo train-encoder ... --write-table NAME`)")  # fmt: skip
 if not vector_cols:
     st.caption("No stored embeddings in this zoo yet (`weightzoo train-encoder accuracy --write-table acc_pred` "
@@ -71,7 +89,7 @@ def derived_column(ref: str) -> pd.Series:
     return df.drop_duplicates("model_id", keep="last").set_index("model_id")["v"]
 
 
-if source != "weights":
+if source not in (ALIGNED, RAW):
     have = set(derived_column(source).index.astype(int))
     members = members[members["id"].isin(have)]
     if len(members) < 3:
@@ -89,16 +107,21 @@ def coords(root: str, gen: int, ids: tuple[int, ...], method: str, source: str) 
     key = (root, gen, ids, method, source)
     if key not in memo:
         bar = st.progress(0.0, text=f"reading the {source} of {len(ids):,} models ...")
-        if source == "weights":
+        extra: dict = {}
+        if source in (ALIGNED, RAW):
             with C.reading():
                 stacked = z.stack(list(ids))
+            if source == ALIGNED:
+                bar.progress(0.2, text=f"aligning {len(ids):,} models to a reference (weight matching) ...")
+                stacked, extra = W.align_stack(stacked, z.get(int(ids[0])).arch_config)
             X = W.flatten_stack(stacked)
             del stacked
         else:
             vec = derived_column(source)
             X = np.stack([np.asarray(vec.loc[i], dtype=np.float64) for i in ids])
         bar.progress(0.4, text=f"{'PCA' if method == 'pca' else 'PCA + t-SNE'} of a {X.shape[0]:,} x {X.shape[1]:,} matrix ...")
-        memo.put(key, W.embed_2d(X, method))
+        xy, info = W.embed_2d(X, method)
+        memo.put(key, (xy, {**info, **extra}))
         bar.empty()
     return memo.get(key)
 
@@ -131,7 +154,14 @@ if method == "PCA" and info.get("explained_variance"):
     fig.update_layout(xaxis_title=f"PC1 ({ev[0]:.1%})", yaxis_title=f"PC2 ({ev[1]:.1%})")
 fig.update_traces(marker={"size": 7 if len(plot) < 2000 else 4})
 fig.update_layout(height=560, margin={"l": 10, "r": 10, "t": 10, "b": 10}, dragmode="select")
-st.caption(f"{len(plot):,} of {n_all:,} models of `{pop}`. Click or box-select points to pick a model.")
+note = ""
+if method == "PCA" and info.get("explained_variance"):
+    ev = info["explained_variance"] + [0.0] * (2 - len(info["explained_variance"]))
+    note = f" The two axes explain {ev[0]:.1%} + {ev[1]:.1%} of the variance."
+if "distance_after" in info:
+    note += (f" Alignment brought the mean L2 distance to the reference from {info['distance_before']:.3g} "
+             f"to {info['distance_after']:.3g}.")
+st.caption(f"{len(plot):,} of {n_all:,} models of `{pop}`.{note} Click or box-select points to pick a model.")
 event = st.plotly_chart(fig, width="stretch", key="pm_plot", on_select="rerun", selection_mode=("points", "box", "lasso"))
 
 picked: list[int] = []

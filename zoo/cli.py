@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from zoo import jsonlimits
 from zoo.errors import ZooError
 
 
@@ -228,10 +230,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     z = _open(args)
     arch: Any = None
     if args.arch:
-        arch = json.loads(args.arch) if args.arch.strip().startswith("{") else args.arch
-    recs = z.ingest(args.source, population=args.population, arch=arch, tags=args.tag or (), revision=args.revision,
-                    cache_dir=args.cache_dir, offline=True if args.offline else None,
-                    progress=not args.no_progress)  # fmt: skip
+        arch = jsonlimits.loads(args.arch, "--arch") if args.arch.strip().startswith("{") else args.arch
+    with warnings.catch_warnings():  # skipped links etc.: one plain line each on stderr
+        warnings.showwarning = lambda msg, *_a, **_k: print(f"weightzoo ingest: warning: {msg}", file=sys.stderr)
+        recs = z.ingest(args.source, population=args.population, arch=arch, tags=args.tag or (), revision=args.revision,
+                        cache_dir=args.cache_dir, offline=True if args.offline else None,
+                        progress=not args.no_progress, follow_symlinks=args.follow_symlinks)  # fmt: skip
     if args.json:
         _print_json([r.to_dict() for r in recs])
     else:
@@ -420,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--revision", help="HF revision (branch, tag or commit)")
     s.add_argument("--cache-dir", help="HF cache folder (default: huggingface_hub's)")
     s.add_argument("--offline", action="store_true", help="never touch the network: read HF repos from the local cache only")
+    s.add_argument("--follow-symlinks", action="store_true",
+                   help="read file links leading outside the folder and follow directory links (default: refuse / skip)")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("export", parents=[common], help="write a model as an HF-style folder")

@@ -10,18 +10,31 @@ refuses bad input with the project's errors. ``Zoo.add`` builds on it.
   ``*.index.json`` (Hugging Face's ``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``).
 * :func:`discover` and :func:`load_source`: every model in a file or folder tree.
 * :func:`resolve_hf`: a repo id (``"org/name"``) or local folder to a local folder, offline-aware.
+
+Symbolic links (the policy; ``follow_symlinks=True`` / ``--follow-symlinks`` lifts the first two):
+
+* a file link (a checkpoint, shard, index or ``config.json``) read during a folder ingest must resolve
+  inside the folder that was named; one leading outside is refused with :class:`UnsafeFileError`
+  naming the link and its target, before anything is read or written;
+* a directory link inside the folder is skipped with a :class:`SymlinkWarning`, never followed (so a
+  ``loop -> .`` cannot repeat the tree); with ``follow_symlinks=True`` it is followed, but every real
+  directory is visited once, so cycles and duplicates still cannot happen;
+* inside a Hugging Face cache repo (``models--org--name/`` with ``blobs/`` and ``snapshots/``) the
+  boundary is that repo folder: ``snapshots/<commit>/x -> ../../blobs/<sha>`` is read, a link leading
+  out of ``models--org--name/`` is refused;
+* the path the user names itself (a file, or a folder) may be a link: it is what was asked for.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import pickletools
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,11 +42,13 @@ import torch
 from torch import Tensor
 
 from zoo.errors import ConfigError, CorruptFileError, NotFoundError, UnsafeFileError, ZooError
+from zoo.jsonlimits import MAX_INDEX_BYTES, read_json_file
 from zoo.settings import offline as offline_setting
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "CheckpointSource",
+    "SymlinkWarning",
     "discover",
     "iter_sharded",
     "load_source",
@@ -128,7 +143,12 @@ def _read_torch(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise CorruptFileError(
             f"{path} holds a {type(obj).__name__}, not a state dict; save model.state_dict() instead"
         )
-    state, meta = split_state_dict(obj)
+    try:
+        state, meta = split_state_dict(obj)
+    except RecursionError:
+        raise CorruptFileError(f"{path} nests its dicts too deeply to be a state dict; save model.state_dict()") from None
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{path}: {exc}") from None
     if not state:
         raise CorruptFileError(f"{path} holds no tensors; is it a model checkpoint?")
     return state, meta
@@ -176,7 +196,9 @@ def _pickle_is_complete(path: Path, zipped: bool) -> bool:
                     pass
             return True
         with path.open("rb") as fh:  # legacy format: magic, protocol, sys info, then the object
-            for _ in range(4):
+            for i in range(4):  # (a bare pickle, one stream up to the end of the file, counts as complete too)
+                if i and not fh.peek(1):
+                    break
                 for _ in pickletools.genops(fh):
                     pass
         return True
@@ -208,6 +230,8 @@ def split_state_dict(obj: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[st
 
 def _flatten(prefix: str, value: Any, state: dict[str, Tensor], meta: dict[str, Any]) -> None:
     if isinstance(value, Tensor):
+        if prefix in state:  # {"a.b": t, "a": {"b": t2}} or {1: t, "1": t2}: one would be lost silently
+            raise CorruptFileError(f"two tensors flatten to the same name {prefix!r}; rename one and re-save")
         state[prefix] = value
     elif isinstance(value, Mapping):
         for k, v in value.items():
@@ -233,24 +257,29 @@ def _collect_meta(prefix: str, value: Any, meta: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- sharded checkpoints
 
 
-def read_index(index_json: str | Path) -> tuple[Path, dict[str, str]]:
-    """Parse an index json; return its folder and ``weight_map`` after checking every shard exists."""
+def read_index(
+    index_json: str | Path, *, follow_symlinks: bool = False, boundary: str | Path | None = None
+) -> tuple[Path, dict[str, str]]:
+    """Parse an index json; return its folder and ``weight_map`` after checking every shard exists.
+
+    A shard name must stay inside the index's folder (no ``..``, not absolute), always. A shard that
+    is a symbolic link must resolve inside ``boundary`` (default: the index's folder, or the
+    Hugging Face cache repo folder ``models--org--name/`` holding it, whose snapshots link into
+    ``blobs/``) unless ``follow_symlinks``.
+    """
     index_json = Path(index_json).expanduser()
     if not index_json.is_file():
         raise NotFoundError(f"shard index {index_json} does not exist")
-    try:
-        index = json.loads(index_json.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"{index_json} is not valid JSON ({exc})") from exc
+    index = read_json_file(index_json, max_bytes=MAX_INDEX_BYTES)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CorruptFileError(f"{index_json} has no 'weight_map' (tensor name -> shard file)")
     folder = index_json.parent
-    resolved = folder.resolve()
+    lexical_root = Path(os.path.abspath(folder))
+    bound = Path(boundary).resolve() if boundary is not None else link_boundary(folder)
     missing = []
-    for shard in sorted(set(weight_map.values())):
-        target = (folder / str(shard)).resolve()
-        if not target.is_relative_to(resolved):
+    for shard in sorted(set(map(str, weight_map.values()))):
+        if not Path(os.path.abspath(folder / shard)).is_relative_to(lexical_root):
             raise UnsafeFileError(f"{index_json} points at {shard!r}, outside its folder; refused")
         if not (folder / shard).is_file():
             missing.append(str(shard))
@@ -259,26 +288,35 @@ def read_index(index_json: str | Path) -> tuple[Path, dict[str, str]]:
             f"{index_json} lists shard(s) missing from {folder}: {', '.join(missing)}; "
             "download or copy every shard next to the index"
         )
+    for shard in sorted(set(map(str, weight_map.values()))):
+        check_link(folder / shard, bound, follow_symlinks, what=f"shard of {index_json.name}")
     return folder, {str(k): str(v) for k, v in weight_map.items()}
 
 
-def read_sharded(index_json: str | Path) -> dict[str, Tensor]:
+def read_sharded(
+    index_json: str | Path, *, follow_symlinks: bool = False, boundary: str | Path | None = None
+) -> dict[str, Tensor]:
     """Read a sharded checkpoint (all tensors of its ``weight_map``) into one state dict.
+
+    Symbolic links among the shards follow :func:`read_index`'s rule.
 
     Raises:
         NotFoundError: the index or one of its shards is missing.
         CorruptFileError: a shard lacks a tensor the index assigns to it, or does not parse.
+        UnsafeFileError: a shard outside the index's folder (or a link leading out of it).
     """
-    return dict(iter_sharded(index_json))
+    return dict(iter_sharded(index_json, follow_symlinks=follow_symlinks, boundary=boundary))
 
 
-def iter_sharded(index_json: str | Path) -> Iterator[tuple[str, Tensor]]:
+def iter_sharded(
+    index_json: str | Path, *, follow_symlinks: bool = False, boundary: str | Path | None = None
+) -> Iterator[tuple[str, Tensor]]:
     """Yield ``(name, tensor)`` shard by shard, loading one tensor at a time where possible.
 
     Every shard's existence is checked before the first tensor is yielded. Safetensors shards are
     opened lazily with ``safe_open``; torch shards are loaded whole (one at a time).
     """
-    folder, weight_map = read_index(index_json)
+    folder, weight_map = read_index(index_json, follow_symlinks=follow_symlinks, boundary=boundary)
     by_shard: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
         by_shard.setdefault(shard, []).append(name)
@@ -326,13 +364,54 @@ class CheckpointSource:
     ``name`` is its path relative to the discovered root, without extension, in safe characters
     (``[A-Za-z0-9._-]`` parts joined by ``/``). ``path`` is the file, the index json
     (``"sharded"``) or the folder (``"hf_folder"``). ``config`` is the parsed ``config.json``
-    next to it, if any.
+    next to it, if any. ``boundary`` is the folder its symbolic links must stay in (``None``: no
+    check, as with ``follow_symlinks=True``).
     """
 
     name: str
     path: Path
     kind: SourceKind
     config: dict[str, Any] | None = None
+    boundary: Path | None = field(default=None, compare=False, repr=False)
+
+
+class SymlinkWarning(UserWarning):
+    """A symbolic link that a folder ingest skipped (a directory link, not followed)."""
+
+
+def is_hf_cache_repo(folder: Path) -> bool:
+    """True for a Hugging Face cache repo folder: ``models--org--name/`` with ``blobs/`` and ``snapshots/``."""
+    return (
+        folder.name.startswith("models--") and (folder / "snapshots").is_dir() and (folder / "blobs").is_dir()
+    )
+
+
+def link_boundary(path: str | Path) -> Path:
+    """The folder that symbolic links under ``path`` must resolve into.
+
+    The resolved ``path`` itself (its folder, for a file), or the Hugging Face cache repo folder
+    (``models--org--name/``) that holds it: snapshot files there are links to ``../../blobs/<sha>``.
+    """
+    real = Path(path).expanduser().resolve()
+    for p in (real, *real.parents):
+        if is_hf_cache_repo(p):
+            return p
+    return real if real.is_dir() else real.parent
+
+
+def check_link(
+    path: Path, boundary: Path | None, follow_symlinks: bool = False, *, what: str = "file"
+) -> None:
+    """Refuse ``path`` when it resolves outside ``boundary`` (a link leaving the folder), unless followed."""
+    if follow_symlinks or boundary is None:
+        return
+    target = path.resolve()
+    if not target.is_relative_to(boundary):
+        raise UnsafeFileError(
+            f"{path} ({what}) is a symbolic link to {target}, outside {boundary}; refused: an ingest "
+            "reads only files inside the folder it is given. If you trust the link, pass "
+            "follow_symlinks=True (CLI: weightzoo ingest --follow-symlinks), or copy the file in"
+        )
 
 
 def _safe_name(parts: list[str]) -> str:
@@ -347,14 +426,15 @@ def _strip_suffix(name: str) -> str:
     return name
 
 
-def _read_config(folder: Path) -> dict[str, Any] | None:
+def _read_config(
+    folder: Path, boundary: Path | None = None, follow_symlinks: bool = False
+) -> dict[str, Any] | None:
+    """The ``config.json`` in ``folder``, bounded in size and depth (:mod:`zoo.jsonlimits`)."""
     path = folder / "config.json"
     if not path.is_file():
         return None
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"{path} is not valid JSON ({exc}); fix or remove it") from exc
+    check_link(path, boundary, follow_symlinks, what="config")
+    config = read_json_file(path)
     return config if isinstance(config, dict) else None
 
 
@@ -368,7 +448,7 @@ def _kind_of(path: Path) -> SourceKind | None:
     return None
 
 
-def discover(path: str | Path) -> list[CheckpointSource]:
+def discover(path: str | Path, *, follow_symlinks: bool = False) -> list[CheckpointSource]:
     """Every model under ``path``, sorted by name.
 
     * a file -> that one checkpoint;
@@ -378,12 +458,20 @@ def discover(path: str | Path) -> list[CheckpointSource]:
     * any other folder -> each checkpoint file in it; sub-folders are searched recursively.
       Hidden folders and training state (``optimizer.pt``, ``training_args.bin``, ...) are skipped.
 
+    Symbolic links follow the module's policy: a file link read here must resolve inside ``path``
+    (or the HF cache repo holding it), directory links are skipped with a :class:`SymlinkWarning`;
+    ``follow_symlinks=True`` reads any file link and follows directory links (each real directory
+    once, so no cycles). A sharded checkpoint's shards are all checked here, before any is read.
+
     Raises:
-        NotFoundError: ``path`` does not exist or holds no checkpoint.
+        NotFoundError: ``path`` does not exist or holds no checkpoint (or a listed shard is missing).
+        UnsafeFileError: a file link leading outside ``path`` (without ``follow_symlinks``).
+        ConfigError: a ``config.json`` over the size or depth limit of :mod:`zoo.jsonlimits`.
     """
     root = Path(path).expanduser()
     if not root.exists():
         raise NotFoundError(f"{root} does not exist; pass a checkpoint file or a folder of them")
+    boundary = None if follow_symlinks else link_boundary(root)
     if root.is_file():
         kind = _kind_of(root)
         if kind is None:
@@ -392,11 +480,12 @@ def discover(path: str | Path) -> list[CheckpointSource]:
                     f"{root} is not a checkpoint (expected {', '.join(CHECKPOINT_SUFFIXES)} or *.index.json)"
                 )
             kind = "safetensors"
-        return [
-            CheckpointSource(_safe_name([_strip_suffix(root.name)]), root, kind, _read_config(root.parent))
-        ]
+        config = _read_config(root.parent, boundary)
+        if kind == "sharded":
+            read_index(root, follow_symlinks=follow_symlinks, boundary=boundary)
+        return [CheckpointSource(_safe_name([_strip_suffix(root.name)]), root, kind, config, boundary)]
     found: list[CheckpointSource] = []
-    _discover_folder(root, root, found)
+    _discover_folder(root, root, found, boundary, follow_symlinks, {root.resolve()})
     if not found:
         raise NotFoundError(
             f"no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}, *.index.json) under {root}"
@@ -404,28 +493,50 @@ def discover(path: str | Path) -> list[CheckpointSource]:
     return sorted(found, key=lambda s: s.name)
 
 
-def _discover_folder(folder: Path, root: Path, found: list[CheckpointSource]) -> None:
+def _discover_folder(folder: Path, root: Path, found: list[CheckpointSource], boundary: Path | None,
+                     follow: bool, seen: set[Path]) -> None:  # fmt: skip
     entries = sorted(folder.iterdir())
     files = {e.name: e for e in entries if e.is_file()}
     rel = [] if folder == root else list(folder.relative_to(root).parts)
     folder_name = _safe_name(rel or [root.name])
-    config = _read_config(folder) if "config.json" in files else None
+    config = _read_config(folder, boundary, follow) if "config.json" in files else None
     indexes = sorted(n for n in files if n.endswith(".index.json"))
     weights = next((files[n] for n in ("model.safetensors", "pytorch_model.bin") if n in files), None)
     if indexes:  # prefer the safetensors index when both formats are present
         index = next((n for n in indexes if n.endswith(".safetensors.index.json")), indexes[0])
-        found.append(CheckpointSource(folder_name, files[index], "sharded", config))
+        check_link(files[index], boundary, follow, what="shard index")
+        read_index(files[index], follow_symlinks=follow, boundary=boundary)  # every shard, before any write
+        found.append(CheckpointSource(folder_name, files[index], "sharded", config, boundary))
     elif config is not None and weights is not None:
-        found.append(CheckpointSource(folder_name, folder, "hf_folder", config))
+        check_link(weights, boundary, follow, what="weights")
+        found.append(CheckpointSource(folder_name, folder, "hf_folder", config, boundary))
     else:
         for name, file in files.items():
             kind = _kind_of(file)
             if kind is None or _NOT_WEIGHTS.match(name):
                 continue
-            found.append(CheckpointSource(_safe_name([*rel, _strip_suffix(name)]), file, kind, config))
+            check_link(file, boundary, follow, what="checkpoint")
+            found.append(
+                CheckpointSource(_safe_name([*rel, _strip_suffix(name)]), file, kind, config, boundary)
+            )
     for entry in entries:
-        if entry.is_dir() and not entry.name.startswith("."):
-            _discover_folder(entry, root, found)
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        if entry.is_symlink() and not follow:
+            warnings.warn(
+                f"skipped {entry}: a symbolic link to a directory ({entry.resolve()}) is not followed; "
+                "ingest its target directly, or pass follow_symlinks=True (CLI: --follow-symlinks)",
+                SymlinkWarning,
+                stacklevel=2,
+            )
+            continue
+        real = entry.resolve()
+        if real in seen:  # only reachable through a followed link: a cycle or a second path to it
+            warnings.warn(f"skipped {entry}: {real} was already searched (a link cycle or duplicate)",
+                          SymlinkWarning, stacklevel=2)  # fmt: skip
+            continue
+        seen.add(real)
+        _discover_folder(entry, root, found, boundary, follow, seen)
 
 
 def load_source(src: CheckpointSource) -> dict[str, Tensor]:
@@ -435,7 +546,7 @@ def load_source(src: CheckpointSource) -> dict[str, Tensor]:
 
 def _load_source_with_meta(src: CheckpointSource) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if src.kind == "sharded":
-        return read_sharded(src.path), {}
+        return read_sharded(src.path, follow_symlinks=src.boundary is None, boundary=src.boundary), {}
     if src.kind == "hf_folder":
         for name in ("model.safetensors", "pytorch_model.bin"):
             if (src.path / name).is_file():

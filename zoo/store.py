@@ -827,17 +827,21 @@ class Zoo:
         cache_dir: str | Path | None = None,
         offline: bool | None = None,
         progress: bool = False,
+        follow_symlinks: bool = False,
     ) -> list[ModelRecord]:
         """Ingest checkpoints: a file, a folder of them, a sharded checkpoint, or a Hugging Face repo.
 
         All or nothing: if any checkpoint fails, the models already written by this call are removed.
         A Hugging Face repo id (``org/name``) is read from the local HF cache when offline (the
-        default when ``HF_HUB_OFFLINE=1``), else downloaded with huggingface_hub.
+        default when ``HF_HUB_OFFLINE=1``), else downloaded with huggingface_hub. A file link leading out
+        of the folder (or out of the HF cache repo ``models--org--name/``) is refused and directory links
+        are skipped with a warning, unless ``follow_symlinks=True``.
         """
         from zoo.transfer import ingest
 
         return ingest(self, source, population=population, arch=arch, tags=tags, batch_size=batch_size,
-                      revision=revision, cache_dir=cache_dir, offline=offline, progress=progress)  # fmt: skip
+                      revision=revision, cache_dir=cache_dir, offline=offline, progress=progress,
+                      follow_symlinks=follow_symlinks)  # fmt: skip
 
     def export(self, model: int | str, out_dir: str | Path, *, overwrite: bool = False, max_shard_size: int | None = None) -> Path:
         """Write a model as a Hugging Face style folder: safetensors, config.json, README.md (card with lineage)."""

@@ -30,23 +30,26 @@ def ingest(
     cache_dir: str | Path | None = None,
     offline: bool | None = None,
     progress: bool = False,
+    follow_symlinks: bool = False,
 ) -> list[ModelRecord]:
     """Ingest checkpoints: a file, a folder of them, a sharded checkpoint, or a Hugging Face repo.
 
     A Hugging Face repo id (``org/name``) is read from the local HF cache when offline (the
-    default when ``HF_HUB_OFFLINE=1``), else downloaded with huggingface_hub.
+    default when ``HF_HUB_OFFLINE=1``), else downloaded with huggingface_hub. Symbolic links follow
+    :mod:`zoo.ingest`'s policy (file links must stay inside the folder, or the HF cache repo; directory
+    links are skipped) unless ``follow_symlinks``; every check runs before anything is written.
     """
     from zoo.ingest import discover, looks_like_hf_repo_id, resolve_hf
 
     src = str(source)
     if looks_like_hf_repo_id(src):
         folder = resolve_hf(src, revision=revision, cache_dir=cache_dir, offline=offline)
-        sources, origin = discover(folder), f"hf://{src}" + (f"@{revision}" if revision else "")
+        sources, origin = discover(folder, follow_symlinks=follow_symlinks), f"hf://{src}" + (f"@{revision}" if revision else "")
     else:
         path = Path(src).expanduser()
         if not path.exists():
             raise NotFoundError(f"no file or folder {path}; give a checkpoint file, a folder of them or an HF repo id")
-        sources, origin = discover(path), str(path.resolve())
+        sources, origin = discover(path, follow_symlinks=follow_symlinks), str(path.resolve())
     if not sources:
         raise NotFoundError(f"no checkpoints (.safetensors, .pt, .pth, .bin, sharded index) found in {src}")
     out: list[ModelRecord] = []
@@ -88,7 +91,9 @@ def _ingest_batches(zoo: Zoo, it: Iterator[Any], sources: list[Any], origin: str
 def export(zoo: Zoo, model: int | str, out_dir: str | Path, *, overwrite: bool = False, max_shard_size: int | None = None) -> Path:
     """Write a model as a Hugging Face style folder: safetensors, config.json, README.md (card with lineage)."""
     from zoo.export import model_card, write_hf_folder
+    from zoo.outpath import guard_output_dir
 
+    guard_output_dir(out_dir, overwrite=overwrite, what="export folder", zoo_roots=[zoo.root])  # before any read
     rec = zoo.get(model)
     mets = zoo.metrics(rec.id)
     metrics = {(f"{r.split}_{r.name}" if r.split else r.name): r.value for r in mets.itertuples()}

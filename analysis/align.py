@@ -39,7 +39,8 @@ from weightspace.spec import (
     spec_for,
 )
 from zoo.architectures import config_hash, normalize_config
-from zoo.errors import ConfigError, DuplicateError, MismatchError, NotFoundError
+from zoo.errors import ConfigError, MismatchError, NotFoundError
+from zoo.registry import Registry
 
 __all__ = [
     "AlignResult",
@@ -124,32 +125,24 @@ class Aligner(Protocol):
     ) -> tuple[dict[str, Tensor], Tensor]: ...
 
 
-_ALIGNERS: dict[str, Aligner] = {}
+#: every aligner by name (plug-ins through the ``weightzoo.alignment_methods`` entry-point group)
+ALIGNERS: Registry[Aligner] = Registry("alignment method", entry_points="weightzoo.alignment_methods")
 
 
 def register_aligner(name: str) -> Callable[[Aligner], Aligner]:
     """Register an aligner under ``name`` (refuses a name already taken)."""
-    if name in _ALIGNERS:
-        raise DuplicateError(f"an aligner named {name!r} is already registered; registered: {', '.join(aligners())}")
-
-    def deco(fn: Aligner) -> Aligner:
-        _ALIGNERS[name] = fn
-        return fn
-
-    return deco
+    ALIGNERS.check_free(name)
+    return ALIGNERS.register(name)
 
 
 def aligners() -> list[str]:
     """The registered aligners' names."""
-    return sorted(_ALIGNERS)
+    return ALIGNERS.names()
 
 
 def get_aligner(name: str) -> Aligner:
     """The aligner called ``name``; :class:`ConfigError` listing the valid names otherwise."""
-    try:
-        return _ALIGNERS[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown alignment method {name!r}; valid methods: {', '.join(aligners())}") from None
+    return ALIGNERS.get(name)
 
 
 # ----------------------------------------------------------------------------------------------

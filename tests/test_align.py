@@ -115,7 +115,7 @@ def test_weight_matching_brings_trained_digits_mlps_closer(trained_zoo):
 def test_registry_lists_and_refuses():
     assert {"weight_matching", "activation_matching"} <= set(aligners())
     assert get_aligner("weight_matching") is not None
-    with pytest.raises(ConfigError, match="valid methods: activation_matching, weight_matching"):
+    with pytest.raises(ConfigError, match="valid alignment methods: activation_matching, weight_matching"):
         get_aligner("magic")
     with pytest.raises(DuplicateError):
         register_aligner("weight_matching")

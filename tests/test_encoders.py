@@ -67,7 +67,7 @@ def targets(X: dict[str, torch.Tensor], task: str) -> np.ndarray:
 
 def test_registry() -> None:
     assert {"np", "gmn", "probe", "flat_mlp", "stats"} <= set(encoders())
-    with pytest.raises(ConfigError, match="valid: .*np"):
+    with pytest.raises(ConfigError, match="unknown encoder 'dws9000'; valid encoders: .*np"):
         get_encoder("dws9000")
     with pytest.raises(DuplicateError):
         register_encoder("np")
@@ -75,14 +75,32 @@ def test_registry() -> None:
         make_encoder("np", widht=3)
 
 
+def test_stats_transform_is_standardised_with_training_statistics(tmp_path) -> None:
+    X = population(CFGS["mlp1"], 30)
+    enc = fast("stats").fit(X, targets(X, "regression"))
+    f = enc.transform(X)
+    assert np.allclose(f.mean(0), 0, atol=1e-9)
+    assert np.allclose(f.std(0)[f.std(0) > 0], 1, atol=1e-6)
+    again = load_encoder(enc.save(tmp_path / "s"), trust_pickle=True)
+    assert np.allclose(again.transform(X), f)
+
+
+def test_every_registered_encoder_is_enrolled_in_the_conformance_suite() -> None:
+    """Registering an encoder enrols it here: it must declare a fast configuration in FAST."""
+    missing = set(encoders()) - {name for name, _ in FAST.values()}
+    assert not missing, f"add a fast configuration for {sorted(missing)} to FAST (and INVARIANT if invariant)"
+
+
 def test_lazy_registration_imports_on_first_use(monkeypatch) -> None:
     from weightspace.encoders import registry
 
-    monkeypatch.setattr(registry, "_LAZY", dict(registry._LAZY))
     registry.register_lazy("ghost", "weightspace.encoders.no_such_module", "pip install ghost-extra")
-    assert "ghost" in encoders()
-    with pytest.raises(ConfigError, match="ghost-extra"):
-        make_encoder("ghost")
+    try:
+        assert "ghost" in encoders()
+        with pytest.raises(ConfigError, match="ghost-extra"):
+            make_encoder("ghost")
+    finally:
+        registry.ENCODERS.unregister("ghost")
     with pytest.raises(DuplicateError):
         registry.register_lazy("np", "weightspace.encoders.np_encoder")
     assert get_encoder("gmn").__name__ == "GMNEncoder"  # torch_geometric is a dev dependency

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.architectures import normalize_config, param_shapes
-from zoo.errors import ConfigError, DuplicateError, MismatchError
+from zoo.errors import ConfigError, MismatchError
+from zoo.registry import Registry
 
 Axes = tuple[str | None, ...]
 Perms = Mapping[str, Tensor]
@@ -194,19 +195,14 @@ def norm(name: str, p: str | None, running_stats: bool = True, affine: bool = Tr
 # Specs of the built-in families
 
 SpecBuilder = Callable[[dict], PermutationSpec]
-_BUILDERS: dict[str, SpecBuilder] = {}
+#: architecture family -> ``builder(normalized config) -> PermutationSpec``
+SPEC_BUILDERS: Registry[SpecBuilder] = Registry("spec builder", entry_points="weightzoo.spec_builders")
 
 
 def register_spec_builder(family: str) -> Callable[[SpecBuilder], SpecBuilder]:
     """Register ``builder(normalized config) -> PermutationSpec`` for an architecture family."""
-    if family in _BUILDERS:
-        raise DuplicateError(f"a spec builder for family {family!r} is already registered")
-
-    def deco(fn: SpecBuilder) -> SpecBuilder:
-        _BUILDERS[family] = fn
-        return fn
-
-    return deco
+    SPEC_BUILDERS.check_free(family)
+    return SPEC_BUILDERS.register(family)
 
 
 @register_spec_builder("mlp")
@@ -273,14 +269,13 @@ def spec_for(model: Any) -> PermutationSpec:
             f"spec_for needs an architecture config, an nn.Module or a model record, got {type(model).__name__}"
         )
     cfg = normalize_config(cfg)
-    builder = _BUILDERS.get(cfg["family"])
-    if builder is None:
+    if cfg["family"] not in SPEC_BUILDERS:
         raise ConfigError(
             f"no permutation spec for architecture family {cfg['family']!r} (specs are known for "
-            f"{', '.join(sorted(_BUILDERS))}); trace a module with spec_for(module) or declare one by hand "
+            f"{', '.join(SPEC_BUILDERS.names())}); trace a module with spec_for(module) or declare one by hand "
             "with PermutationSpec({tensor name: (perm or None per axis)})"
         )
-    spec = builder(cfg)
+    spec = SPEC_BUILDERS.get(cfg["family"])(cfg)
     shapes = param_shapes(cfg)
     if set(shapes) != set(spec.axes):  # a builder out of step with the architecture: a bug, say so
         raise ConfigError(f"the {cfg['family']} spec builder does not cover the state dict: {sorted(set(shapes) ^ set(spec.axes))}")

@@ -73,13 +73,7 @@ class Registry(Generic[T]):
         A name taken already raises :class:`DuplicateError` (a lazily declared name is taken by the
         module that declared it when that module registers it).
         """
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"a {self.kind} needs a non-empty string name, got {name!r}")
-        if name in self._items:
-            raise DuplicateError(
-                f"a {self.kind} named {name!r} is already registered; pick another name "
-                f"(registered: {', '.join(self.names(load=False))})"
-            )
+        self.check_free(name)
 
         def deco(item: T) -> T:
             self._lazy.pop(name, None)  # the lazily declared module is registering it now
@@ -87,6 +81,17 @@ class Registry(Generic[T]):
             return item
 
         return deco if obj is None else deco(obj)
+
+    def check_free(self, name: str) -> None:
+        """Raise unless ``name`` can be registered (a non-empty string not taken; a lazily declared name
+        stays free for the module that declared it)."""
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a {self.kind} needs a non-empty string name, got {name!r}")
+        if name in self._items:
+            raise DuplicateError(
+                f"a {self.kind} named {name!r} is already registered; pick another name "
+                f"(registered: {', '.join(self.names(load=False))})"
+            )
 
     def register_lazy(self, name: str, module: str, hint: str = "") -> None:
         """Declare that ``module`` registers ``name`` when imported (for plug-ins whose dependencies are

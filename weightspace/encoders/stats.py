@@ -79,7 +79,11 @@ class StatsEncoder(Encoder):
             y = self._encode_targets(y).numpy()  # standard or rank scores
         else:
             self.classes_ = sorted(np.unique(y).tolist())
-        self.model_ = self._make_model().fit(weight_statistics(X, self.names_), y)
+        feats = weight_statistics(X, self.names_)
+        self.feat_mean_ = feats.mean(0)
+        std = feats.std(0)
+        self.feat_std_ = np.where(std > 0, std, 1.0)  # constant features stay finite (0 after centring)
+        self.model_ = self._make_model().fit(feats, y)
         self.layout_ = {k: list(X[k].shape[1:]) for k in self.names_}
         return self
 
@@ -102,10 +106,11 @@ class StatsEncoder(Encoder):
     def transform(self, X: Mapping[str, Tensor]) -> np.ndarray:
         """The statistics features, standardised with the training statistics."""
         f = self._features(X)
-        return (f - self.feat_mean_) / self.feat_std_ if hasattr(self, "feat_mean_") else f
+        return (f - self.feat_mean_) / self.feat_std_
 
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        state = {"names_": self.names_, "layout_": self.layout_, **self._target_state()}
+        state = {"names_": self.names_, "layout_": self.layout_, "feat_mean_": self.feat_mean_.tolist(),
+                 "feat_std_": self.feat_std_.tolist(), **self._target_state()}
         return state, {}
 
     def save(self, path: str | Path) -> Path:
@@ -117,6 +122,9 @@ class StatsEncoder(Encoder):
     def _restore(self, state: Mapping[str, Any], tensors: Mapping[str, Tensor], folder: Path | None = None,
                  trust_pickle: bool = False) -> None:  # fmt: skip
         self.names_, self.layout_ = list(state["names_"]), dict(state["layout_"])
+        # encoders saved before features were standardised: keep their raw features
+        self.feat_mean_ = np.asarray(state.get("feat_mean_", 0.0), dtype=np.float64)
+        self.feat_std_ = np.asarray(state.get("feat_std_", 1.0), dtype=np.float64)
         for k in ("y_mean_", "y_std_", "y_sorted_", "classes_"):
             if k in state:
                 setattr(self, k, state[k])

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from zoo.errors import ConfigError, DuplicateError, NotFoundError, ZooError
+from zoo.errors import ConfigError, DuplicateError, NotFoundError, OutputPathError, ZooError
 from zoo.export import model_card, push_to_hub, write_hf_folder
 from zoo.ingest import discover, read_checkpoint, read_checkpoint_with_meta, read_sharded
 
@@ -33,7 +33,7 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 def test_round_trip_single_file(tmp_path: Path) -> None:
     sd = _sd()
     out = write_hf_folder(tmp_path / "m", sd, config={"arch": "mlp"}, metadata={"zoo_id": "abc"})
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".weightzoo-output", "README.md", "config.json", "model.safetensors"]
     state, meta = read_checkpoint_with_meta(out / "model.safetensors")
     _assert_same(state, sd)
     assert meta == {"format": "pt", "zoo_id": "abc"}
@@ -71,8 +71,13 @@ def test_refuses_non_empty_out_dir(tmp_path: Path) -> None:
     with pytest.raises(DuplicateError, match="overwrite=True"):
         write_hf_folder(out, _sd())
     assert (out / "keep.txt").exists()
-    write_hf_folder(out, _sd(), overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    with pytest.raises(OutputPathError, match="weightzoo did not write it"):  # not ours: never replaced
+        write_hf_folder(out, _sd(), overwrite=True)
+    assert (out / "keep.txt").exists()
+    ours = write_hf_folder(tmp_path / "ours", _sd())
+    (ours / "keep.txt").write_text("x")
+    write_hf_folder(ours, _sd(), overwrite=True)  # a folder weightzoo wrote is replaced
+    assert not (ours / "keep.txt").exists() and (ours / "model.safetensors").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     write_hf_folder(empty, _sd())  # an empty folder is fine

@@ -14,7 +14,7 @@ from analysis.merging import engine as engine_mod
 from analysis.merging.sources import open_source
 from analysis.merging.writer import StreamingWriter, parse_size
 from tests.conftest import mlp_state
-from zoo.errors import ConfigError, DuplicateError, MismatchError, NotFoundError
+from zoo.errors import ConfigError, DuplicateError, MismatchError, NotFoundError, OutputPathError
 from zoo.export import write_hf_folder
 from zoo.ingest import read_checkpoint
 
@@ -180,8 +180,13 @@ def test_existing_output_refused_unless_overwrite(tmp_path):
     cfg = {"merge_method": "linear", "models": [str(tmp_path / "x.safetensors")]}
     with pytest.raises(DuplicateError):
         merge(cfg, out_dir=tmp_path / "out")
-    merge(cfg, out_dir=tmp_path / "out", overwrite=True)
-    assert (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "keep.txt").exists()
+    with pytest.raises(OutputPathError):  # --overwrite replaces only a folder weightzoo wrote
+        merge(cfg, out_dir=tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").exists()
+    merge(cfg, out_dir=tmp_path / "ours")
+    (tmp_path / "ours" / "keep.txt").write_text("x")
+    merge(cfg, out_dir=tmp_path / "ours", overwrite=True)
+    assert (tmp_path / "ours" / "model.safetensors").exists() and not (tmp_path / "ours" / "keep.txt").exists()
 
 
 def test_config_errors(zoo):

@@ -332,7 +332,7 @@ def test_export_ingest_round_trip_is_bit_exact(z: Zoo, tmp_path: Path):
     sd["extra.long"] = torch.tensor([1, 2, 3], dtype=torch.int64)
     src = z.add(sd, population="p", metrics={"test_acc": 0.5}, hparams={"lr": 0.01})
     out = z.export(src.id, tmp_path / "exp")
-    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(os.listdir(out)) == [".weightzoo-output", "README.md", "config.json", "model.safetensors"]
     (back,) = z.ingest(out)
     assert_same(back.state_dict(), sd)
     # dedup: the round trip stored no new tensors

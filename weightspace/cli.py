@@ -49,7 +49,10 @@ def _augment_list(text: str | None) -> list[Any]:
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
     from weightspace.tasks import run_task, store_encoder, write_outputs
+    from zoo.outpath import guard_output_dir, staged_output_dir
 
+    if args.save:  # refuse an unsafe folder before training
+        guard_output_dir(args.save, overwrite=args.overwrite, what="encoder folder", zoo_roots=[args.root])
     config = json.loads(args.config) if args.config else {}
     if not isinstance(config, dict):
         raise ConfigError("--config must be a JSON object of encoder options, e.g. '{\"hidden\": 64}'")
@@ -65,7 +68,9 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
                    progress=not args.no_progress)  # fmt: skip
     out = res.to_dict()
     if args.save:
-        out["saved_to"] = str(res.encoder.save(args.save))
+        with staged_output_dir(args.save, overwrite=args.overwrite, what="encoder folder", zoo_roots=[args.root]) as tmp:
+            res.encoder.save(tmp)
+        out["saved_to"] = str(args.save)
     if args.to_zoo:
         rec = store_encoder(z, res)
         out["model_id"], out["model_population"] = rec.id, rec.population
@@ -122,7 +127,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--config", help="encoder options as JSON, e.g. '{\"hidden\": 64, \"lr\": 0.001}'")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test-fraction", type=float, default=0.2)
-    s.add_argument("--save", help="save the trained encoder into this folder")
+    s.add_argument("--save", help="save the trained encoder into this folder (new or empty)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="with --save: replace a folder weightzoo wrote (never a zoo or another folder)")
     s.add_argument("--to-zoo", action="store_true",
                    help="store the trained encoder in the zoo (op train.encoder, lineage to the models it trained on)")
     s.add_argument("--write-table", metavar="NAME",

@@ -245,6 +245,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from zoo.outpath import guard_output_dir
+
+    guard_output_dir(args.out_dir, overwrite=args.overwrite, what="export folder", zoo_roots=[args.root])
     z = _open(args, create=False)
     out = z.export(args.model, args.out_dir, overwrite=args.overwrite, max_shard_size=args.max_shard_size)
     print(f"exported model {args.model} to {out}")
@@ -431,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", parents=[common], help="write a model as an HF-style folder")
     s.add_argument("model")
     s.add_argument("out_dir")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing folder that weightzoo wrote (never a zoo or another folder)")
     s.add_argument("--max-shard-size", type=int, help="bytes per safetensors shard (default: one file)")
     s.set_defaults(func=cmd_export)
 

@@ -48,6 +48,11 @@ class ConfigError(ZooError, ValueError):
     """An invalid recipe, architecture config, option value or unknown registry name."""
 
 
+class OutputPathError(ConfigError):
+    """An output folder weightzoo refuses to write: a zoo, the home or current folder (or an
+    ancestor), the filesystem root, or an existing folder weightzoo did not write."""
+
+
 class DatasetError(ZooError):
     """A data set that cannot be found or read in its expected format."""
 
@@ -63,5 +68,6 @@ __all__ = [
     "IntegrityError",
     "StorageError",
     "ConfigError",
+    "OutputPathError",
     "DatasetError",
 ]

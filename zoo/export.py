@@ -4,15 +4,14 @@
 ``model.safetensors.index.json``), ``config.json`` and ``README.md`` atomically: everything goes
 into a temporary folder next to ``out_dir`` that is renamed into place at the end, so a crash
 never leaves a half-written model. :func:`zoo.ingest.read_checkpoint` reads the result back.
+Where it may write, and what ``overwrite`` may replace, is decided by
+:func:`zoo.outpath.guard_output_dir`: never a zoo, never a folder weightzoo did not write.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ import torch
 import yaml
 from torch import Tensor
 
-from zoo.errors import ConfigError, DuplicateError, NotFoundError, ZooError
+from zoo.errors import ConfigError, NotFoundError, StorageError, ZooError
+from zoo.outpath import MARKER, guard_output_dir, staged_output_dir
 from zoo.settings import offline as offline_setting
 
 __all__ = ["model_card", "push_to_hub", "write_hf_folder"]
@@ -43,7 +43,9 @@ def write_hf_folder(
     """Write a state dict as a Hugging Face-style model folder and return the folder.
 
     Args:
-        out_dir: the folder to create. It must not exist or be empty, unless ``overwrite``.
+        out_dir: the folder to create. It must not exist or be empty; with ``overwrite`` it may
+            also be a folder weightzoo wrote (it carries :data:`zoo.outpath.MARKER`). Zoos, the
+            home and current folders and their ancestors are refused (:mod:`zoo.outpath`).
         state_dict: ``{name: tensor}``; tensors are moved to CPU and made contiguous, and tensors
             sharing storage are cloned (safetensors refuses shared storage).
         config: written as ``config.json`` (``{}`` when omitted).
@@ -55,43 +57,36 @@ def write_hf_folder(
 
     Raises:
         DuplicateError: ``out_dir`` exists and is not empty, and ``overwrite`` is False.
+        OutputPathError: ``out_dir`` is a place no output may go, or a folder weightzoo did not write.
+        StorageError: the folder cannot be written (name too long, read-only, disk full, ...).
         ConfigError: an empty state dict, non-tensor values or non-string metadata.
     """
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir).expanduser()
-    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise DuplicateError(
-            f"{out_dir} already exists and is not empty; choose another folder or pass overwrite=True"
-        )
+    out_dir = guard_output_dir(out_dir, overwrite=overwrite, what="export folder")
     tensors = _prepare(state_dict)
     header = {"format": "pt", **_check_metadata(metadata)}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        shards = _plan_shards(tensors, max_shard_size)
-        if len(shards) == 1:
-            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=header)
-        else:
-            weight_map: dict[str, str] = {}
-            for i, keys in enumerate(shards, start=1):
-                name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file({k: tensors[k] for k in keys}, str(tmp / name), metadata=header)
-                weight_map.update(dict.fromkeys(keys, name))
-            total = sum(t.numel() * t.element_size() for t in tensors.values())
-            index = {"metadata": {"total_size": total, **(metadata or {})}, "weight_map": weight_map}
-            _write_text(tmp / INDEX_NAME, json.dumps(index, indent=2) + "\n")
-        _write_text(
-            tmp / "config.json", json.dumps(config or {}, indent=2, sort_keys=True, default=str) + "\n"
-        )
-        _write_text(tmp / "README.md", card if card is not None else model_card(title=out_dir.name))
-        for f in tmp.iterdir():
-            _fsync(f)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    shards = _plan_shards(tensors, max_shard_size)
+    with staged_output_dir(out_dir, overwrite=overwrite, what="export folder") as tmp:
+        try:
+            if len(shards) == 1:
+                save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=header)
+            else:
+                weight_map: dict[str, str] = {}
+                for i, keys in enumerate(shards, start=1):
+                    name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                    save_file({k: tensors[k] for k in keys}, str(tmp / name), metadata=header)
+                    weight_map.update(dict.fromkeys(keys, name))
+                total = sum(t.numel() * t.element_size() for t in tensors.values())
+                index = {"metadata": {"total_size": total, **(metadata or {})}, "weight_map": weight_map}
+                _write_text(tmp / INDEX_NAME, json.dumps(index, indent=2) + "\n")
+            _write_text(
+                tmp / "config.json", json.dumps(config or {}, indent=2, sort_keys=True, default=str) + "\n"
+            )
+            _write_text(tmp / "README.md", card if card is not None else model_card(title=out_dir.name))
+        except OSError as e:
+            raise StorageError(f"cannot write the export folder {out_dir}: {e.strerror or e}; "
+                               "check free disk space and write permission") from e  # fmt: skip
     return out_dir
 
 
@@ -144,35 +139,6 @@ def _plan_shards(tensors: dict[str, Tensor], max_shard_size: int | None) -> list
 
 def _write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out_dir``, replacing an empty or overwritable one."""
-    old: Path | None = None
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    elif out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-    try:  # make the rename durable
-        fd = os.open(out_dir.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # pragma: no cover - not supported on every platform
-        pass
 
 
 # ------------------------------------------------------------------------------------ model card
@@ -273,7 +239,8 @@ def push_to_hub(
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
+            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message,
+            ignore_patterns=[MARKER],
         )
     except (HfHubHTTPError, OSError) as exc:
         raise ZooError(f"pushing {folder} to {repo_id} failed: {exc}") from exc

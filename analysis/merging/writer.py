@@ -4,17 +4,19 @@ Every output name, shape and dtype is known before the first tensor is merged (f
 headers), so each shard's header is written up front and each merged tensor's bytes go straight to
 disk: the writer holds no tensor. The folder is assembled under a temporary name next to
 ``out_dir`` and renamed into place at the end (like :func:`zoo.export.write_hf_folder`); an error or
-an interrupt removes it and leaves ``out_dir`` untouched.
+an interrupt removes it and leaves ``out_dir`` untouched. Where it may write and what ``overwrite``
+may replace is :func:`zoo.outpath.guard_output_dir`'s decision (never a zoo, never a folder weightzoo
+did not write).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
-import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,9 +24,9 @@ import torch
 from torch import Tensor
 
 from analysis.merging.sources import TensorInfo
-from zoo.errors import ConfigError, DuplicateError, MismatchError
-from zoo.export import replace_dir
+from zoo.errors import ConfigError, MismatchError, StorageError
 from zoo.hashing import dtype_name, tensor_bytes
+from zoo.outpath import commit_output_dir, guard_output_dir, make_staging_dir
 
 __all__ = ["StreamingWriter", "parse_size"]
 
@@ -36,7 +38,11 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K
 
 def parse_size(size: int | str | None) -> int | None:
     """``"2GB"`` / ``"500MB"`` / ``1_000_000`` -> bytes (``None`` stays ``None``: one file)."""
-    if size is None or isinstance(size, int):
+    if size is None:
+        return None
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size <= 0:
+            raise ConfigError(f"bad size {size!r}; the largest shard must be a positive number of bytes")
         return size
     s = str(size).strip().upper().replace(" ", "")
     num = s.rstrip("KMGTIB")
@@ -45,7 +51,7 @@ def parse_size(size: int | str | None) -> int | None:
         value = float(num)
     except ValueError:
         raise ConfigError(f"bad size {size!r}; write e.g. 2GB, 500MB or a number of bytes") from None
-    if unit not in _UNITS or value <= 0:
+    if unit not in _UNITS or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"bad size {size!r}; write e.g. 2GB, 500MB or a number of bytes")
     return int(value * _UNITS[unit])
 
@@ -61,10 +67,10 @@ class StreamingWriter:
         max_shard_size: int | str | None = None,
         metadata: Mapping[str, str] | None = None,
         overwrite: bool = False,
+        zoo_roots: Sequence[str | Path] = (),
     ) -> None:
-        self.out_dir = Path(out_dir).expanduser()
-        if self.out_dir.exists() and not overwrite and (not self.out_dir.is_dir() or any(self.out_dir.iterdir())):
-            raise DuplicateError(f"{self.out_dir} already exists and is not empty; choose another folder or pass overwrite")
+        self.out_dir = guard_output_dir(out_dir, overwrite=overwrite, what="merge output folder", zoo_roots=zoo_roots)
+        self.zoo_roots = tuple(zoo_roots)
         if not plan:
             raise ConfigError("nothing to write: the merge has no tensors")
         self.plan = dict(plan)
@@ -83,9 +89,7 @@ class StreamingWriter:
         n = len(shards)
         self.files = [WEIGHTS_NAME] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
         self.shard_of = {name: i for i, names in enumerate(shards) for name in names}
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        self.tmp = make_staging_dir(self.out_dir, what="merge output folder")
         self._order = list(self.plan)
         self._next = 0
         self._done = 0  # bytes of the current tensor written so far
@@ -108,10 +112,17 @@ class StreamingWriter:
             off += nb
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
-        self._fh = (self.tmp / self.files[i]).open("wb")
-        self._fh.write(struct.pack("<Q", len(raw)))
-        self._fh.write(raw)
+        try:
+            self._fh = (self.tmp / self.files[i]).open("wb")
+            self._fh.write(struct.pack("<Q", len(raw)))
+            self._fh.write(raw)
+        except OSError as e:
+            raise self._storage_error(e) from e
         self._open_shard = i
+
+    def _storage_error(self, e: OSError) -> StorageError:
+        return StorageError(f"cannot write the merge output folder {self.out_dir}: {e.strerror or e}; "
+                            "check free disk space and write permission (nothing was moved into place)")  # fmt: skip
 
     def write(self, name: str, tensor: Tensor) -> None:
         """Append the next tensor of the plan (tensors must come in plan order)."""
@@ -137,7 +148,10 @@ class StreamingWriter:
         total = _nbytes(info)
         if self._done > total:
             raise MismatchError(f"{name}: more data than its planned {info.shape}")
-        self._fh.write(data)
+        try:
+            self._fh.write(data)
+        except OSError as e:
+            raise self._storage_error(e) from e
         if self._done == total:
             self._next += 1
             self._done = 0
@@ -149,20 +163,27 @@ class StreamingWriter:
                                                            dtype=self.plan[self._order[self._next]].dtype))  # fmt: skip
         if self._next != len(self._order):
             raise MismatchError(f"only {self._next} of {len(self._order)} tensors were written")
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
-        if len(self.files) > 1:
-            weight_map = {name: self.files[self.shard_of[name]] for name in self._order}
-            total = sum(_nbytes(i) for i in self.plan.values())
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (self.tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-        (self.tmp / "config.json").write_text(json.dumps(dict(config or {}), indent=2, sort_keys=True, default=str) + "\n",
-                                              encoding="utf-8")  # fmt: skip
-        (self.tmp / "README.md").write_text(card or f"# {self.out_dir.name}\n\nWritten by weightzoo merge.\n", encoding="utf-8")
-        _replace_dir(self.tmp, self.out_dir)
+        try:
+            if self._fh is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+                self._fh = None
+            if len(self.files) > 1:
+                weight_map = {name: self.files[self.shard_of[name]] for name in self._order}
+                total = sum(_nbytes(i) for i in self.plan.values())
+                index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+                (self.tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+            (self.tmp / "config.json").write_text(json.dumps(dict(config or {}), indent=2, sort_keys=True, default=str)
+                                                  + "\n", encoding="utf-8")  # fmt: skip
+            (self.tmp / "README.md").write_text(card or f"# {self.out_dir.name}\n\nWritten by weightzoo merge.\n",
+                                                encoding="utf-8")  # fmt: skip
+        except OSError as e:
+            if isinstance(e, StorageError):
+                raise
+            raise self._storage_error(e) from e
+        commit_output_dir(self.tmp, self.out_dir, overwrite=self.overwrite, what="merge output folder",
+                          zoo_roots=self.zoo_roots)  # fmt: skip
         return self.out_dir
 
     def abort(self) -> None:
@@ -194,11 +215,3 @@ def _nbytes(info: TensorInfo) -> int:
     for s in info.shape:
         n *= s
     return n * torch.empty((), dtype=info.dtype).element_size()
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """fsync every finished file, then move the folder into place (zoo.export's atomic replace)."""
-    for f in tmp.iterdir():
-        with f.open("rb") as fh:
-            os.fsync(fh.fileno())
-    replace_dir(tmp, out_dir)

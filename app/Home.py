@@ -5,18 +5,11 @@ Populations with their counts, architectures, sizes and deduplication; metric di
 population; the newest models and how they were made.
 """
 
-import sys
-from pathlib import Path
+import pandas as pd
+import plotly.express as px
+import streamlit as st
 
-_REPO = str(Path(__file__).resolve().parents[1])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-
-import pandas as pd  # noqa: E402
-import plotly.express as px  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from app import common as C  # noqa: E402
+from app import common as C
 
 z = C.page("weightzoo explorer")
 if z is None:

@@ -1,22 +1,17 @@
 """Model detail: layers (shapes, norms, effective rank), weight histograms and spectra, metrics and
 training curves, editable tags, lineage graph, export to an HF-style folder."""
 
-import sys
 from pathlib import Path
 
-_REPO = str(Path(__file__).resolve().parents[2])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import plotly.express as px  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from app import charts  # noqa: E402
-from app import common as C  # noqa: E402
-from app import weights as W  # noqa: E402
-from zoo import NotFoundError, ZooError  # noqa: E402
+from app import charts
+from app import common as C
+from app import weights as W
+from zoo import NotFoundError, ZooError
 
 #: largest matrix (elements) whose singular values are computed on this page
 SVD_LIMIT = 4_000_000

@@ -2,21 +2,14 @@
 (a vector column of a derived table), with PCA or t-SNE, coloured by any metric, hyperparameter or derived
 table column (e.g. an encoder's predictions); pick a point to open the model."""
 
-import sys
-from pathlib import Path
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
 
-_REPO = str(Path(__file__).resolve().parents[2])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import plotly.express as px  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from app import common as C  # noqa: E402
-from app import weights as W  # noqa: E402
-from zoo import ZooError  # noqa: E402
+from app import common as C
+from app import weights as W
+from zoo import ZooError
 
 #: t-SNE gets slow beyond this many points on two cores
 TSNE_MAX = 3000

@@ -7,20 +7,14 @@ methods, merge, merge_state_dicts). A missing one is named on the page; the rest
 """
 
 import importlib
-import sys
 import typing
-from pathlib import Path
 
-_REPO = str(Path(__file__).resolve().parents[2])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+import pandas as pd
+import streamlit as st
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from app import charts  # noqa: E402
-from app import common as C  # noqa: E402
-from zoo import ZooError  # noqa: E402
+from app import charts
+from app import common as C
+from zoo import ZooError
 
 EVALUABLE = ("mlp", "cnn", "resnet")
 

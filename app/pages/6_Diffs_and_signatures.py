@@ -3,20 +3,13 @@
 The weight-diff interpreter and robustness signatures are not built yet; the page says so.
 """
 
-import sys
-from pathlib import Path
+import pandas as pd
+import plotly.express as px
+import streamlit as st
 
-_REPO = str(Path(__file__).resolve().parents[2])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-
-import pandas as pd  # noqa: E402
-import plotly.express as px  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from app import common as C  # noqa: E402
-from app import weights as W  # noqa: E402
-from zoo import ZooError  # noqa: E402
+from app import common as C
+from app import weights as W
+from zoo import ZooError
 
 #: most lineage edges offered in one list (filter by operation for the rest)
 MAX_EDGES = 5000

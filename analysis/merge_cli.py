@@ -58,7 +58,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> argparse.Argum
     s.add_argument("--no-eval", action="store_true", help="do not evaluate a stored mlp/cnn/resnet merge")
     s.add_argument("--dataset", help="evaluation data set (default: the base's dataset hyperparameter, else digits)")
     s.add_argument("--max-shard-size", default="2GB", help="largest output shard, e.g. 2GB, 500MB (default 2GB)")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder that weightzoo wrote (never a zoo or another folder)")  # fmt: skip
     s.add_argument("--offline", action="store_true", default=None, help="never touch the network for HF repo ids")
     s.add_argument("--threads", type=int, default=1,
                    help="torch threads for the arithmetic (default 1: the merge is memory-bound, and with more "
@@ -143,6 +144,8 @@ def _keep_freed_memory() -> None:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from analysis.merging import MergeConfig, get_method, list_methods, merge
+    from analysis.merging.engine import check_config
+    from zoo.outpath import guard_output_dir
 
     if args.list_methods:
         for name in list_methods():
@@ -165,6 +168,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
         cfg = MergeConfig.from_yaml(args.config)
     if out_dir is None and not args.to_zoo:
         raise ConfigError("give an output folder (OUT_DIR or --out) and/or --to-zoo")
+    # refuse bad parameters and unsafe output folders before any zoo or model is opened
+    check_config(cfg)
+    if out_dir is not None:
+        guard_output_dir(out_dir, overwrite=args.overwrite, what="merge output folder", zoo_roots=[args.root])
     for note in cfg.notes:
         print(f"note: {note}", file=sys.stderr)
     _keep_freed_memory()

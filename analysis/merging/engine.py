@@ -29,11 +29,12 @@ from analysis.merging.methods import SlerpStats, slerp_pair
 from analysis.merging.registry import MergeMethod, TensorContext, get_method
 from analysis.merging.sources import StateDictSource, TensorInfo, TensorSource, open_source
 from analysis.merging.sparsify import RANDOM_BLOCK, Selection, SelectionBuilder
-from analysis.merging.writer import StreamingWriter
+from analysis.merging.writer import StreamingWriter, parse_size
 from zoo.errors import ConfigError, MismatchError
+from zoo.outpath import guard_output_dir
 from zoo.progress import progress_bar
 
-__all__ = ["MergeResult", "merge", "merge_state_dicts"]
+__all__ = ["MergeResult", "check_config", "merge", "merge_state_dicts"]
 
 EVALUABLE_FAMILIES = ("mlp", "cnn", "resnet")
 LOSS_METRICS = (("loss", "val"), ("loss", "test"), ("loss", "train"), ("loss", ""))
@@ -134,8 +135,12 @@ def merge(
         raise ConfigError("give an output folder (out_dir) and/or to_zoo=True")
     if to_zoo and zoo is None:
         raise ConfigError("to_zoo needs an open zoo (zoo=Zoo.open(...))")
-    method = get_method(cfg.merge_method)
-    _check_contract(method, len(cfg.models), cfg.base_model is not None)
+    # every refusal before the first input is opened
+    method = check_config(cfg)
+    zoo_roots = [zoo.root] if getattr(zoo, "root", None) is not None else []
+    if out_dir is not None:
+        out_dir = guard_output_dir(out_dir, overwrite=overwrite, what="merge output folder", zoo_roots=zoo_roots)
+    parse_size(max_shard_size)
     notes = list(cfg.notes)
     if method.base == "ignored" and cfg.base_model is not None:
         notes.append(f"{method.name} does not use a base model; {cfg.base_model} is recorded as a parent only")
@@ -159,7 +164,7 @@ def merge(
         params = {"config": cfg.to_dict(), "resolved": resolved}
         if out_dir is not None:
             writer = StreamingWriter(out_dir, plan, max_shard_size=max_shard_size, overwrite=overwrite,
-                                     metadata={"weightzoo_merge": method.name})  # fmt: skip
+                                     metadata={"weightzoo_merge": method.name}, zoo_roots=zoo_roots)  # fmt: skip
         collected: dict[str, Tensor] | None = {} if (to_zoo and writer is None) else None
         use_base = method.base != "ignored"
         for tname, info in progress_bar(plan.items(), desc=f"merge.{method.name}", unit="tensor", disable=not progress):
@@ -280,6 +285,23 @@ def _magnitude_selections(kind: str, resolved: Mapping[str, Any], n: int, read: 
 
 
 # ------------------------------------------------------------------------------------- helpers
+def check_config(cfg: MergeConfig) -> MergeMethod:
+    """Everything about ``cfg`` that can be checked without opening a model; returns its method.
+
+    The method must exist, take this many models and a base (or none), and every parameter given
+    must be known, of the right type, finite and in its declared range (see
+    :class:`~analysis.merging.registry.Range`). Required values that the inputs may still supply
+    (``metric_weighted``'s ``loss`` from zoo metrics) are checked later, by :meth:`MergeMethod.resolve`.
+
+    Raises:
+        ConfigError: naming the parameter, the value given and the valid range.
+    """
+    method = get_method(cfg.merge_method)
+    _check_contract(method, len(cfg.models), cfg.base_model is not None)
+    method.resolve(len(cfg.models), cfg.parameters, [m.parameters for m in cfg.models], require=False)
+    return method
+
+
 def _check_contract(method: MergeMethod, n_models: int, has_base: bool) -> None:
     if method.base == "required" and not has_base:
         raise ConfigError(f"{method.name} needs a base model (base_model: / --base)")

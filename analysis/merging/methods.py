@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from analysis.merging.registry import TensorContext, merge_method
+from analysis.merging.registry import Fraction, NonNegative, Positive, TensorContext, Unit, merge_method
 from analysis.merging.sparsify import (
     RANDOM_BLOCK,
     Consensus,
@@ -114,7 +114,7 @@ def metric_weighted(
     *,
     loss: list[float],
     scheme: Literal["softmax", "inverse"] = "softmax",
-    temperature: float = 1.0,
+    temperature: Positive = 1.0,
 ) -> Tensor:
     """Average weighted by each model's stored loss: softmax(-loss / temperature) or 1 / loss.
 
@@ -192,7 +192,7 @@ def slerp_tensors(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.999
 
 @merge_method("slerp", base="optional", min_models=1, max_models=2, chunking="slerp", reference="https://en.wikipedia.org/wiki/Slerp")
 def slerp(
-    tensors: list[Tensor], base: Tensor | None, *, t: float = 0.5, dot_threshold: float = 0.9995, eps: float = 1e-8,
+    tensors: list[Tensor], base: Tensor | None, *, t: Unit = 0.5, dot_threshold: Unit = 0.9995, eps: NonNegative = 1e-8,
     ctx: TensorContext | None = None,
 ) -> Tensor:  # fmt: skip
     """Spherical linear interpolation from the base (t = 0) to the other model (t = 1), per tensor.
@@ -294,7 +294,7 @@ def task_arithmetic(
 
 @merge_method("ties", per_model=("weight", "density"), base="required", chunking="magnitude", reference=_TIES)
 def ties(
-    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[float] = 1.0,  # type: ignore[assignment]
+    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[Fraction] = 1.0,  # type: ignore[assignment]
     normalize: bool = True, rescale: bool = False, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0,
     int8_mask: bool = False, ctx: TensorContext | None = None,
 ) -> Tensor:  # fmt: skip
@@ -308,7 +308,7 @@ def ties(
 
 @merge_method("dare_linear", per_model=("weight", "density"), base="required", chunking="elementwise", reference=_DARE, copies_give_model=False)
 def dare_linear(
-    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[float] = 1.0,  # type: ignore[assignment]
+    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[Fraction] = 1.0,  # type: ignore[assignment]
     normalize: bool = False, rescale: bool = True, rescale_norm: RescaleNorm = "density", lambda_: float = 1.0,
     int8_mask: bool = False, ctx: TensorContext | None = None,
 ) -> Tensor:  # fmt: skip
@@ -322,7 +322,7 @@ def dare_linear(
 
 @merge_method("dare_ties", per_model=("weight", "density"), base="required", chunking="elementwise", reference=_DARE, copies_give_model=False)
 def dare_ties(
-    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[float] = 1.0,  # type: ignore[assignment]
+    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[Fraction] = 1.0,  # type: ignore[assignment]
     normalize: bool = False, rescale: bool = True, rescale_norm: RescaleNorm = "density", lambda_: float = 1.0,
     int8_mask: bool = False, ctx: TensorContext | None = None,
 ) -> Tensor:  # fmt: skip
@@ -335,8 +335,8 @@ def dare_ties(
 
 @merge_method("breadcrumbs", per_model=("weight", "density", "gamma"), base="required", chunking="magnitude_outliers", reference=_BREAD, copies_give_model=False)
 def breadcrumbs(
-    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[float] = 0.9,  # type: ignore[assignment]
-    gamma: list[float] = 0.01, normalize: bool = False, rescale: bool = False, rescale_norm: RescaleNorm = "l1",  # type: ignore[assignment]
+    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[Fraction] = 0.9,  # type: ignore[assignment]
+    gamma: list[Unit] = 0.01, normalize: bool = False, rescale: bool = False, rescale_norm: RescaleNorm = "l1",  # type: ignore[assignment]
     lambda_: float = 1.0, int8_mask: bool = False, ctx: TensorContext | None = None,
 ) -> Tensor:  # fmt: skip
     """Model Breadcrumbs: per task vector, mask the ``gamma`` fraction of largest-magnitude entries
@@ -350,8 +350,8 @@ def breadcrumbs(
 
 @merge_method("breadcrumbs_ties", per_model=("weight", "density", "gamma"), base="required", chunking="magnitude_outliers", reference=_BREAD, copies_give_model=False)
 def breadcrumbs_ties(
-    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[float] = 0.9,  # type: ignore[assignment]
-    gamma: list[float] = 0.01, normalize: bool = False, rescale: bool = False, rescale_norm: RescaleNorm = "l1",  # type: ignore[assignment]
+    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[Fraction] = 0.9,  # type: ignore[assignment]
+    gamma: list[Unit] = 0.01, normalize: bool = False, rescale: bool = False, rescale_norm: RescaleNorm = "l1",  # type: ignore[assignment]
     lambda_: float = 1.0, int8_mask: bool = False, ctx: TensorContext | None = None,
 ) -> Tensor:  # fmt: skip
     """Model Breadcrumbs sparsification with TIES sign election."""
@@ -421,7 +421,7 @@ def _project_out(task: Tensor, merged: Tensor, alpha: float) -> Tensor:
 
 
 @merge_method("opcm", base="required", reference="https://arxiv.org/abs/2501.09522")
-def opcm(tensors: list[Tensor], base: Tensor | None, *, alpha: float = 0.5) -> Tensor:
+def opcm(tensors: list[Tensor], base: Tensor | None, *, alpha: Unit = 0.5) -> Tensor:
     """Sequential orthogonal-projection merging ("Merging Models on the Fly", Tang et al. 2025).
 
     Models are merged one at a time in the given order. For matrices (2-D and up, flattened to

@@ -9,6 +9,9 @@ A merge method is a plain function::
 * ``base``: the base model's tensor for that name, or ``None``,
 * keyword-only parameters: the method's typed configuration. Their annotations and defaults *are*
   the config schema (:meth:`MergeMethod.resolve` checks and converts values against them).
+  Every number must be finite; a valid range is declared in the annotation with
+  ``Annotated[float, Range(...)]`` or the aliases :data:`Fraction` (0, 1], :data:`Unit` [0, 1],
+  :data:`Positive` (0, inf) and :data:`NonNegative` [0, inf), e.g. ``density: list[Fraction]``.
   Names listed in ``per_model`` take one value per model (``weight``, ``density``, ...); a scalar
   given for them is broadcast. A parameter named ``ctx`` receives a :class:`TensorContext`
   (tensor name and a per-tensor seed) and is not configuration.
@@ -20,20 +23,26 @@ unknown name raises :class:`~zoo.errors.ConfigError` listing the valid ones.
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from torch import Tensor
 
 from zoo.errors import ConfigError, DuplicateError, MismatchError
 
 __all__ = [
+    "Fraction",
     "MergeMethod",
+    "NonNegative",
     "ParamSpec",
+    "Positive",
+    "Range",
+    "Unit",
     "TensorContext",
     "get_method",
     "list_methods",
@@ -67,6 +76,64 @@ class TensorContext:
 
 
 @dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric parameter: ``lo`` .. ``hi`` (``None``: unbounded), each end
+    open or closed. Any numeric parameter must also be finite, with or without a range."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
+
+    def __str__(self) -> str:
+        if self.lo is None and self.hi is None:
+            return "a finite number"
+        left = "-inf" if self.lo is None else f"{self.lo:g}"
+        right = "inf" if self.hi is None else f"{self.hi:g}"
+        lb = "(" if self.lo is None or self.lo_open else "["
+        rb = ")" if self.hi is None or self.hi_open else "]"
+        return f"{lb}{left}, {right}{rb}"
+
+
+#: any finite number (the range of a plain ``float`` or ``int`` parameter)
+FINITE = Range()
+#: a fraction that keeps something: 0 < x <= 1 (densities)
+Fraction = Annotated[float, Range(0, 1, lo_open=True)]
+#: 0 <= x <= 1 (interpolation factors, shares)
+Unit = Annotated[float, Range(0, 1)]
+#: x > 0, finite (temperatures)
+Positive = Annotated[float, Range(0, None, lo_open=True)]
+#: x >= 0, finite (tolerances)
+NonNegative = Annotated[float, Range(0, None)]
+
+
+def _split_annotated(tp: Any) -> tuple[Any, Range | None]:
+    """``Annotated[float, Range(...)]`` -> ``(float, Range(...))``; other types -> ``(tp, None)``."""
+    if get_origin(tp) is Annotated:
+        base, *meta = get_args(tp)
+        return base, next((m for m in meta if isinstance(m, Range)), None)
+    return tp, None
+
+
+def check_number(value: Any, rng: Range | None, what: str) -> Any:
+    """``value`` itself when it is not a number, or a finite number in ``rng``; else :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    rng = rng or FINITE
+    if not rng.contains(float(value)):
+        raise ConfigError(f"{what} must be {'in ' if rng is not FINITE else ''}{rng}, got {value!r}; "
+                          "give a value in that range")  # fmt: skip
+    return value
+
+
+@dataclass(frozen=True)
 class ParamSpec:
     """One typed configuration parameter of a method (read from the function's signature)."""
 
@@ -76,6 +143,8 @@ class ParamSpec:
     per_model: bool = False
     #: the function's argument name (``lambda_`` for the config name ``lambda``)
     arg: str = ""
+    #: valid values of a numeric parameter (``None``: any finite number)
+    range: Range | None = None
 
     @property
     def required(self) -> bool:
@@ -84,11 +153,13 @@ class ParamSpec:
     def describe(self) -> str:
         t = _type_name(self.type)
         d = "required" if self.required else f"default {self.default!r}"
-        return f"{self.name}: {t}{' per model' if self.per_model else ''} ({d})"
+        r = f" in {self.range}" if self.range is not None else ""
+        return f"{self.name}: {t}{' per model' if self.per_model else ''}{r} ({d})"
 
     def convert(self, value: Any, method: str) -> Any:
-        """``value`` checked and converted to this parameter's type."""
-        return _convert(value, self.type, f"{method}: parameter {self.name!r}")
+        """``value`` checked and converted to this parameter's type; numbers must be finite and in range."""
+        what = f"{method}: parameter {self.name!r}"
+        return check_number(_convert(value, self.type, what), self.range, what)
 
 
 @dataclass(frozen=True)
@@ -126,12 +197,17 @@ class MergeMethod:
         n_models: int,
         parameters: Mapping[str, Any] | None = None,
         model_parameters: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        require: bool = True,
     ) -> dict[str, Any]:
         """The full, typed parameter set for ``n_models`` models.
 
         ``parameters`` are global (a per-model parameter given here applies to every model unless
         the model sets its own); ``model_parameters[i]`` are model ``i``'s own. Unknown names,
-        missing required values and wrong types raise :class:`ConfigError`.
+        missing required values, wrong types, non-finite numbers and numbers outside a
+        parameter's range raise :class:`ConfigError`. ``require=False`` skips missing required
+        values (a check of what was given, before the inputs that may supply them are opened);
+        their entries are then left out.
         """
         parameters = dict(parameters or {})
         model_parameters = list(model_parameters or [None] * n_models)
@@ -159,10 +235,13 @@ class MergeMethod:
                             v = v[i]
                     elif not p.required:
                         v = p.default
+                    elif not require:
+                        continue
                     else:
                         raise ConfigError(f"{self.name}: model {i} needs parameter {p.name!r} (give it per model or globally)")
                     vals.append(p.convert(v, self.name))
-                out[p.name] = vals
+                if len(vals) == n_models:
+                    out[p.name] = vals
             else:
                 bad = [i for i, m in enumerate(model_parameters) if m and p.name in m]
                 if bad:
@@ -171,8 +250,10 @@ class MergeMethod:
                     )
                 if p.name in parameters:
                     out[p.name] = p.convert(parameters[p.name], self.name)
-                elif p.required:
+                elif p.required and require:
                     raise ConfigError(f"{self.name}: parameter {p.name!r} is required")
+                elif p.required:
+                    continue
                 else:
                     out[p.name] = p.default
         return out
@@ -252,7 +333,7 @@ def merge_method(
 
     def decorator(fn: MergeFn) -> MergeMethod:
         sig = inspect.signature(fn)
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
         params, takes_ctx = [], False
         for p in list(sig.parameters.values())[2:]:
             if p.name == "ctx":
@@ -263,8 +344,15 @@ def merge_method(
             tp = hints.get(p.name, Any)
             if p.name in per_model:
                 tp = get_args(tp)[0] if get_origin(tp) in (list, Sequence) else tp
+            tp, rng = _split_annotated(tp)
             cfg_name = p.name[:-1] if p.name.endswith("_") else p.name
-            params.append(ParamSpec(cfg_name, tp, p.default, p.name in per_model, arg=p.name))
+            spec = ParamSpec(cfg_name, tp, p.default, p.name in per_model, arg=p.name, range=rng)
+            if not spec.required and spec.default is not None:
+                try:
+                    spec.convert(spec.default, name)
+                except ConfigError as e:
+                    raise TypeError(f"merge method {name}: the default of {cfg_name!r} is invalid: {e}") from None
+            params.append(spec)
         missing = set(per_model) - {p.name for p in params}
         if missing:
             raise TypeError(f"merge method {name}: per_model names {sorted(missing)} are not parameters")

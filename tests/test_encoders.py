@@ -234,3 +234,26 @@ def test_np_refuses_non_chains() -> None:
         NPEncoder(epochs=1).fit(X, np.arange(4.0), spec=spec_for(cfg))
     with pytest.raises(ConfigError, match="probes"):
         NPEncoder(epochs=1, probes=-1).fit(population(CFGS["mlp1"], 4), np.arange(4.0), arch=CFGS["mlp1"])
+
+
+def test_encoder_save_goes_through_the_output_guard(tmp_path) -> None:
+    from zoo import Zoo
+    from zoo.errors import DuplicateError, OutputPathError
+
+    X = population(CFGS["mlp1"], 12)
+    enc = fast("np").fit(X, targets(X, "regression"))
+    with Zoo.open(tmp_path / "zoo") as z:
+        root = z.root
+    with pytest.raises(OutputPathError):
+        enc.save(root / "enc")  # never inside a zoo
+    assert not (root / "enc").exists()
+    out = enc.save(tmp_path / "enc")
+    assert (out / "config.json").is_file() and (out / ".weightzoo-output").is_file()
+    with pytest.raises(DuplicateError):
+        enc.save(out)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(OutputPathError):
+        enc.save(tmp_path / "mine", overwrite=True)  # not a folder weightzoo wrote
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    np.testing.assert_allclose(load_encoder(enc.save(out, overwrite=True)).predict(X), enc.predict(X), rtol=1e-6)

@@ -69,7 +69,7 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
     out = res.to_dict()
     if args.save:
         with staged_output_dir(args.save, overwrite=args.overwrite, what="encoder folder", zoo_roots=[args.root]) as tmp:
-            res.encoder.save(tmp)
+            res.encoder.write_files(tmp)
         out["saved_to"] = str(args.save)
     if args.to_zoo:
         rec = store_encoder(z, res)

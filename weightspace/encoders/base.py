@@ -132,11 +132,23 @@ class Encoder:
     def _restore(self, state: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
         raise NotImplementedError
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``config.json`` (+ ``weights.safetensors``) into the folder ``path``."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the fitted encoder as a folder: ``config.json`` (+ ``weights.safetensors``).
+
+        The folder is written under a temporary name and renamed into place, through the guard every
+        weightzoo output goes through (:mod:`zoo.outpath`): never into a zoo, the home folder or the
+        current one; a non-empty folder only with ``overwrite=True``, and only one weightzoo wrote.
+        """
+        from zoo.outpath import staged_output_dir
+
         self._check_fitted()
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
+        with staged_output_dir(path, overwrite=overwrite, what="encoder folder") as tmp:
+            self.write_files(tmp)
+        return Path(path).expanduser()
+
+    def write_files(self, p: Path) -> None:
+        """Write the saved form into the existing folder ``p`` (what :meth:`save` stages)."""
+        self._check_fitted()
         state, tensors = self._fitted_state()
         doc = {"encoder": self.name, "params": self.get_params(), "state": state}
         tmp = p / "config.json.tmp"
@@ -144,7 +156,6 @@ class Encoder:
         if tensors:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(p / "weights.safetensors"))
         tmp.replace(p / "config.json")
-        return p
 
     def to_config(self) -> dict[str, Any]:
         """``{"encoder": name, "params": {...}}``: enough to rebuild an unfitted copy."""

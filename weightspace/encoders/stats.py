@@ -113,11 +113,10 @@ class StatsEncoder(Encoder):
                  "feat_std_": self.feat_std_.tolist(), **self._target_state()}
         return state, {}
 
-    def save(self, path: str | Path) -> Path:
+    def write_files(self, p: Path) -> None:
         """Also writes ``model.pkl`` (a scikit-learn pickle: :func:`load_encoder` needs ``trust_pickle=True``)."""
-        p = super().save(path)
+        super().write_files(p)
         (p / "model.pkl").write_bytes(pickle.dumps(self.model_))
-        return p
 
     def _restore(self, state: Mapping[str, Any], tensors: Mapping[str, Tensor], folder: Path | None = None,
                  trust_pickle: bool = False) -> None:  # fmt: skip

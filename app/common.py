@@ -160,6 +160,38 @@ def _sql(root: str, url: str | None, gen: int, query: str) -> pd.DataFrame:
     return _open(root, url).sql(query)
 
 
+#: Limits of the SQL box (stricter than the CLI's: the app is shared by every session, and its
+#: queries run one at a time on one connection). Override before `weightzoo app` with these variables.
+APP_SQL_MEMORY_ENV, APP_SQL_TIMEOUT_ENV = "WEIGHTZOO_APP_SQL_MEMORY", "WEIGHTZOO_APP_SQL_TIMEOUT"
+APP_SQL_MEMORY, APP_SQL_TIMEOUT = "1GB", 15.0
+
+
+def app_sql_limits() -> tuple[str, str | float]:
+    return (os.environ.get(APP_SQL_MEMORY_ENV) or APP_SQL_MEMORY, os.environ.get(APP_SQL_TIMEOUT_ENV) or APP_SQL_TIMEOUT)
+
+
+def user_sql(query: str) -> pd.DataFrame:
+    """The SQL box: ``Zoo.sql`` under the app's limits (1 GB, 15 s unless the environment says otherwise).
+
+    A query stopped by a limit raises a QueryError whose message says how to raise it for the app."""
+    from zoo.analytics import QueryLimitError
+
+    memory, timeout = app_sql_limits()
+    try:
+        return _user_sql(*zoo_location(), generation(), query, str(memory), str(timeout))
+    except QueryLimitError as e:
+        env = APP_SQL_MEMORY_ENV if e.limit == "memory" else APP_SQL_TIMEOUT_ENV
+        raise QueryLimitError(
+            f"{e}. In the explorer the limits are {memory} and {timeout} s: set {env} before `weightzoo app` to "
+            "change them", e.limit,
+        ) from None  # fmt: skip
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _user_sql(root: str, url: str | None, gen: int, query: str, memory: str, timeout: str) -> pd.DataFrame:
+    return _open(root, url).sql(query, memory_limit=memory, timeout=timeout)
+
+
 def populations() -> pd.DataFrame:
     """One row per population: name, architecture, family, models, logical and stored bytes, dedup."""
     return _populations(*zoo_location(), generation())

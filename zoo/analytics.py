@@ -13,13 +13,29 @@ name their Parquet files, which are read here with pyarrow (not by the query con
 its file access disabled), only for tables a query names, and cached by file (files are immutable).
 
 Only a single SELECT (or WITH ... SELECT) statement is accepted; anything else raises QueryError.
+
+Limits (see :func:`resolve_limits`): every query runs under a memory limit (DuckDB's
+``memory_limit``, no spilling to disk: ``temp_directory`` is empty and ``max_temp_directory_size``
+0), a thread count, and a statement timeout. A watchdog thread interrupts the connection
+(``con.interrupt()``) when the timeout passes or when the process's resident memory grows past the
+limit (memory DuckDB does not track, e.g. a result being converted to pandas). The handful of
+functions that build one huge value from a small input (``repeat``, ``lpad``, ``rpad``,
+``list_resize``, ``array_resize``, ``printf``, ``format``, scalar ``range``/``generate_series``) are
+shadowed by macros that refuse a single value over a cap derived from the memory limit, and
+qualified calls that would bypass them (``system.main.repeat``) are refused.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import shutil
+import sqlite3
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +43,7 @@ import duckdb
 import pandas as pd
 from sqlalchemy import text
 
-from zoo.errors import IntegrityError, QueryError
+from zoo.errors import ConfigError, IntegrityError, QueryError, StorageError
 from zoo.schema import TABLES
 
 if TYPE_CHECKING:
@@ -57,6 +73,233 @@ WIDE = {
 }
 
 
+# ------------------------------------------------------------------------------------ limits
+#: Defaults of ``Zoo.sql`` (and ``weightzoo query``); the explorer's SQL box uses stricter ones.
+DEFAULT_MEMORY = "25%"  # of physical RAM
+DEFAULT_TIMEOUT = 60.0  # seconds
+MEMORY_ENV, TIMEOUT_ENV, THREADS_ENV = "WEIGHTZOO_SQL_MEMORY", "WEIGHTZOO_SQL_TIMEOUT", "WEIGHTZOO_SQL_THREADS"
+_MIN_MEMORY = 32 * 2**20
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+class QueryLimitError(QueryError):
+    """A query stopped by a limit; ``limit`` is ``"memory"`` or ``"timeout"``."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+def physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 10**9
+
+
+def parse_memory(value: str | int | float, what: str = "memory limit") -> int:
+    """Bytes from ``2GB``, ``512MiB``, ``25%`` (of physical RAM) or a number of bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be a size like '2GB', '512MB' or '25%', not {value!r}")
+    if isinstance(value, (int, float)):
+        n = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(%|[a-zA-Z]*)\s*", str(value))
+        if m is None or (m.group(2) != "%" and m.group(2).lower() not in _UNITS):
+            raise ConfigError(f"{what} must be a size like '2GB', '512MB' or '25%' (of RAM), not {value!r}")
+        num, unit = float(m.group(1)), m.group(2).lower()
+        if unit == "%":
+            if not 0 < num <= 100:
+                raise ConfigError(f"{what} {value!r}: a percentage of RAM must be in (0, 100]")
+            n = physical_memory() * num / 100
+        else:
+            n = num * _UNITS[unit]
+    if not n >= _MIN_MEMORY or n != n:
+        raise ConfigError(f"{what} {value!r} is too small; give at least 32MB")
+    return int(n)
+
+
+def parse_timeout(value: str | int | float | None, what: str = "timeout") -> float | None:
+    """Seconds (> 0), or None for no timeout (given as 0, ``none`` or ``off``)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("0", "none", "off", "")):
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number of seconds (0 = none), not {value!r}") from None
+    if t != t or t < 0 or t == float("inf"):
+        raise ConfigError(f"{what} must be a finite number of seconds >= 0 (0 = none), not {value!r}")
+    return t or None
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int  # bytes
+    timeout: float | None  # seconds; None = none
+    threads: int
+
+    @property
+    def value_cap(self) -> int:
+        """Largest single value (bytes) the shadowed amplifying functions may build: a vector of
+        2,048 of them per thread stays within the memory limit."""
+        return max(2**20, self.memory // (2048 * self.threads))
+
+
+def resolve_limits(
+    memory_limit: str | int | None = None, timeout: float | str | None = None, threads: int | None = None,
+    zoo: Zoo | None = None,
+) -> Limits:  # fmt: skip
+    """Each limit from the first that is set: the argument, the zoo's ``sql_memory_limit`` /
+    ``sql_timeout`` / ``sql_threads``, the environment (``WEIGHTZOO_SQL_MEMORY``,
+    ``WEIGHTZOO_SQL_TIMEOUT``, ``WEIGHTZOO_SQL_THREADS``), the default (25% of RAM, 60 s, up to 4
+    threads). A timeout of 0 means none."""
+
+    def pick(arg: Any, attr: str, env: str) -> tuple[Any, str]:
+        if arg is not None:
+            return arg, "argument"
+        if zoo is not None and getattr(zoo, attr, None) is not None:
+            return getattr(zoo, attr), f"Zoo.{attr}"
+        if os.environ.get(env, "").strip():
+            return os.environ[env], env
+        return None, "default"
+
+    mem, src = pick(memory_limit, "sql_memory_limit", MEMORY_ENV)
+    memory = parse_memory(DEFAULT_MEMORY if mem is None else mem, f"SQL memory limit ({src})")
+    tmo, src = pick(timeout, "sql_timeout", TIMEOUT_ENV)
+    t = DEFAULT_TIMEOUT if tmo is None else parse_timeout(tmo, f"SQL timeout ({src})")
+    thr, src = pick(threads, "sql_threads", THREADS_ENV)
+    if thr is None:
+        n = min(4, os.cpu_count() or 1)
+    else:
+        try:
+            n = int(thr)
+        except (TypeError, ValueError):
+            raise ConfigError(f"SQL threads ({src}) must be a whole number >= 1, not {thr!r}") from None
+        if not 1 <= n <= 1024:
+            raise ConfigError(f"SQL threads ({src}) must be between 1 and 1024, not {thr!r}")
+    return Limits(memory, t, n)
+
+
+def fmt_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n}B"
+
+
+def _rss() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+#: Functions that can build one huge value from small arguments (found by calling every scalar
+#: function of duckdb_functions() with large integer / format-width arguments). Shadowed by macros.
+AMPLIFIERS = ("repeat", "lpad", "rpad", "list_resize", "array_resize", "printf", "format", "range", "generate_series")
+
+
+def _amplifier_macros(cap: int) -> list[str]:
+    n_cap = max(1, cap // 8)  # list elements (8-byte numbers)
+
+    def err(f: str) -> str:
+        return (f"error('{f}(): the result would exceed {fmt_size(cap)} in one value; the SQL memory limit "
+                "bounds a single value to 1/2048 of it per thread: raise memory_limit (Zoo.sql(..., memory_limit=), "
+                f"{MEMORY_ENV}, weightzoo query --memory-limit) or build smaller values')")  # fmt: skip
+
+    # a format string with a width/precision >= 1,000,000, a '*' width or a nested {} width
+    bad_fmt = r"regexp_matches(fmt, '[0-9]{7,}|%[-+ #0-9.]*\*|\{[^{}]*\{')"
+    fmt_args = ["fmt", *[f"a{i}" for i in range(1, 9)]]
+    bad_fmt = bad_fmt.replace("{", "{{").replace("}", "}}")  # the bodies go through str.format
+    fmt_over = ", ".join(
+        f"({', '.join(fmt_args[:k])}) as case when {bad_fmt} then {{err}} else system.main.{{f}}({', '.join(fmt_args[:k])}) end"
+        for k in range(1, len(fmt_args) + 1)
+    )
+    rng = (
+        f"(a) as case when try_cast(a as bigint) > {n_cap} then {{err}} else system.main.{{f}}(a) end, "
+        f"(a, b) as case when try_cast(b as bigint) - try_cast(a as bigint) > {n_cap} then {{err}} "
+        "else system.main.{f}(a, b) end, "
+        f"(a, b, c) as case when (try_cast(b as bigint) - try_cast(a as bigint)) / nullif(try_cast(c as bigint), 0) "
+        f"> {n_cap} then {{err}} else system.main.{{f}}(a, b, c) end"
+    )
+    resize = (
+        f"(l, n) as case when try_cast(n as bigint) > {n_cap} then {{err}} else system.main.{{f}}(l, n) end, "
+        f"(l, n, v) as case when try_cast(n as bigint) > {n_cap} then {{err}} else system.main.{{f}}(l, n, v) end"
+    )
+    pad = f"(s, n, p) as case when try_cast(n as bigint) > {cap} then {{err}} else system.main.{{f}}(s, n, p) end"
+    bodies = {
+        "repeat": f"(s, n) as case when try_cast(n as bigint) * greatest(strlen(cast(s as varchar)), 1) > {cap} "
+        "then {err} else system.main.{f}(s, n) end",
+        "lpad": pad, "rpad": pad, "list_resize": resize, "array_resize": resize, "printf": fmt_over,
+        "format": fmt_over, "range": rng, "generate_series": rng,
+    }  # fmt: skip
+    return [f"create macro {f} " + body.format(err=err(f), f=f) for f, body in bodies.items()]
+
+
+def _qualified_amplifiers(node: Any) -> set[str]:
+    """Names of shadowed functions called with a schema or catalog (bypassing the macros)."""
+    out: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            if n.get("class") == "FUNCTION" and str(n.get("function_name", "")).lower() in AMPLIFIERS:
+                if n.get("schema") or n.get("catalog"):
+                    out.add(str(n["function_name"]).lower())
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+    return out
+
+
+_parser_lock = threading.Lock()
+_parser: duckdb.DuckDBPyConnection | None = None
+
+
+def _parse_json(sql: str) -> Any:
+    global _parser
+    with _parser_lock:
+        if _parser is None:
+            _parser = duckdb.connect(config={"enable_external_access": False, "threads": 1})
+        return json.loads(_parser.execute("select json_serialize_sql(?)", [sql]).fetchone()[0])
+
+
+# ------------------------------------------------------------------------------------ disk errors
+_DISK_MARKERS = ("disk i/o error", "database or disk is full", "no space left", "disk is full", "read-only file system",
+                 "attempt to write a readonly database", "unable to open database file", "could not write")  # fmt: skip
+
+
+def is_disk_error(e: BaseException) -> bool:
+    """An error of SQLite, DuckDB or the OS that means the disk is full or cannot be written/read."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES):
+        return True
+    if isinstance(e, (sqlite3.OperationalError, duckdb.Error)) or type(e).__module__.startswith("sqlalchemy"):
+        low = str(e).lower()
+        return any(m in low for m in _DISK_MARKERS)
+    return False
+
+
+def storage_error(e: BaseException, folder: Path | str) -> StorageError:
+    """A StorageError naming the folder, saying whether its disk is full, and what to do."""
+    folder = Path(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+        space = f"{fmt_size(free)} free"
+    except OSError:
+        free, space = None, "free space unknown"
+    full = (free is not None and free < 64 * 2**20) or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+    what = "is full" if full else "cannot be read or written"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return StorageError(
+        f"the disk holding the zoo folder {folder} {what} ({space}; {first}). Free some space on it (or fix its "
+        "permissions) and retry: even read-only commands need a little room there, SQLite writes its WAL and "
+        "shared-memory files next to catalog.db when it opens the catalog"
+    )
+
+
 def _extension_dir() -> str | None:
     try:
         import duckdb_ext  # the namespace package shipped by duckdb-ext-sqlite / -postgres
@@ -81,6 +324,7 @@ class Analytics:
         self._derived: dict[str, tuple[list[str], list[list[str]]]] = {}  # name -> (files, column types)
         self._derived_done: set[str] = set()
         self._file_cache: dict[str, Any] = {}  # parquet file name -> Arrow table
+        self._con_limits: Limits | None = None  # the limits the query connection was made with
 
     def close(self) -> None:
         if self._query_con is not None:
@@ -133,10 +377,24 @@ class Analytics:
                 out[t] = pa.Table.from_pandas(pd.read_sql(text(f'select * from "{t}"'), c), preserve_index=False)
         return out
 
-    def _refresh(self) -> duckdb.DuckDBPyConnection:
+    def _refresh(self, limits: Limits) -> duckdb.DuckDBPyConnection:
+        try:
+            return self._refresh_tables(limits)
+        except (OSError, sqlite3.Error, duckdb.Error) as e:
+            if is_disk_error(e):
+                raise storage_error(e, self.zoo.root) from None
+            raise
+        except Exception as e:  # SQLAlchemy wraps the driver's errors
+            if is_disk_error(e) or is_disk_error(getattr(e, "orig", None) or e):
+                raise storage_error(e, self.zoo.root) from None
+            raise
+
+    def _refresh_tables(self, limits: Limits) -> duckdb.DuckDBPyConnection:
         gen = self.zoo.generation()
         if self._query_con is not None and gen == self._generation:
-            return self._query_con
+            if limits == self._con_limits:
+                return self._query_con
+            return self._connect(self._tables, gen, limits)
         # Every commit bumps the generation: tables loaded between two equal readings of it form
         # one consistent snapshot. Retry while writers commit in between.
         for _ in range(20):
@@ -148,16 +406,29 @@ class Analytics:
         else:
             tables = self._load_via_sqlalchemy(consistent=True)
             gen = self.zoo.generation()  # the lock was held while loading: this is the snapshot's
-        con = duckdb.connect()
+        return self._connect(tables, gen, limits)
+
+    def _connect(self, tables: dict[str, Any], gen: int, limits: Limits) -> duckdb.DuckDBPyConnection:
+        # No spilling: an in-memory database would otherwise write to ./.tmp, and a runaway query
+        # could fill the disk. The memory limit is the bound.
+        con = duckdb.connect(
+            config={
+                "memory_limit": f"{limits.memory}B", "threads": limits.threads, "temp_directory": "",
+                "max_temp_directory_size": "0B", "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+            }
+        )  # fmt: skip
         for name, tbl in tables.items():
             con.register(name, tbl)
         for name, sql in VIEWS.items():
             con.execute(f"create view {name} as {sql}")
+        for macro in _amplifier_macros(limits.value_cap):
+            con.execute(macro)
         con.execute("SET enable_external_access=false")
         con.execute("SET lock_configuration=true")
         if self._query_con is not None:
             self._query_con.close()
-        self._query_con, self._tables, self._generation = con, tables, gen
+        self._query_con, self._tables, self._generation, self._con_limits = con, tables, gen, limits
         self._wide_done: set[str] = set()
         self._derived = {
             r["name"]: (json.loads(r["files"]), json.loads(r["column_types"])) for r in tables["derived_tables"].to_pylist()
@@ -190,29 +461,38 @@ class Analytics:
             if name in low and name not in self._wide_done:
                 try:
                     con.execute(f"create table {name} as {body}")
+                except (duckdb.InterruptException, duckdb.OutOfMemoryException):
+                    raise
                 except duckdb.Error:  # nothing to pivot yet: an empty table
                     con.execute(f"create table {name} as select null::integer as model_id where false")
                 self._wide_done.add(name)
 
     # ------------------------------------------------------------------ query
-    def query(self, sql: str, *, arrow: bool = False) -> Any:
-        if not isinstance(sql, str) or not sql.strip():
-            raise QueryError("empty query; write a SELECT over models, metrics, hyperparameters, lineage, tags, ...")
+    def query(
+        self, sql: str, *, arrow: bool = False, memory_limit: str | int | None = None, timeout: float | str | None = None,
+        threads: int | None = None,
+    ) -> Any:  # fmt: skip
+        limits = resolve_limits(memory_limit, timeout, threads, self.zoo)
+        check_sql(sql)
+        # The lock serialises queries on the one connection. A query holds it at most for its
+        # timeout (the watchdog interrupts it); a waiter gives up after its own timeout.
+        wait = -1 if limits.timeout is None else limits.timeout
+        if not self._lock.acquire(timeout=wait):
+            raise QueryLimitError(
+                f"query not started: another query on this zoo handle kept it busy for the whole statement timeout "
+                f"({wait:g} s); retry (the other query is stopped by its own timeout), raise the timeout (Zoo.sql(..., "
+                f"timeout=SECONDS), {TIMEOUT_ENV}, --timeout), or open a second Zoo handle for concurrent queries",
+                "timeout",
+            )  # fmt: skip
         try:
-            stmts = duckdb.extract_statements(sql)
-        except duckdb.Error as e:
-            raise QueryError(f"invalid SQL: {_first_line(e)}") from None
-        if len(stmts) != 1:
-            raise QueryError(f"give exactly one statement (got {len(stmts)}); the query API is read-only")
-        if stmts[0].type != duckdb.StatementType.SELECT:
-            raise QueryError(
-                f"only SELECT queries are allowed (got {stmts[0].type.name}); the query API is read-only, "
-                "change the zoo through the Python API or the CLI"
-            )
-        with self._lock:
             for _ in range(5):
-                con = self._refresh()
-                self._ensure_wide(con, sql)
+                con = self._refresh(limits)
+                dog = _Watchdog(con, limits)
+                try:
+                    with dog:
+                        self._ensure_wide(con, sql)
+                except duckdb.Error as e:  # interrupted or out of memory while materialising a wide view
+                    raise self._error(e, dog, limits) from None
                 try:
                     self._ensure_derived(con, sql)
                     break
@@ -220,15 +500,126 @@ class Analytics:
                     self._generation = None
             else:
                 raise IntegrityError("a derived table's file is missing; run `weightzoo verify`")
+            dog = _Watchdog(con, limits)
             try:
-                rel = con.execute(sql)
-                return rel.fetch_arrow_table() if arrow else rel.fetchdf()
+                with dog:
+                    rel = con.execute(sql)
+                    return rel.fetch_arrow_table() if arrow else rel.fetchdf()
             except duckdb.Error as e:
-                derived = f"; derived tables: {', '.join(self._derived)}" if self._derived else ""
-                raise QueryError(
-                    f"query failed: {_first_line(e)}. Tables: {', '.join(TABLES)}; views: {', '.join([*VIEWS, *WIDE])}"
-                    f"{derived}"
-                ) from None
+                raise self._error(e, dog, limits) from None
+        finally:
+            self._lock.release()
+
+    def _error(self, e: duckdb.Error, dog: _Watchdog, limits: Limits) -> QueryError:
+        how_mem = (
+            "Raise it with Zoo.sql(..., memory_limit='4GB'), zoo.sql_memory_limit, the environment variable "
+            f"{MEMORY_ENV} or `weightzoo query --memory-limit 4GB` (sizes like 512MB, 4GB or 50%), or make the query "
+            "leaner (filter before joining, aggregate instead of string_agg over a cross join)"
+        )
+        if dog.reason == "timeout" or (isinstance(e, duckdb.InterruptException) and dog.reason is None):
+            return QueryLimitError(
+                f"query stopped after {dog.elapsed:.1f} s: it hit the statement timeout of {limits.timeout:g} s. "
+                f"Raise it with Zoo.sql(..., timeout=SECONDS), zoo.sql_timeout, the environment variable {TIMEOUT_ENV} "
+                "or `weightzoo query --timeout SECONDS` (0 = no timeout), or make the query cheaper (filter first, add "
+                "a LIMIT)", "timeout",
+            )  # fmt: skip
+        if dog.reason == "memory":
+            return QueryLimitError(
+                f"query stopped after {dog.elapsed:.1f} s: the process grew by more than the memory limit of "
+                f"{fmt_size(limits.memory)} while it ran. {how_mem}", "memory",
+            )  # fmt: skip
+        if isinstance(e, duckdb.OutOfMemoryException):
+            return QueryLimitError(
+                f"query stopped: it needs more than the memory limit of {fmt_size(limits.memory)} "
+                f"({_first_line(e)}). {how_mem}", "memory",
+            )  # fmt: skip
+        if "in one value; the SQL memory limit" in str(e):  # a shadowed amplifying function refused
+            return QueryLimitError(f"query stopped: {_first_line(e).split('Error: ', 1)[-1]}", "memory")
+        derived = f"; derived tables: {', '.join(self._derived)}" if self._derived else ""
+        return QueryError(
+            f"query failed: {_first_line(e)}. Tables: {', '.join(TABLES)}; views: {', '.join([*VIEWS, *WIDE])}"
+            f"{derived}"
+        )
+
+
+class _Watchdog:
+    """Interrupts ``con`` when the timeout passes or the process's RSS grows past the memory limit."""
+
+    POLL = 0.01
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, limits: Limits) -> None:
+        self.con, self.limits = con, limits
+        self.reason: str | None = None
+        self.elapsed = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Watchdog:
+        self._t0 = time.monotonic()
+        base = _rss()
+        # DuckDB keeps its tracked memory under the limit; this catches what it does not track
+        self._rss_cap = None if base is None else base + self.limits.memory + max(64 * 2**20, self.limits.memory // 4)
+        self._thread = threading.Thread(target=self._run, name="weightzoo-sql-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        deadline = None if self.limits.timeout is None else self._t0 + self.limits.timeout
+        while not self._stop.wait(self.POLL):
+            if deadline is not None and time.monotonic() >= deadline:
+                self.reason = "timeout"
+            elif self._rss_cap is not None and (r := _rss()) is not None and r > self._rss_cap:
+                self.reason = "memory"
+            if self.reason:
+                self.con.interrupt()
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.elapsed = time.monotonic() - self._t0
+
+
+def check_sql(sql: Any) -> None:
+    """The guard: one SELECT statement, no call bypassing the shadowed functions; QueryError otherwise."""
+    if not isinstance(sql, str) or not sql.strip():
+        raise QueryError("empty query; write a SELECT over models, metrics, hyperparameters, lineage, tags, ...")
+    try:
+        stmts = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise QueryError(f"invalid SQL: {_first_line(e)}") from None
+    except Exception as e:  # e.g. a string the parser cannot take (NUL, invalid surrogates)
+        raise QueryError(f"invalid SQL: {type(e).__name__}: {_first_line(e)}") from None
+    if not stmts:
+        raise QueryError("empty query (only comments or semicolons); write one SELECT")
+    types = [s.type for s in stmts]
+    if len(stmts) == 2 and types[1] == duckdb.StatementType.SELECT and types[0] == duckdb.StatementType.CREATE \
+            and re.search(r"\bpivot\b", sql, re.IGNORECASE):  # fmt: skip
+        raise QueryError(
+            "PIVOT without an explicit IN list is refused: DuckDB turns it into two statements (it first creates an "
+            "enum type of the distinct values, a catalog change), and the query API runs one read-only SELECT. "
+            "List the values (PIVOT metrics ON name IN ('acc', 'loss') USING first(value) GROUP BY model_id), or use "
+            "the views metrics_wide / hparams_wide"
+        )
+    if len(stmts) != 1:
+        raise QueryError(f"give exactly one statement (got {len(stmts)}); the query API is read-only")
+    if types[0] != duckdb.StatementType.SELECT:
+        raise QueryError(
+            f"only SELECT queries are allowed (got {types[0].name}); the query API is read-only, "
+            "change the zoo through the Python API or the CLI"
+        )
+    try:
+        tree = _parse_json(sql)
+    except (duckdb.Error, ValueError, TypeError) as e:
+        raise QueryError(f"invalid SQL: {_first_line(e)}") from None
+    if isinstance(tree, dict) and not tree.get("error"):
+        bad = _qualified_amplifiers(tree)
+        if bad:
+            raise QueryError(
+                f"call {', '.join(sorted(bad))}() without a schema or catalog prefix: the query API bounds the size "
+                "of the values these functions build, and a qualified name would bypass that"
+            )
 
 
 def _first_line(e: Exception) -> str:

@@ -164,7 +164,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     z = _open(args, create=False)
-    df = z.sql(args.sql)
+    df = z.sql(args.sql, memory_limit=args.memory_limit, timeout=args.timeout, threads=args.threads)
     if args.json:
         print(df.to_json(orient="records", default_handler=str))
     elif args.csv:
@@ -402,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("sql")
     s.add_argument("--csv", action="store_true", help="CSV output")
     s.add_argument("--limit", type=int, default=100, help="rows to print (table output)")
+    s.add_argument("--memory-limit", metavar="SIZE", help="stop the query past this much memory, e.g. 2GB, 512MB, "
+                   "50%% of RAM (default: $WEIGHTZOO_SQL_MEMORY, else 25%% of RAM)")  # fmt: skip
+    s.add_argument("--timeout", metavar="SECONDS", help="stop the query after this long, 0 = never "
+                   "(default: $WEIGHTZOO_SQL_TIMEOUT, else 60)")  # fmt: skip
+    s.add_argument("--threads", metavar="N", help="DuckDB threads (default: $WEIGHTZOO_SQL_THREADS, else up to 4)")
     s.set_defaults(func=cmd_query)
 
     s = sub.add_parser(

@@ -28,6 +28,17 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=60000")
             cur.close()
 
+        folder = Path(str(engine.url.database or ".")).parent
+
+        @event.listens_for(engine, "handle_error")
+        def _disk_errors(ctx):  # noqa: ANN001, ANN202
+            # "disk I/O error" / "database or disk is full" (reads too: SQLite writes its WAL and
+            # shared-memory files on open) -> a StorageError that names the folder and says what to do
+            from zoo.analytics import is_disk_error, storage_error
+
+            if is_disk_error(ctx.original_exception):
+                raise storage_error(ctx.original_exception, folder) from ctx.original_exception
+
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]

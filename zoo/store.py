@@ -119,6 +119,12 @@ class Zoo:
             migrate(engine)
         except Exception as e:
             engine.dispose()
+            from zoo.analytics import is_disk_error, storage_error
+
+            if isinstance(e, ZooError) and isinstance(e, OSError):  # a StorageError: disk full / unwritable
+                raise
+            if is_disk_error(e):  # e.g. the migration lock file on a full disk
+                raise storage_error(e, root) from e
             raise ZooError(f"cannot open the catalog at {url}: {e}") from e
         return cls(root, engine, url)
 
@@ -726,7 +732,16 @@ class Zoo:
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------ SQL
-    def sql(self, query: str, *, arrow: bool = False) -> pd.DataFrame:
+    #: Zoo-level defaults of :meth:`sql`'s limits (None: ``$WEIGHTZOO_SQL_MEMORY`` /
+    #: ``$WEIGHTZOO_SQL_TIMEOUT`` / ``$WEIGHTZOO_SQL_THREADS``, else 25% of RAM, 60 s, up to 4 threads).
+    sql_memory_limit: str | int | None = None
+    sql_timeout: float | None = None
+    sql_threads: int | None = None
+
+    def sql(
+        self, query: str, *, arrow: bool = False, memory_limit: str | int | None = None, timeout: float | None = None,
+        threads: int | None = None,
+    ) -> pd.DataFrame:  # fmt: skip
         """Run a read-only SQL query (DuckDB) over the live catalog; pandas out (Arrow with ``arrow=True``).
 
         Tables: models, populations, architectures, metrics, hyperparameters, lineage, tags,
@@ -734,12 +749,18 @@ class Zoo:
         :meth:`write_table`). Views: ``model_overview`` (one row per model with population and
         architecture), ``metrics_wide``, ``hparams_wide``. Anything but a single SELECT is refused
         with :class:`~zoo.errors.QueryError`.
+
+        Limits: ``memory_limit`` (``"2GB"``, ``"512MB"``, ``"25%"`` of RAM, or bytes), ``timeout``
+        (seconds, 0 = none) and ``threads``; each unset one comes from the zoo's
+        ``sql_memory_limit`` / ``sql_timeout`` / ``sql_threads``, then the environment, then the
+        default (25% of RAM, 60 s, up to 4 threads). A query over a limit is stopped with a
+        :class:`~zoo.analytics.QueryLimitError` (a QueryError) naming the limit.
         """
         from zoo.analytics import Analytics
 
         if self._analytics is None:
             self._analytics = Analytics(self)
-        return self._analytics.query(query, arrow=arrow)
+        return self._analytics.query(query, arrow=arrow, memory_limit=memory_limit, timeout=timeout, threads=threads)
 
     # ------------------------------------------------------------------------------ derived tables
     def write_table(

@@ -113,7 +113,7 @@ with tab_sql:
     q = st.session_state.get("sql_last")
     if q:
         try:
-            res = C.sql(q)
+            res = C.user_sql(q)
         except QueryError as e:
             st.error(str(e))
         else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--url", help="SQLAlchemy URL of the catalog (default: SQLite in the root), e.g. postgresql://u@host/db")
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error (also WEIGHTZOO_DEBUG=1)")
 
     p = argparse.ArgumentParser(
         prog="weightzoo",
@@ -497,16 +499,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(msg: object) -> str:
+    """An error message as one printable line: newlines joined, control/bidi/invisible characters escaped."""
+    text = " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _debug_wanted(argv: Sequence[str]) -> bool:
+    return "--debug" in argv or os.environ.get("WEIGHTZOO_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every error a user can cause prints one line ``weightzoo CMD: error: ...`` and exits 2.
+
+    ``--debug`` (or ``WEIGHTZOO_DEBUG=1``) re-raises instead, showing the full traceback.
+    """
+    from zoo.names import encodable
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_wanted(argv)
+    for i, a in enumerate(argv, 1):
+        if isinstance(a, str) and not encodable(a):
+            print(f"weightzoo: error: argument {i} ({ascii(a)}) is not valid UTF-8 text; names, paths and queries "
+                  "must be UTF-8 (check the terminal's locale or rename the file)", file=sys.stderr)  # fmt: skip
+            return 2
     args = build_parser().parse_args(argv)
+    cmd = f"weightzoo {args.command}"
     try:
         return int(args.func(args) or 0)
-    except ZooError as e:
-        print(f"weightzoo {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"weightzoo {args.command}: interrupted; the store is consistent (writes are atomic)", file=sys.stderr)
+        print(f"{cmd}: interrupted; the store is consistent (writes are atomic)", file=sys.stderr)
         return 130
+    except ZooError as e:
+        if debug:
+            raise
+        print(f"{cmd}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        if debug:
+            raise
+        print(f"{cmd}: error: the input is nested too deeply to process (a JSON or YAML config with "
+              "thousands of levels?); flatten it. Run with --debug for the traceback", file=sys.stderr)  # fmt: skip
+        return 2
+    except UnicodeError as e:
+        if debug:
+            raise
+        print(f"{cmd}: error: text that is not valid UTF-8 ({_one_line(e)}); names, paths and files read as "
+              "text must be UTF-8. Run with --debug for the traceback", file=sys.stderr)  # fmt: skip
+        return 2
+    except OSError as e:
+        if debug:
+            raise
+        name = _one_line(e.filename) if getattr(e, "filename", None) else ""
+        where = f": {name[:200]}..." if len(name) > 200 else f": {name}" if name else ""
+        print(f"{cmd}: error: {_one_line(e.strerror or e)}{where}; check the path, its permissions and the free "
+              "disk space. Run with --debug for the traceback", file=sys.stderr)  # fmt: skip
+        return 2
 
 
 if __name__ == "__main__":

@@ -50,6 +50,24 @@ class BlobLocation:
     shape: tuple[int, ...]
 
 
+#: the named steps of the write path, in order (see :func:`_fault_hook`)
+WRITE_STEPS: tuple[str, ...] = (
+    "pack.temp_written",  # the pack's bytes are in packs/.tmp/<id>.safetensors.part (flushed, not fsynced)
+    "pack.fsynced",  # the temp file is fsynced and closed
+    "pack.renamed",  # renamed to packs/<id>.safetensors and the folder fsynced; not in the catalog yet
+    "catalog.before_commit",  # every catalog row is inserted; the transaction is not committed
+    "catalog.committed",  # the transaction is committed; add_many has not returned yet
+)
+
+
+def _fault_hook(step: str) -> None:
+    """A no-op called at each step of the write path (:data:`WRITE_STEPS`).
+
+    A test seam: fault-injection tests replace it (``zoo.packs._fault_hook = ...``) to raise or to
+    ``os._exit`` at one step, so a crash at each step is tested deterministically, not by timing.
+    """
+
+
 def new_pack_id() -> str:
     """A fresh, sortable, collision-free pack id (UTC time + random suffix)."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:12]
@@ -116,6 +134,7 @@ class PackStore:
         hbytes = json.dumps(header, separators=(",", ":")).encode()
         hbytes += b" " * (-len(hbytes) % 8)
         base = 8 + len(hbytes)
+        renamed = False
         try:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
@@ -124,15 +143,23 @@ class PackStore:
                 for _tid, t in items:
                     f.write(tensor_bytes(t))
                 f.flush()
+                _fault_hook("pack.temp_written")
                 os.fsync(f.fileno())
+            _fault_hook("pack.fsynced")
             os.replace(tmp, final)
+            renamed = True
             fsync_dir(self.dir)
-        except OSError as e:
+            _fault_hook("pack.renamed")
+        except BaseException as e:  # disk full, Ctrl-C, ...: leave no file behind (the pack is not in the catalog)
             tmp.unlink(missing_ok=True)
-            raise StorageError(
-                f"cannot write pack {pack_id} in {self.dir}: {e.strerror or e}. "
-                "Check free disk space and write permission on the zoo root; the store is unchanged."
-            ) from e
+            if renamed:
+                final.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise StorageError(
+                    f"cannot write pack {pack_id} in {self.dir}: {e.strerror or e}. "
+                    "Check free disk space and write permission on the zoo root; the store is unchanged."
+                ) from e
+            raise
         locs = {
             tid: BlobLocation(pack_id, base + header[tid]["data_offsets"][0], n, header[tid]["dtype"], tuple(t.shape))
             for (tid, t), n in zip(items, sizes, strict=True)
@@ -242,9 +269,15 @@ class PackStore:
                 raise CorruptFileError(f"pack {p} is truncated (header of {n} bytes in a file of {size})")
             try:
                 header = json.loads(f.read(n))
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 raise CorruptFileError(f"pack {p} has a corrupt header: {e}") from e
+        if not isinstance(header, dict):
+            raise CorruptFileError(f"pack {p} has a corrupt header: a JSON {type(header).__name__}, not an object")
         header.pop("__metadata__", None)
+        for tid, entry in header.items():
+            offs = entry.get("data_offsets") if isinstance(entry, dict) else None
+            if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int and 0 <= o <= size for o in offs)):
+                raise CorruptFileError(f"pack {p} has a corrupt header entry for {tid[:16]!r}: {str(entry)[:80]}")
         return header, 8 + n
 
 

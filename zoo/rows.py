@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 from zoo import architectures as archs
 from zoo.errors import ConfigError
 from zoo.hashing import dtype_name
+from zoo.names import check_name
 from zoo.packs import BlobLocation
 
 _SPLITS = ("train", "val", "test")
@@ -49,9 +49,6 @@ def _json(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=str)
 
 
-_NAME_RE = re.compile(r"^[^\x00-\x1f]{1,300}$")
-
-
 def _input_desc(cfg: Mapping[str, Any]) -> str:
     if cfg.get("family") == "mlp":
         return f"[{cfg.get('in_features')}] features"
@@ -59,17 +56,12 @@ def _input_desc(cfg: Mapping[str, Any]) -> str:
 
 
 def _check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name.strip() != name or name.isdigit():
-        raise ConfigError(
-            f"invalid {what} name {name!r}: use 1-300 printable characters, no leading/trailing spaces, not all digits"
-        )
-    return name
+    """A population or model name: a valid name (zoo.names) that is not all digits (it would read as an id)."""
+    return check_name(name, what, allow_digits=False)
 
 
 def _check_tag(tag: str) -> str:
-    if not isinstance(tag, str) or not tag or len(tag) > 200 or not _NAME_RE.match(tag):
-        raise ConfigError(f"invalid tag {tag!r}: use 1-200 printable characters")
-    return tag
+    return check_name(tag, "tag", max_len=200)
 
 
 def _blob_row(tid: str, t: torch.Tensor, loc: BlobLocation) -> dict[str, Any]:
@@ -92,8 +84,7 @@ def _finite(x: torch.Tensor) -> float | None:
 
 
 def _hparam_row(mid: int, name: str, value: Any) -> dict[str, Any]:
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"hyperparameter names must be non-empty strings, got {name!r}")
+    check_name(name, "hyperparameter")
     try:
         text = json.dumps(value, sort_keys=True)
     except TypeError as e:
@@ -108,6 +99,15 @@ def _hparam_row(mid: int, name: str, value: Any) -> dict[str, Any]:
 def _metric_rows(mid: int, metrics: Any, step: int | None) -> list[dict[str, Any]]:
     if not metrics:
         return []
+    rows = _metric_rows_unchecked(mid, metrics, step)
+    for r in rows:
+        check_name(r["name"], "metric")
+        if r["split"]:
+            check_name(r["split"], "metric split")
+    return rows
+
+
+def _metric_rows_unchecked(mid: int, metrics: Any, step: int | None) -> list[dict[str, Any]]:
     rows = []
     if isinstance(metrics, Mapping):
         for k, v in metrics.items():

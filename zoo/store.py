@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from tqdm.auto import tqdm
 
 from zoo import architectures as archs
+from zoo import packs as packs_mod
 from zoo import schema as S
 from zoo.db import make_engine, migrate
 from zoo.errors import (
@@ -42,6 +43,7 @@ from zoo.errors import (
     ZooError,
 )
 from zoo.hashing import tensor_id
+from zoo.names import check_name, encodable, safe_repr
 from zoo.packs import BlobLocation, PackStore
 from zoo.records import ArchitectureInfo, Edge, ModelRecord, NewModel, PopulationInfo, TableInfo
 from zoo.rows import (
@@ -169,6 +171,8 @@ class Zoo:
 
     def register_architecture(self, config: Mapping[str, Any], name: str | None = None) -> ArchitectureInfo:
         """Store an architecture config (idempotent: the same config returns the existing row)."""
+        if name is not None:
+            check_name(name, "architecture", allow_digits=False)
         cfg = archs.normalize_config(config)
         with self.engine.begin() as conn:
             self._bump(conn)
@@ -177,6 +181,8 @@ class Zoo:
 
     def architecture(self, key: int | str) -> ArchitectureInfo:
         """An architecture by id or name."""
+        if isinstance(key, str) and not encodable(key):
+            raise NotFoundError(f"no architecture {safe_repr(key)}: the name is not valid UTF-8 text")
         col = S.Architecture.id if isinstance(key, int) else S.Architecture.name
         with self.engine.connect() as c:
             row = c.execute(select(S.Architecture).where(col == key)).first()
@@ -297,10 +303,12 @@ class Zoo:
             with self.engine.begin() as conn:
                 self._bump(conn)
                 self._commit(conn, prepared, written)
+                packs_mod._fault_hook("catalog.before_commit")
         except BaseException:
             for pack_id in written:
                 self.packs.delete(pack_id)
             raise
+        packs_mod._fault_hook("catalog.committed")
         return self._records(None, [p.model_id for p in prepared])
 
     def _prepare(self, conn: Connection, it: NewModel, pops: dict[str, tuple[int, int | None]]) -> _Prepared:
@@ -308,8 +316,7 @@ class Zoo:
             raise MismatchError("a model needs a non-empty state dict {name: tensor}")
         tensors: dict[str, torch.Tensor] = {}
         for k, v in it.state_dict.items():
-            if not isinstance(k, str) or not k:
-                raise MismatchError(f"tensor names must be non-empty strings, got {k!r}")
+            check_name(k, "tensor", max_len=1000)
             if not isinstance(v, torch.Tensor):
                 raise MismatchError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
             if v.is_sparse or v.layout != torch.strided:
@@ -352,8 +359,12 @@ class Zoo:
             p.params_json = json.dumps(dict(it.params or {}), sort_keys=True)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"params must be JSON-able: {e}") from None
-        if not isinstance(it.op, str) or not it.op:
-            raise ConfigError(f"op must be a non-empty string, got {it.op!r}")
+        check_name(it.op, "lineage op", max_len=200)
+        if it.run is not None:
+            check_name(it.run, "run")
+        par = it.parents
+        for role in (par.values() if isinstance(par, Mapping) else ()):
+            check_name(role, "lineage role", max_len=200)
         p.names = list(tensors)
         p.tensors = tensors
         p.ids = [tensor_id(t) for t in tensors.values()]
@@ -470,6 +481,8 @@ class Zoo:
     def _model_id(self, conn: Connection, key: int | str) -> int:
         if isinstance(key, ModelRecord):
             key = key.id
+        if isinstance(key, str) and not encodable(key):
+            raise NotFoundError(f"no model {safe_repr(key)}: the name is not valid UTF-8 text")
         if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
             mid = conn.execute(select(S.Model.id).where(S.Model.id == int(key))).scalar()
         else:

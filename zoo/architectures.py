@@ -69,6 +69,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.errors import ConfigError, DuplicateError, MismatchError
+from zoo.jsonlimits import check_config
 
 RAW_FAMILY = "raw"
 
@@ -188,8 +189,10 @@ def normalize_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The canonical form of a config: defaults filled in, values validated and typed.
 
     Raises :class:`ConfigError` for an unknown family (listing the valid ones), an unknown key
-    (listing the valid keys) or a bad value.
+    (listing the valid keys), a bad value, or a config over the size/depth bounds of
+    :mod:`zoo.jsonlimits` (the one guard for every config the catalog stores).
     """
+    check_config(config)
     family = _family(config)
     if family == RAW_FAMILY:
         try:

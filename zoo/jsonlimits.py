@@ -54,10 +54,12 @@ def _size(n: int) -> str:
 
 
 def _too_big(what: str, n: int, limit: int) -> ConfigError:
+    if limit != MAX_CONFIG_BYTES:  # not a stored config (a shard index, a signature)
+        return ConfigError(f"{what} is {_size(n)}, over the limit of {_size(limit)}; refused")
     return ConfigError(
-        f"{what} is {_size(n)}, over the limit of {_size(limit)} (zoo.jsonlimits.MAX_CONFIG_BYTES for "
-        "configs); a config is stored whole in the catalog. Remove the bulky entries (embedded data, "
-        "vocabularies, weights) and keep only the architecture's settings"
+        f"{what} is {_size(n)}, over the limit of {_size(limit)} for configs (zoo.jsonlimits.MAX_CONFIG_BYTES); "
+        "it would be stored whole in the catalog and slow every query. Remove the bulky entries (embedded "
+        "data, vocabularies, weights) and keep only the architecture's settings"
     )
 
 
@@ -175,7 +177,8 @@ def check_config(config: Any, what: str = "architecture config") -> None:
     The user's part of the config (every key of a buildable config; ``hf_config`` and any extra keys
     of a ``raw`` one) must fit :data:`MAX_CONFIG_BYTES`. The ``tensors`` signature of a ``raw`` config,
     one entry per tensor, is allowed :data:`SIGNATURE_BYTES_PER_TENSOR` bytes per entry on top, so a
-    model with many tensors is never refused for its own size. Depth is bounded throughout.
+    model with many tensors is never refused for its own size. Depth is bounded throughout (a raw
+    config's ``hf_config`` may nest as deep as a ``config.json`` may: the wrapper's level is free).
     """
     if (
         isinstance(config, Mapping)
@@ -185,5 +188,8 @@ def check_config(config: Any, what: str = "architecture config") -> None:
         sig = config["tensors"]
         check_value(sig, f"the tensor signature of the {what}", default=str,
                     max_bytes=MAX_CONFIG_BYTES + SIGNATURE_BYTES_PER_TENSOR * len(sig))  # fmt: skip
-        config = {k: v for k, v in config.items() if k != "tensors"}
+        # the raw wrapper ({"family": "raw", "hf_config": {...}}) adds one level to the user's config
+        rest = {k: v for k, v in config.items() if k != "tensors"}
+        check_value(rest, what, default=str, max_depth=MAX_CONFIG_DEPTH + 1)
+        return
     check_value(config, what, default=str)

@@ -12,6 +12,7 @@ import torch
 from zoo import architectures as archs
 from zoo.errors import ConfigError
 from zoo.hashing import dtype_name
+from zoo.jsonlimits import check_value
 from zoo.names import check_name
 from zoo.packs import BlobLocation
 
@@ -85,10 +86,7 @@ def _finite(x: torch.Tensor) -> float | None:
 
 def _hparam_row(mid: int, name: str, value: Any) -> dict[str, Any]:
     check_name(name, "hyperparameter")
-    try:
-        text = json.dumps(value, sort_keys=True)
-    except TypeError as e:
-        raise ConfigError(f"hyperparameter {name!r} is not JSON-able: {e}") from None
+    text = check_value(value, f"hyperparameter {name!r}")  # JSON-able, bounded in size and depth
     num = float(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) else None
     if isinstance(value, bool):
         num = float(value)

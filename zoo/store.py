@@ -43,6 +43,7 @@ from zoo.errors import (
     ZooError,
 )
 from zoo.hashing import tensor_id
+from zoo.jsonlimits import check_value
 from zoo.names import check_name, encodable, safe_repr
 from zoo.packs import BlobLocation, PackStore
 from zoo.records import ArchitectureInfo, Edge, ModelRecord, NewModel, PopulationInfo, TableInfo
@@ -355,10 +356,9 @@ class Zoo:
         if isinstance(it.tags, str):
             raise ConfigError(f"tags must be a list of strings, not the string {it.tags!r}")
         p.tag_list = [_check_tag(t) for t in dict.fromkeys(it.tags)]
-        try:
-            p.params_json = json.dumps(dict(it.params or {}), sort_keys=True)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"params must be JSON-able: {e}") from None
+        if not isinstance(it.params or {}, Mapping):
+            raise ConfigError(f"params must be a mapping {{name: value}}, got {type(it.params).__name__}")
+        p.params_json = check_value(dict(it.params or {}), "params")  # JSON-able, bounded in size and depth
         check_name(it.op, "lineage op", max_len=200)
         if it.run is not None:
             check_name(it.run, "run")

@@ -31,7 +31,7 @@ def test_registry_lists_every_method_of_the_brief():
 
 
 def test_unknown_method_lists_valid_names():
-    with pytest.raises(ConfigError, match="valid methods: .*ties"):
+    with pytest.raises(ConfigError, match="unknown merge method .*; valid merge methods: .*ties"):
         get_method("tiez")
 
 

@@ -192,7 +192,7 @@ def test_existing_output_refused_unless_overwrite(tmp_path):
 def test_config_errors(zoo):
     with pytest.raises(ConfigError, match="needs a base"):
         merge({"merge_method": "ties", "models": ["a", "b"]}, out_dir="/nonexistent/x")
-    with pytest.raises(ConfigError, match="valid methods"):
+    with pytest.raises(ConfigError, match="valid merge methods"):
         merge({"merge_method": "frankenmerge", "models": ["a"]}, out_dir="/nonexistent/x")
     with pytest.raises(ConfigError, match="slices"):
         MergeConfig.from_dict({"merge_method": "linear", "slices": []})

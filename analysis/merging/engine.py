@@ -37,7 +37,8 @@ from zoo.progress import progress_bar
 __all__ = ["MergeResult", "check_config", "merge", "merge_state_dicts"]
 
 EVALUABLE_FAMILIES = ("mlp", "cnn", "resnet")
-LOSS_METRICS = (("loss", "val"), ("loss", "test"), ("loss", "train"), ("loss", ""))
+#: where a ``from_metrics`` parameter is read from, in order: the first split that has the metric
+METRIC_SPLITS = ("val", "test", "train", "")
 
 
 @dataclass
@@ -156,7 +157,7 @@ def merge(
         for ref in cfg.models:
             sources.append(open_source(ref.model, zoo=zoo, offline=offline))
             opened.append(sources[-1])
-        model_params = [_model_params(method, ref, src, zoo) for ref, src in zip(cfg.models, sources, strict=True)]
+        model_params = [_model_params(method, ref, src, zoo, cfg.parameters) for ref, src in zip(cfg.models, sources, strict=True)]
         resolved = method.resolve(len(sources), cfg.parameters, model_params)
         plan = _plan(method.name, sources, base_src, out_dtype)
         ref_src = base_src or sources[0]
@@ -334,17 +335,23 @@ def _plan(method: str, sources: list[TensorSource], base: TensorSource | None, o
     }
 
 
-def _model_params(method: MergeMethod, ref: ModelRef, src: TensorSource, zoo: Any) -> dict[str, Any]:
+def _model_params(method: MergeMethod, ref: ModelRef, src: TensorSource, zoo: Any, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Model ``ref``'s own parameters, with the method's ``from_metrics`` parameters that neither the model
+    nor the global ``given`` parameters set filled from the zoo model's stored metrics."""
     params = dict(ref.parameters)
-    if method.name == "metric_weighted" and "loss" not in params and src.zoo_id is not None:
-        df = zoo.metrics(src.zoo_id)
-        for metric, split in LOSS_METRICS:
+    wanted = {p: m for p, m in method.from_metrics.items() if p not in params and p not in given}
+    if not wanted or src.zoo_id is None:
+        return params
+    df = zoo.metrics(src.zoo_id)
+    for param, metric in wanted.items():
+        for split in METRIC_SPLITS:
             rows = df[(df["name"] == metric) & (df["split"] == split)]
             if len(rows):
-                params["loss"] = float(rows["value"].iloc[-1])
+                params[param] = float(rows["value"].iloc[-1])
                 break
-    if method.name == "metric_weighted" and "loss" not in params and src.zoo_id is not None:
-        raise ConfigError(f"metric_weighted: zoo model {src.label} has no stored loss (val/test/train); give `loss` per model")
+        else:
+            raise ConfigError(f"{method.name}: zoo model {src.label} has no stored {metric!r} metric "
+                              f"(splits {'/'.join(s or '(none)' for s in METRIC_SPLITS)}); give `{param}` per model")  # fmt: skip
     return params
 
 

@@ -26,12 +26,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from analysis.merging.registry import Fraction, NonNegative, Positive, TensorContext, Unit, merge_method
+from analysis.merging.registry import (
+    Chunking,
+    Fraction,
+    MergeMethod,
+    NonNegative,
+    ParamSpec,
+    PerModel,
+    Positive,
+    TensorContext,
+    Unit,
+    merge_method,
+    register,
+    split_range,
+)
 from analysis.merging.sparsify import (
     RANDOM_BLOCK,
     Consensus,
@@ -73,8 +86,8 @@ def weighted_average(tensors: list[Tensor], weights: list[float], normalize: boo
     return out
 
 
-@merge_method("linear", per_model=("weight",), base="ignored", chunking="elementwise", reference="https://arxiv.org/abs/2203.05482")
-def linear(tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, normalize: bool = True) -> Tensor:  # type: ignore[assignment]
+@merge_method("linear", base="ignored", chunking="elementwise", reference="https://arxiv.org/abs/2203.05482")
+def linear(tensors: list[Tensor], base: Tensor | None, *, weight: PerModel[float] = 1.0, normalize: bool = True) -> Tensor:
     """Weighted average of the models (a model soup); equal weights give the uniform soup.
 
     ``normalize`` divides by the sum of the weights (mergekit's default); off, the weights are used
@@ -107,19 +120,19 @@ def metric_weights(loss: list[float], scheme: str = "softmax", temperature: floa
     raise ConfigError(f"metric_weighted: scheme must be 'softmax' or 'inverse', got {scheme!r}")
 
 
-@merge_method("metric_weighted", per_model=("loss",), base="ignored", chunking="elementwise")
+@merge_method("metric_weighted", base="ignored", chunking="elementwise", from_metrics={"loss": "loss"})
 def metric_weighted(
     tensors: list[Tensor],
     base: Tensor | None,
     *,
-    loss: list[float],
+    loss: PerModel[float],
     scheme: Literal["softmax", "inverse"] = "softmax",
     temperature: Positive = 1.0,
 ) -> Tensor:
     """Average weighted by each model's stored loss: softmax(-loss / temperature) or 1 / loss.
 
-    When merging zoo models, ``loss`` is read from each model's metrics (``metric``, default
-    ``val_loss`` then ``test_loss``); it can also be given per model.
+    When merging zoo models, ``loss`` is read from each model's stored ``loss`` metric (the val split,
+    else test, else train: ``from_metrics``); it can also be given per model.
     """
     _check_count("metric_weighted", loss, tensors, "loss")
     return weighted_average(tensors, metric_weights(loss, scheme, temperature), normalize=True)
@@ -283,83 +296,85 @@ _DARE = "https://arxiv.org/abs/2311.03099"
 _BREAD = "https://arxiv.org/abs/2312.06795"
 
 
-@merge_method("task_arithmetic", per_model=("weight",), base="required", chunking="elementwise", reference=_TA, copies_give_model=False)
-def task_arithmetic(
-    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, normalize: bool = False,  # type: ignore[assignment]
-    lambda_: float = 1.0, int8_mask: bool = False,
-) -> Tensor:  # fmt: skip
-    """Task arithmetic: base + lambda * sum_i w_i (model_i - base) (normalize: divide by sum_i w_i)."""
-    return task_arithmetic_merge(tensors, _need_base("task_arithmetic", base), weight=weight, normalize=normalize, lambda_=lambda_)
+@dataclass(frozen=True)
+class TaskArithmeticVariant:
+    """One member of the task-arithmetic family: :func:`task_arithmetic_merge` with a fixed
+    sparsification and sign consensus, and its defaults (as mergekit declares its generalised
+    task-arithmetic methods). Registering a variant is one row of :data:`TASK_ARITHMETIC_FAMILY`."""
+
+    name: str
+    summary: str
+    reference: str
+    sparsification: Sparsification | None = None
+    consensus: Consensus | None = None
+    chunking: Chunking = "elementwise"
+    #: defaults of the shared parameters that differ per variant
+    normalize: bool = False
+    rescale: bool = False
+    rescale_norm: RescaleNorm = "density"
+    density: float = 1.0
+    gamma: float = 0.01
+    #: merging k identical copies returns that model (true where the merge averages, not sums)
+    copies_give_model: bool = False
+
+    def params(self) -> tuple[ParamSpec, ...]:
+        """The typed configuration schema: what the variant's sparsification uses, nothing more."""
+        frac, unit = split_range(Fraction)[1], split_range(Unit)[1]
+        out = [ParamSpec("weight", float, 1.0, per_model=True, arg="weight")]
+        if self.sparsification is not None:
+            out.append(ParamSpec("density", float, self.density, per_model=True, arg="density", range=frac))
+        if self.sparsification == "magnitude_outliers":
+            out.append(ParamSpec("gamma", float, self.gamma, per_model=True, arg="gamma", range=unit))
+        out.append(ParamSpec("normalize", bool, self.normalize, arg="normalize"))
+        if self.sparsification is not None:
+            out += [ParamSpec("rescale", bool, self.rescale, arg="rescale"),
+                    ParamSpec("rescale_norm", RescaleNorm, self.rescale_norm, arg="rescale_norm")]  # fmt: skip
+        out += [ParamSpec("lambda", float, 1.0, arg="lambda_"), ParamSpec("int8_mask", bool, False, arg="int8_mask")]
+        return tuple(out)
+
+    def method(self) -> MergeMethod:
+        """The registrable :class:`MergeMethod` of this variant."""
+
+        def fn(tensors: list[Tensor], base: Tensor | None, *, int8_mask: bool = False, ctx: TensorContext | None = None,
+               **params: Any) -> Tensor:  # fmt: skip
+            return task_arithmetic_merge(tensors, _need_base(self.name, base), sparsification=self.sparsification,
+                                         consensus=self.consensus, ctx=ctx, **params)  # fmt: skip
+
+        fn.__doc__ = self.summary
+        return MergeMethod(
+            name=self.name, fn=fn, params=self.params(), base="required", reference=self.reference,
+            summary=self.summary, copies_give_model=self.copies_give_model, chunking=self.chunking, takes_ctx=True,
+        )  # fmt: skip
 
 
-@merge_method("ties", per_model=("weight", "density"), base="required", chunking="magnitude", reference=_TIES)
-def ties(
-    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[Fraction] = 1.0,  # type: ignore[assignment]
-    normalize: bool = True, rescale: bool = False, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0,
-    int8_mask: bool = False, ctx: TensorContext | None = None,
-) -> Tensor:  # fmt: skip
-    """TIES: trim each task vector to its top-``density`` magnitudes, elect the sign with the larger
-    total mass, average the entries that agree with it (disjoint mean), scale by lambda."""
-    return task_arithmetic_merge(
-        tensors, _need_base("ties", base), weight=weight, density=density, sparsification="magnitude",
-        consensus="sum", normalize=normalize, rescale=rescale, rescale_norm=rescale_norm, lambda_=lambda_, ctx=ctx,
-    )  # fmt: skip
-
-
-@merge_method("dare_linear", per_model=("weight", "density"), base="required", chunking="elementwise", reference=_DARE, copies_give_model=False)
-def dare_linear(
-    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[Fraction] = 1.0,  # type: ignore[assignment]
-    normalize: bool = False, rescale: bool = True, rescale_norm: RescaleNorm = "density", lambda_: float = 1.0,
-    int8_mask: bool = False, ctx: TensorContext | None = None,
-) -> Tensor:  # fmt: skip
-    """DARE + task arithmetic: drop each delta entry with probability 1 - density, rescale the survivors
-    by 1/density (``rescale_norm: l1`` matches the L1 norm instead, as mergekit does), then sum."""
-    return task_arithmetic_merge(
-        tensors, _need_base("dare_linear", base), weight=weight, density=density, sparsification="random",
-        normalize=normalize, rescale=rescale, rescale_norm=rescale_norm, lambda_=lambda_, ctx=ctx,
-    )  # fmt: skip
-
-
-@merge_method("dare_ties", per_model=("weight", "density"), base="required", chunking="elementwise", reference=_DARE, copies_give_model=False)
-def dare_ties(
-    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[Fraction] = 1.0,  # type: ignore[assignment]
-    normalize: bool = False, rescale: bool = True, rescale_norm: RescaleNorm = "density", lambda_: float = 1.0,
-    int8_mask: bool = False, ctx: TensorContext | None = None,
-) -> Tensor:  # fmt: skip
-    """DARE drop-and-rescale followed by TIES sign election (no normalisation by default, as mergekit)."""
-    return task_arithmetic_merge(
-        tensors, _need_base("dare_ties", base), weight=weight, density=density, sparsification="random",
-        consensus="sum", normalize=normalize, rescale=rescale, rescale_norm=rescale_norm, lambda_=lambda_, ctx=ctx,
-    )  # fmt: skip
-
-
-@merge_method("breadcrumbs", per_model=("weight", "density", "gamma"), base="required", chunking="magnitude_outliers", reference=_BREAD, copies_give_model=False)
-def breadcrumbs(
-    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[Fraction] = 0.9,  # type: ignore[assignment]
-    gamma: list[Unit] = 0.01, normalize: bool = False, rescale: bool = False, rescale_norm: RescaleNorm = "l1",  # type: ignore[assignment]
-    lambda_: float = 1.0, int8_mask: bool = False, ctx: TensorContext | None = None,
-) -> Tensor:  # fmt: skip
-    """Model Breadcrumbs: per task vector, mask the ``gamma`` fraction of largest-magnitude entries
-    (outliers) and the smallest ones so that a ``density`` fraction remains, then task arithmetic."""
-    return task_arithmetic_merge(
-        tensors, _need_base("breadcrumbs", base), weight=weight, density=density, gamma=gamma,
-        sparsification="magnitude_outliers", normalize=normalize, rescale=rescale, rescale_norm=rescale_norm, lambda_=lambda_,
-        ctx=ctx,
-    )  # fmt: skip
-
-
-@merge_method("breadcrumbs_ties", per_model=("weight", "density", "gamma"), base="required", chunking="magnitude_outliers", reference=_BREAD, copies_give_model=False)
-def breadcrumbs_ties(
-    tensors: list[Tensor], base: Tensor | None, *, weight: list[float] = 1.0, density: list[Fraction] = 0.9,  # type: ignore[assignment]
-    gamma: list[Unit] = 0.01, normalize: bool = False, rescale: bool = False, rescale_norm: RescaleNorm = "l1",  # type: ignore[assignment]
-    lambda_: float = 1.0, int8_mask: bool = False, ctx: TensorContext | None = None,
-) -> Tensor:  # fmt: skip
-    """Model Breadcrumbs sparsification with TIES sign election."""
-    return task_arithmetic_merge(
-        tensors, _need_base("breadcrumbs_ties", base), weight=weight, density=density, gamma=gamma,
-        sparsification="magnitude_outliers", consensus="sum", normalize=normalize, rescale=rescale,
-        rescale_norm=rescale_norm, lambda_=lambda_, ctx=ctx,
-    )  # fmt: skip
+#: the generalised task-arithmetic methods, one row each (name, sparsification, consensus, defaults)
+TASK_ARITHMETIC_FAMILY: tuple[TaskArithmeticVariant, ...] = (
+    TaskArithmeticVariant(
+        "task_arithmetic", "Task arithmetic: base + lambda * sum_i w_i (model_i - base) (normalize: divide by sum_i w_i).",
+        _TA),
+    TaskArithmeticVariant(
+        "ties", "TIES: trim each task vector to its top-``density`` magnitudes, elect the sign with the larger total "
+        "mass, average the entries that agree with it (disjoint mean), scale by lambda.",
+        _TIES, sparsification="magnitude", consensus="sum", chunking="magnitude", normalize=True, rescale_norm="l1",
+        copies_give_model=True),
+    TaskArithmeticVariant(
+        "dare_linear", "DARE + task arithmetic: drop each delta entry with probability 1 - density, rescale the "
+        "survivors by 1/density (``rescale_norm: l1`` matches the L1 norm instead, as mergekit does), then sum.",
+        _DARE, sparsification="random", rescale=True),
+    TaskArithmeticVariant(
+        "dare_ties", "DARE drop-and-rescale followed by TIES sign election (no normalisation by default, as mergekit).",
+        _DARE, sparsification="random", consensus="sum", rescale=True),
+    TaskArithmeticVariant(
+        "breadcrumbs", "Model Breadcrumbs: per task vector, mask the ``gamma`` fraction of largest-magnitude entries "
+        "(outliers) and the smallest ones so that a ``density`` fraction remains, then task arithmetic.",
+        _BREAD, sparsification="magnitude_outliers", chunking="magnitude_outliers", rescale_norm="l1", density=0.9),
+    TaskArithmeticVariant(
+        "breadcrumbs_ties", "Model Breadcrumbs sparsification with TIES sign election.",
+        _BREAD, sparsification="magnitude_outliers", consensus="sum", chunking="magnitude_outliers", rescale_norm="l1",
+        density=0.9),
+)
+for _variant in TASK_ARITHMETIC_FAMILY:
+    register(_variant.method())
 
 
 # ------------------------------------------------------------------------------------ Model Stock

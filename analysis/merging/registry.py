@@ -2,8 +2,8 @@
 
 A merge method is a plain function::
 
-    @merge_method("linear", per_model=("weight",), reference="https://arxiv.org/abs/2203.05482")
-    def linear(tensors, base, *, weight, normalize: bool = True) -> Tensor: ...
+    @merge_method("linear", reference="https://arxiv.org/abs/2203.05482")
+    def linear(tensors, base, *, weight: PerModel[float] = 1.0, normalize: bool = True) -> Tensor: ...
 
 * ``tensors``: the models' tensors for one parameter name (a list, same shape and dtype),
 * ``base``: the base model's tensor for that name, or ``None``,
@@ -12,11 +12,16 @@ A merge method is a plain function::
   Every number must be finite; a valid range is declared in the annotation with
   ``Annotated[float, Range(...)]`` or the aliases :data:`Fraction` (0, 1], :data:`Unit` [0, 1],
   :data:`Positive` (0, inf) and :data:`NonNegative` [0, inf), e.g. ``density: list[Fraction]``.
-  Names listed in ``per_model`` take one value per model (``weight``, ``density``, ...); a scalar
-  given for them is broadcast. A parameter named ``ctx`` receives a :class:`TensorContext`
-  (tensor name and a per-tensor seed) and is not configuration.
+  A parameter annotated ``PerModel[X]`` takes one value per model (``weight``, ``density``, ...); a
+  scalar given for it is broadcast, and the function receives a list. A parameter named ``ctx``
+  receives a :class:`TensorContext` (tensor name and a per-tensor seed) and is not configuration.
+* ``from_metrics={"loss": "loss"}`` declares that a per-model parameter may be filled from each zoo
+  model's stored metric of that name (val, then test, then train split) when it is not given, so
+  neither the engine nor the explorer needs to know any method by name.
+* ``chunking`` (:data:`Chunking`) says how the engine may split a large tensor.
 
-The registry refuses duplicate names (:class:`~zoo.errors.DuplicateError`) and a lookup of an
+The registry (a :class:`zoo.registry.Registry`, plug-ins through the ``weightzoo.merge_methods``
+entry-point group) refuses duplicate names (:class:`~zoo.errors.DuplicateError`) and a lookup of an
 unknown name raises :class:`~zoo.errors.ConfigError` listing the valid ones.
 """
 
@@ -29,14 +34,18 @@ import typing
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from torch import Tensor
 
-from zoo.errors import ConfigError, DuplicateError, MismatchError
+from zoo.errors import ConfigError, MismatchError
+from zoo.registry import Registry
 
 __all__ = [
+    "METHODS",
+    "Chunking",
     "Fraction",
+    "PerModel",
     "MergeMethod",
     "NonNegative",
     "ParamSpec",
@@ -113,8 +122,32 @@ Positive = Annotated[float, Range(0, None, lo_open=True)]
 #: x >= 0, finite (tolerances)
 NonNegative = Annotated[float, Range(0, None)]
 
+_T = TypeVar("_T")
+#: a parameter with one value per model: ``weight: PerModel[float] = 1.0``, ``density: PerModel[Fraction]``.
+#: A scalar (the default, or a value given globally) is broadcast; the method receives a list.
+PerModel = Union[_T, list[_T]]  # noqa: UP007 - a generic alias needs typing.Union on Python 3.11
 
-def _split_annotated(tp: Any) -> tuple[Any, Range | None]:
+#: how the engine may split a large tensor: ``"elementwise"`` (any flat chunks), ``"magnitude"`` /
+#: ``"magnitude_outliers"`` (flat chunks after two radix-select passes computing each model's
+#: magnitude selection, handed over as ``ctx.stats``), ``"slerp"`` (flat chunks after a pass
+#: accumulating the dot product and norms); ``None`` on a method: whole tensors only
+Chunking = Literal["elementwise", "magnitude", "magnitude_outliers", "slerp"]
+
+
+def _per_model_element(tp: Any) -> Any | None:
+    """``X`` when ``tp`` is ``PerModel[X]`` (``X | list[X]``), else ``None``."""
+    if get_origin(tp) not in (types.UnionType, typing.Union):
+        return None
+    args = get_args(tp)
+    if len(args) != 2:
+        return None
+    for a, b in (args, args[::-1]):
+        if get_origin(b) is list and get_args(b) == (a,):
+            return a
+    return None
+
+
+def split_range(tp: Any) -> tuple[Any, Range | None]:
     """``Annotated[float, Range(...)]`` -> ``(float, Range(...))``; other types -> ``(tp, None)``."""
     if get_origin(tp) is Annotated:
         base, *meta = get_args(tp)
@@ -176,11 +209,10 @@ class MergeMethod:
     summary: str = ""
     #: merging k identical copies (with any base) returns that model
     copies_give_model: bool = True
-    #: how the engine may split a large tensor: ``None`` (whole tensors only), ``"elementwise"``
-    #: (any flat chunks), ``"magnitude"`` / ``"magnitude_outliers"`` (flat chunks after two
-    #: radix-select passes computing each model's magnitude selection, handed over as
-    #: ``ctx.stats``), ``"slerp"`` (flat chunks after a pass accumulating the dot product and norms)
-    chunking: str | None = None
+    #: how the engine may split a large tensor (:data:`Chunking`; ``None``: whole tensors only)
+    chunking: Chunking | None = None
+    #: per-model parameter -> the stored metric that fills it for zoo models when it is not given
+    from_metrics: Mapping[str, str] = field(default_factory=dict)
     takes_ctx: bool = field(default=False, repr=False)
 
     def param(self, name: str) -> ParamSpec:
@@ -283,39 +315,30 @@ class MergeMethod:
         return "\n".join(lines)
 
 
-_METHODS: dict[str, MergeMethod] = {}
+#: every merge method by name; the built-ins are imported on first lookup
+METHODS: Registry[MergeMethod] = Registry(
+    "merge method", builtins="analysis.merging.methods", entry_points="weightzoo.merge_methods"
+)
 
 
 def register(method: MergeMethod) -> MergeMethod:
     """Make ``method`` available by name; a taken name raises :class:`DuplicateError`."""
-    if method.name in _METHODS:
-        raise DuplicateError(f"merge method {method.name!r} is already registered; pick another name")
-    _METHODS[method.name] = method
-    return method
+    return METHODS.register(method.name, method)
 
 
 def unregister(name: str) -> None:
     """Remove a method (for plugins and tests)."""
-    _METHODS.pop(name, None)
+    METHODS.unregister(name)
 
 
 def get_method(name: str) -> MergeMethod:
     """A method by name; an unknown name raises :class:`ConfigError` listing the valid ones."""
-    _load_builtin()
-    try:
-        return _METHODS[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown merge method {name!r}; valid methods: {', '.join(sorted(_METHODS))}") from None
+    return METHODS.get(name)
 
 
 def list_methods() -> list[str]:
     """Names of every registered method, sorted."""
-    _load_builtin()
-    return sorted(_METHODS)
-
-
-def _load_builtin() -> None:
-    import analysis.merging.methods  # noqa: F401  (registers the built-in methods)
+    return METHODS.names()
 
 
 def merge_method(
@@ -327,9 +350,14 @@ def merge_method(
     max_models: int | None = None,
     reference: str = "",
     copies_give_model: bool = True,
-    chunking: str | None = None,
+    chunking: Chunking | None = None,
+    from_metrics: Mapping[str, str] | None = None,
 ) -> Callable[[MergeFn], MergeMethod]:
-    """Register the decorated function as merge method ``name`` (see the module docstring)."""
+    """Register the decorated function as merge method ``name`` (see the module docstring).
+
+    ``per_model`` (older form) lists parameters taking one value per model; ``PerModel[X]``
+    annotations say the same in the signature.
+    """
 
     def decorator(fn: MergeFn) -> MergeMethod:
         sig = inspect.signature(fn)
@@ -342,11 +370,15 @@ def merge_method(
             if p.kind is not inspect.Parameter.KEYWORD_ONLY:
                 raise TypeError(f"merge method {name}: parameter {p.name!r} must be keyword-only (after *)")
             tp = hints.get(p.name, Any)
-            if p.name in per_model:
+            element = _per_model_element(tp)
+            is_per_model = element is not None or p.name in per_model
+            if element is not None:
+                tp = element
+            elif p.name in per_model:
                 tp = get_args(tp)[0] if get_origin(tp) in (list, Sequence) else tp
-            tp, rng = _split_annotated(tp)
+            tp, rng = split_range(tp)
             cfg_name = p.name[:-1] if p.name.endswith("_") else p.name
-            spec = ParamSpec(cfg_name, tp, p.default, p.name in per_model, arg=p.name, range=rng)
+            spec = ParamSpec(cfg_name, tp, p.default, is_per_model, arg=p.name, range=rng)
             if not spec.required and spec.default is not None:
                 try:
                     spec.convert(spec.default, name)
@@ -356,12 +388,16 @@ def merge_method(
         missing = set(per_model) - {p.name for p in params}
         if missing:
             raise TypeError(f"merge method {name}: per_model names {sorted(missing)} are not parameters")
+        filled = dict(from_metrics or {})
+        not_per_model = sorted(set(filled) - {p.name for p in params if p.per_model})
+        if not_per_model:
+            raise TypeError(f"merge method {name}: from_metrics names {not_per_model} are not per-model parameters")
         doc = inspect.getdoc(fn) or ""
         return register(
             MergeMethod(
                 name=name, fn=fn, params=tuple(params), base=base, min_models=min_models, max_models=max_models,
                 reference=reference, summary=doc.split("\n\n")[0].replace("\n", " "), copies_give_model=copies_give_model,
-                chunking=chunking, takes_ctx=takes_ctx,
+                chunking=chunking, from_metrics=filled, takes_ctx=takes_ctx,
             )
         )  # fmt: skip
 

@@ -164,24 +164,25 @@ with t_merge:
             col = cols[k % 4]
             label = p.name + (" (each model)" if p.per_model else "")
             wkey = f"am_p_{mname}_{p.name}"
-            if p.required:
-                auto.append(p.name)
+            if p.name in meth.from_metrics:  # the method declares it is read from each zoo model's metrics
+                auto.append(f"{p.name} (stored metric {meth.from_metrics[p.name]!r})")
                 continue
             tp = p.type
             if typing.get_origin(tp) is typing.Literal:
                 choices = list(typing.get_args(tp))
-                values[p.name] = col.selectbox(label, choices, index=choices.index(p.default), key=wkey)
+                values[p.name] = col.selectbox(label, choices, index=0 if p.required else choices.index(p.default), key=wkey)
             elif tp is bool:
-                values[p.name] = col.checkbox(label, value=bool(p.default), key=wkey)
+                values[p.name] = col.checkbox(label, value=not p.required and bool(p.default), key=wkey)
             elif tp is int:
-                values[p.name] = int(col.number_input(label, value=int(p.default), step=1, key=wkey))
+                values[p.name] = int(col.number_input(label, value=0 if p.required else int(p.default), step=1, key=wkey))
             elif tp is float:
-                values[p.name] = float(col.number_input(label, value=float(p.default), format="%.4f", key=wkey))
+                start = 0.0 if p.required else float(p.default)
+                values[p.name] = float(col.number_input(label, value=start, format="%.4f", key=wkey))
             else:
-                txt = col.text_input(label, value=str(p.default), key=wkey)
+                txt = col.text_input(label, value="" if p.required else str(p.default), key=wkey)
                 values[p.name] = txt
         if auto:
-            st.caption(f"taken from the zoo for each model: {', '.join(auto)} (e.g. metric_weighted reads each model's stored loss)")
+            st.caption(f"taken from the zoo for each model: {', '.join(auto)}")
         c1, c2, c3 = st.columns(3)
         out_pop = c1.text_input("save to population", value=f"{pop}/merged", key="am_out_pop")
         out_name = c2.text_input("model name (optional)", key="am_out_name")

@@ -15,6 +15,7 @@ from analysis.merging import (
     merge_state_dicts,
     unregister,
 )
+from analysis.merging.registry import Fraction, PerModel
 from analysis.merging.sparsify import magnitude_outliers, random_keep, top_k_mask
 from zoo.errors import ConfigError, DuplicateError, MismatchError
 
@@ -59,6 +60,42 @@ def test_custom_method_registers_with_typed_params():
             m.resolve(2, {"flag": 3})
     finally:
         unregister("test_first")
+
+
+def test_per_model_marker_and_from_metrics_declaration():
+    @merge_method("test_scaled", from_metrics={"score": "acc"})
+    def scaled(tensors, base, *, share: PerModel[Fraction] = 1.0, score: PerModel[float] = 1.0):
+        return sum(t * s for t, s in zip(tensors, share, strict=True))
+
+    try:
+        m = get_method("test_scaled")
+        assert [(p.name, p.per_model, str(p.range)) for p in m.params] == [
+            ("share", True, "(0, 1]"), ("score", True, "None")]  # fmt: skip
+        assert m.from_metrics == {"score": "acc"}
+        assert m.resolve(2, {"share": [0.5, 1.0]})["share"] == [0.5, 1.0]
+        with pytest.raises(ConfigError, match=r"share.*\(0, 1\]"):
+            m.resolve(2, {"share": 1.5})
+    finally:
+        unregister("test_scaled")
+    with pytest.raises(TypeError, match="not per-model"):
+        @merge_method("test_bad_from", from_metrics={"flag": "acc"})
+        def bad(tensors, base, *, flag: bool = False):  # pragma: no cover
+            return tensors[0]
+    assert "test_bad_from" not in list_methods()
+
+
+def test_task_arithmetic_family_rows_declare_their_parameters():
+    from analysis.merging.methods import TASK_ARITHMETIC_FAMILY
+
+    names = {v.name for v in TASK_ARITHMETIC_FAMILY}
+    assert names == {"task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties"}
+    params = {n: [p.name for p in get_method(n).params] for n in names}
+    assert params["task_arithmetic"] == ["weight", "normalize", "lambda", "int8_mask"]
+    assert params["ties"] == ["weight", "density", "normalize", "rescale", "rescale_norm", "lambda", "int8_mask"]
+    assert params["breadcrumbs"][:3] == ["weight", "density", "gamma"]
+    assert get_method("ties").resolve(1, {})["normalize"] is True and get_method("dare_ties").resolve(1, {})["rescale"]
+    assert get_method("breadcrumbs").resolve(1, {})["density"] == [0.9]
+    assert get_method("ties").chunking == "magnitude" and get_method("dare_linear").chunking == "elementwise"
 
 
 def test_resolve_per_model_and_global_parameters():

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from zoo import jsonlimits
-from zoo.errors import ZooError
+from zoo.errors import ConfigError, ZooError
 
 
 def _open(args: argparse.Namespace, create: bool = True) -> Any:
@@ -338,13 +338,40 @@ def cmd_app(args: argparse.Namespace) -> int:
     missing = [m for m in ("streamlit", "plotly") if importlib.util.find_spec(m) is None]
     if missing or not main.exists():
         raise ZooError(f"the explorer needs {' and '.join(missing) or 'the app pages'}: pip install 'weightzoo[app]'")
+    port = getattr(args, "port", None) or 8501
+    host = getattr(args, "host", None) or "localhost"
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be between 1 and 65535, got {port}")
     root = ["--", "--root", str(Path(args.root).expanduser().resolve())] if args.root is not None else []
     env = dict(os.environ)
     if args.url:  # through the environment: a catalog URL may hold a password
         env["WEIGHTZOO_URL"] = args.url
+    headless = bool(getattr(args, "no_browser", False))
     # offline-friendly: no usage statistics sent from the browser
-    cmd = [sys.executable, "-m", "streamlit", "run", str(main), "--browser.gatherUsageStats", "false", *root]
+    cmd = [sys.executable, "-m", "streamlit", "run", str(main), "--browser.gatherUsageStats", "false",
+           "--server.port", str(port), "--server.address", host, "--server.headless", str(headless).lower(), *root]
+    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    tunnel = f"; from another machine: ssh -L {port}:localhost:{port} THIS_HOST, then open http://localhost:{port}"
+    local = host in ("localhost", "127.0.0.1")
+    print(f"weightzoo explorer on http://{shown}:{port}  (Ctrl-C stops it{tunnel if local else ''})", flush=True)
+    if getattr(args, "dry_run", False):
+        print(" ".join(cmd))
+        return 0
     return subprocess.call(cmd, env=env)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from zoo.doctor import checks
+
+    report = checks(args.root, args.url)
+    if args.json:
+        _print_json([{"part": c.part, "ok": c.ok, "detail": c.detail} for c in report])
+    else:
+        width = max(len(c.part) for c in report)
+        for c in report:
+            print(f"{'ok ' if c.ok else 'NO '} {c.part:<{width}}  {c.detail}")
+    core = {"weightzoo", "python", "torch", "sql over the catalog", "zoo"}
+    return 0 if all(c.ok for c in report if c.part in core) else 1
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -361,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A checkpoint store for populations of trained models (weight-space learning).",
         epilog="Start with `weightzoo demo`, then `weightzoo ls` and `weightzoo query \"select * from model_overview limit 5\"`.",
     )
+    from zoo.doctor import version
+
+    p.add_argument("--version", action="version", version=f"weightzoo {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("demo", parents=[common], help="build the demo zoo from sklearn digits and print a summary")
@@ -474,8 +504,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--remove", action="store_true")
     s.set_defaults(func=cmd_tag)
 
-    s = sub.add_parser("app", parents=[common], help="open the Streamlit explorer")
+    s = sub.add_parser("app", parents=[common], help="open the Streamlit explorer",
+                       description="Serve the Streamlit explorer. On a remote machine: `weightzoo app --no-browser`, "
+                       "then on your laptop `ssh -L 8501:localhost:8501 HOST` and open http://localhost:8501.")
+    s.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    s.add_argument("--host", default="localhost",
+                   help="address to listen on (default localhost: only this machine; 0.0.0.0 for every interface)")
+    s.add_argument("--no-browser", action="store_true", help="do not open a browser (remote or shared machines)")
+    s.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)  # print the command (tests)
     s.set_defaults(func=cmd_app)
+
+    s = sub.add_parser("doctor", parents=[common], help="what is installed and usable (extras, browser, zoo schema)")
+    s.set_defaults(func=cmd_doctor)
 
     s = sub.add_parser("eval", parents=[common], help="evaluate models on a data set and record the metrics")
     s.add_argument("models", nargs="*", help="model ids or names")

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
-from tqdm.auto import tqdm
 
 from zoo import architectures as archs
 from zoo import packs as packs_mod
@@ -46,6 +45,7 @@ from zoo.hashing import tensor_id
 from zoo.jsonlimits import check_value
 from zoo.names import check_name, encodable, safe_repr
 from zoo.packs import BlobLocation, PackStore
+from zoo.progress import progress_bar
 from zoo.records import ArchitectureInfo, Edge, ModelRecord, NewModel, PopulationInfo, TableInfo
 from zoo.rows import (
     _arch_mismatch_message,
@@ -297,7 +297,7 @@ class Zoo:
             }
             prepared = [
                 self._prepare(conn, it, pops)
-                for it in tqdm(items, desc="hashing", unit="model", disable=not progress, leave=False)
+                for it in progress_bar(items, desc="hashing", unit="model", disable=not progress, leave=False)
             ]
         written: list[str] = []  # the new pack's id, known as soon as it is on disk
         try:

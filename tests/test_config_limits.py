@@ -255,3 +255,16 @@ def test_loads_bounds() -> None:
         loads('"' + "x" * MAX_CONFIG_BYTES + '"', "x")
     with pytest.raises(ConfigError, match="levels"):
         check_value(deep_value(MAX_CONFIG_DEPTH + 1), "x")
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("deep.yml", "a: " + "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("deep.json", '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "more than 64"),
+    ("big.json", '{"name": "x", "arch": {"family": "mlp"}, "pad": "' + "x" * 2_000_000 + '"}', "at most 1,048,576 bytes"),
+])  # fmt: skip
+def test_recipe_files_are_bounded_like_configs(tmp_path, name, text, match):
+    from zoo.recipes import Recipe
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        Recipe.from_file(tmp_path / name)

@@ -51,7 +51,7 @@ from typing import Any
 import yaml
 
 from zoo.architectures import normalize_config
-from zoo.errors import ConfigError, NotFoundError
+from zoo.errors import ConfigError, NotFoundError, ZooError
 
 #: Training hyperparameters a search can vary (per model, inside one batched shard).
 TRAIN_PARAMS = ("lr", "weight_decay", "dropout", "init_scale", "label_noise", "data_fraction")
@@ -155,10 +155,24 @@ class Recipe:
         p = Path(path)
         if not p.is_file():
             raise NotFoundError(f"no recipe file {p}; built-in recipes: {', '.join(builtin_recipes())}")
+        from zoo import jsonlimits
+
+        if p.stat().st_size > jsonlimits.MAX_CONFIG_BYTES:
+            raise ConfigError(f"recipe {p} is {p.stat().st_size:,} bytes; a recipe may be at most "
+                              f"{jsonlimits.MAX_CONFIG_BYTES:,} bytes (list large grids in code instead)")  # fmt: skip
         try:
-            d = yaml.safe_load(p.read_text()) if p.suffix in (".yml", ".yaml") else json.loads(p.read_text())
-        except (yaml.YAMLError, ValueError) as e:
+            if p.suffix in (".yml", ".yaml"):
+                d = yaml.safe_load(p.read_text())
+                jsonlimits.check_value(d, f"recipe {p}", default=str)  # depth and size of what YAML built
+            else:
+                d = jsonlimits.loads(p.read_bytes(), f"recipe {p}")
+        except ZooError:
+            raise
+        except (yaml.YAMLError, ValueError, UnicodeDecodeError) as e:
             raise ConfigError(f"recipe {p} does not parse: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"recipe {p} is nested too deeply to parse (at most "
+                              f"{jsonlimits.MAX_CONFIG_DEPTH} levels)") from None
         if not isinstance(d, Mapping):
             raise ConfigError(f"recipe {p} must be a mapping of keys to values")
         return cls.from_dict(d)

@@ -73,7 +73,10 @@ def _condition_values(df: pd.DataFrame, condition: str) -> tuple[str, np.ndarray
             if pd.isna(vals).any():
                 raise ConfigError(f"condition {condition!r}: {int(pd.isna(vals).sum())} models have no value; "
                                   "pick a metric or hyperparameter every model has")  # fmt: skip
-            return c, vals
+            try:
+                return c, pd.to_numeric(df[c]).to_numpy()  # integer hyperparameters (classes) stay integers
+            except (ValueError, TypeError):
+                raise ConfigError(f"condition {condition!r} is not numeric; condition on a number or a class") from None
     options = sorted(c for c in df.columns if c.endswith("_acc") or c.startswith("hp_"))
     raise ConfigError(f"unknown condition {condition!r}: no metric or hyperparameter of that name; "
                       f"options: acc (= val_acc), {', '.join(options[:12])}")  # fmt: skip
@@ -164,7 +167,7 @@ def store_generator(zoo: Any, gen: Generator, *, name: str, train_ids: Sequence[
     doc, tensors = gen.state()
     metrics = {"final_loss": float(gen.history_[-1])} if gen.history_ else {}
     if seconds is not None:
-        metrics["train_seconds"] = float(seconds)
+        metrics["fit_seconds"] = float(seconds)
     return zoo.add(
         tensors, population=f"{GENERATOR_POPULATION}/{name}", name=name, op="train.generator",
         hparams={"generator": gen.name, "trained_on": trained_on, "condition": condition or "",

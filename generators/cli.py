@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     g = rec.generator
     out = {"model_id": rec.id, "name": rec.name, "population": rec.population, "method": g.name,
            "n_train": len([e for e in rec.parents() if e.role == "train"]), "condition": args.condition,
-           "train_seconds": rec.metric("train_seconds"), "final_loss": g.history_[-1] if g.history_ else None}  # fmt: skip
+           "train_seconds": rec.metric("fit_seconds"), "final_loss": g.history_[-1] if g.history_ else None}  # fmt: skip
     if args.json:
         print(json.dumps(out, indent=2, default=str))
     else:

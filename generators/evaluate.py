@@ -188,7 +188,7 @@ class RunContext:
             pred = self.digit_classifier(img)
             out["predicted_class"] = pred.numpy()
             if classes is not None:
-                out["class_match"] = (pred == torch.as_tensor(np.asarray(classes))).numpy()
+                out["class_match"] = (pred == torch.tensor(np.array(classes, dtype=np.int64))).numpy()
             elif self.train_labels is not None:
                 out["class_match"] = (pred == self.train_labels[idx]).numpy()  # the nearest model's class
             return out

@@ -31,7 +31,7 @@ from generators.base import MIN_MODELS, Generator, load_generator_state
 from generators.registry import make_generator
 from zoo.errors import ConfigError, DuplicateError, MismatchError, NotFoundError
 
-__all__ = ["train", "sample", "store_generator", "generator_from_zoo", "SampleRun", "GENERATOR_POPULATION", "ACC_ALIASES"]
+__all__ = ["train", "sample", "store_run", "store_generator", "generator_from_zoo", "SampleRun", "GENERATOR_POPULATION", "ACC_ALIASES"]
 
 GENERATOR_POPULATION = "generators"
 #: ``--condition acc`` conditions on the validation accuracy (nothing is chosen on the test split).
@@ -316,6 +316,17 @@ def sample(
     if store:
         _store_samples(zoo, out, rec, gen)
     return out
+
+
+def store_run(zoo: Any, run: SampleRun) -> SampleRun:
+    """Write a run sampled with ``store=False`` to the zoo (the samples, their metrics and the run's tables)."""
+    if run.sample_ids:
+        raise DuplicateError(f"run {run.run} is stored already (models {run.sample_ids[0]}..{run.sample_ids[-1]})")
+    gen, rec = generator_from_zoo(zoo, run.generator_id)
+    run.run = _run_name(zoo, rec.name or f"generator-{rec.id}")
+    run.params["run"] = run.run
+    _store_samples(zoo, run, rec, gen)
+    return run
 
 
 def _store_samples(zoo: Any, out: SampleRun, rec: Any, gen: Generator) -> None:

@@ -1,6 +1,11 @@
-"""Generate: sampling new models from trained weight generators (not built yet: says so plainly)."""
+"""Generate: sample new models from a stored weight generator, judge them against the memorisation
+baselines (accuracy vs novelty), and save them to the zoo with lineage (op ``generate.<family>``).
 
-import importlib.util
+Uses the public API of :mod:`generators` (``generators.api.sample`` / ``store_run``); a generator is
+trained with ``weightzoo generate train`` (or ``generators.train``).
+"""
+
+import json
 import sys
 from pathlib import Path
 
@@ -8,23 +13,86 @@ _REPO = str(Path(__file__).resolve().parents[2])
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
+import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from app import common as C  # noqa: E402
 
-z = C.page("Generate", need_models=False)
+z = C.page("Generate")
 if z is None:
     st.stop()
 
-built = [m for m in ("generators.diffusion", "generators.flow") if importlib.util.find_spec(m) is not None]
-st.info(
-    "Weight generators are not built yet"
-    + (f" (found {', '.join(built)}, but no sampling API for the explorer)" if built else " (the `generators` package is empty)")
-    + ".\n\nWhen they are, this page will sample new models of a population from a trained diffusion or "
-    "flow-matching generator, evaluate them (accuracy, and novelty: distance to the nearest training checkpoint "
-    "after alignment) and save them to the zoo with lineage (op `generate.*`)."
+try:
+    from generators import api as G
+    from generators.evaluate import plot_run
+except ImportError as e:  # pragma: no cover - the package ships with weightzoo
+    st.info(f"The generators are not installed ({e}); reinstall weightzoo.")
+    st.stop()
+
+recs = [r for r in z.models().tag("generator") if r.op == "train.generator"]
+if not recs:
+    st.info(
+        "No stored generator in this zoo yet. Train one from the shell, e.g.\n\n"
+        "```\nweightzoo build digits-mlp-seeds\n"
+        "weightzoo generate train --population digits-mlp-seeds --method flow --holdout 50 --name mlp-flow\n```\n\n"
+        "then reload this page to sample from it."
+    )
+    st.stop()
+
+labels = {f"{r.name} (model {r.id})": r for r in recs}
+choice = st.selectbox("generator", list(labels), key="gen_pick")
+rec = labels[choice]
+hp = rec.hparams()
+doc = json.loads(hp["generator_doc"])
+cond_kind, cond_info = doc["state"]["cond_kind_"], doc["state"]["cond_info_"]
+n_train = len([e for e in rec.parents() if e.role == "train"])
+st.caption(
+    f"{hp['generator']} generator trained on **{hp.get('trained_on')}** ({n_train} models, "
+    f"{len(json.loads(hp.get('held_out_ids', '[]')))} held out); denoiser `{doc['params']['denoiser']}`; "
+    f"condition: {hp.get('condition') or 'none'}"
 )
-st.markdown(
-    "Meanwhile: **Align and merge** makes new models from existing ones (merging, with lineage), and the "
-    "**Population map** shows where a population's models lie in weight space."
-)
+
+c1, c2, c3, c4 = st.columns(4)
+n = int(c1.number_input("samples", min_value=1, max_value=1000, value=50, step=10, key="gen_n"))
+seed = int(c2.number_input("seed", min_value=0, value=0, step=1, key="gen_seed"))
+steps = int(c3.number_input("steps (0: the generator's default)", min_value=0, value=0, step=5, key="gen_steps"))
+condition = None
+guidance = 1.0
+if cond_kind == "class":
+    condition = c4.selectbox("class", cond_info["classes"], key="gen_class")
+elif cond_kind == "scalar":
+    lo, hi = float(cond_info["min"]), float(cond_info["max"])
+    condition = c4.slider(f"{hp.get('condition')}", min_value=lo, max_value=hi, value=hi, key="gen_cond")
+if cond_kind != "none":
+    guidance = st.slider("guidance scale (classifier-free; 1 = plain conditional)", 0.0, 5.0, 1.0, 0.5, key="gen_guidance")
+
+if st.button("Sample and evaluate", type="primary", key="gen_go"):
+    with C.shown_errors("sampling failed"), st.spinner("sampling, aligning and evaluating ..."):
+        st.session_state["gen_run"] = G.sample(z, rec.id, n=n, condition=condition, guidance=guidance,
+                                               steps=steps or None, seed=seed, store=False)  # fmt: skip
+
+run = st.session_state.get("gen_run")
+if run is not None and run.generator_id == rec.id and run.result:
+    v, summ = run.verdict, run.summary
+    quality = "test accuracy" if "val_acc_median" in summ["samples"] else "PSNR (dB)"
+    word = v["verdict"]
+    text = (f"verdict: **{word}** (samples' median novelty {summ['samples']['novelty_median']:.3f} vs "
+            f"{v['noise_novelty_at_quality']:.3f} for noise copies of the same {quality}; "
+            f"novelty ratio {v['novelty_ratio']:.2f} vs {v['reference'].replace('_', ' ')} models; "
+            f"near-copies {v['near_copy_fraction']:.1%}; {run.params['nfe']} network evaluations per sample)")  # fmt: skip
+    (st.success if word == "novel" else st.warning)(text)
+    m1, m2, m3 = st.columns(3)
+    m1.metric(f"median {quality}", f"{summ['samples']['quality_median']:.4f}")
+    m2.metric("training median", f"{v['train_quality_median']:.4f}")
+    m3.metric("novelty ratio", f"{v['novelty_ratio']:.2f}")
+    st.pyplot(plot_run(run.result, quality_label=quality), clear_figure=True)
+    table = pd.DataFrame(summ).T[["n", "quality_median", "quality_p5", "novelty_median", "novelty_ratio",
+                                  "near_copy_fraction", "inside_train_range"]]  # fmt: skip
+    st.dataframe(table, use_container_width=True)
+    if run.sample_ids:
+        st.success(f"saved {len(run.sample_ids)} samples to population `{rec.name}/samples` (run `{run.run}`)")
+    elif st.button("Save samples to the zoo", key="gen_save"):
+        with C.shown_errors("saving failed"):
+            G.store_run(z, run)
+            st.success(f"saved {len(run.sample_ids)} samples to population `{rec.name}/samples` (run `{run.run}`, "
+                       f"tables {', '.join(run.tables)})")  # fmt: skip

@@ -38,7 +38,7 @@ from weightspace.spec import (
     permute_tensor,
     spec_for,
 )
-from zoo.architectures import config_hash, normalize_config
+from zoo.architectures import config_hash, input_shape, is_classifier, normalize_config
 from zoo.errors import ConfigError, MismatchError, NotFoundError
 from zoo.registry import Registry
 
@@ -56,11 +56,9 @@ __all__ = [
     "align_and_store",
     "canonicalize",
     "l2_distance",
-    "CLASSIFIER_FAMILIES",
 ]
 
 #: Families whose models :func:`align_and_store` evaluates (classifiers the zoo can evaluate).
-CLASSIFIER_FAMILIES = ("mlp", "cnn", "resnet")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,52 +304,22 @@ def hidden_activations(config: Mapping[str, Any], params: Mapping[str, Tensor], 
     Shapes:
         params: ``name -> [N, *shape]``; x: ``[B, *in]``. Returns ``perm -> [N, S, n]``.
     """
+    from zoo.evaluate import functional_forward
+
     cfg = normalize_config(config)
-    fam = cfg["family"]
     n = K.population_size(params)
-    out: dict[str, list[Tensor]] = {}
+    x = x.float()
+    if len(input_shape(cfg)) == 1:
+        x = x.reshape(x.shape[0], -1)
+    taps: dict[str, list[Tensor]] = {}
     with torch.no_grad():
-        if fam in ("mlp", "siren"):
-            h = K.to_feature_major(x.reshape(x.shape[0], -1).float())
-            depth = len(cfg["hidden"]) + 1
-            for i in range(depth - 1):
-                h = K.linear_fm(h, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])
-                h = torch.sin(cfg["w0"] * h) if fam == "siren" else K.ACTIVATIONS[cfg["activation"]](h)
-                out[f"layers.{i}"] = [h.transpose(1, 2)]
-        elif fam == "cnn":
-            h, shared = x.float(), True
-            for i in range(len(cfg["channels"])):
-                h = K.conv2d(h, params[f"convs.{i}.weight"], params.get(f"convs.{i}.bias"), shared=shared)
-                shared = False
-                if f"norms.{i}.weight" in params:
-                    h = K.batch_norm(h, params, f"norms.{i}", False)
-                h = K.ACTIVATIONS[cfg["activation"]](h)
-                out[f"convs.{i}"] = [_per_model_channels(h, n)]
-                if cfg["pool"] != "none":
-                    h = (torch.nn.functional.max_pool2d if cfg["pool"] == "max" else torch.nn.functional.avg_pool2d)(h, 2)
-        elif fam == "resnet":
-            act = K.ACTIVATIONS[cfg["activation"]]
-            h = K.conv2d(x.float(), params["stem.conv.weight"], None, shared=True)
-            h = act(K.batch_norm(h, params, "stem.bn", False))
-            out["stages.0"] = [_per_model_channels(h, n)]
-            for i, n_blocks in enumerate(cfg["blocks"]):
-                for j in range(n_blocks):
-                    pre = f"stages.{i}.{j}"
-                    stride = 2 if (i > 0 and j == 0) else 1
-                    o = K.conv2d(h, params[f"{pre}.conv1.weight"], None, shared=False, stride=stride)
-                    o = act(K.batch_norm(o, params, f"{pre}.bn1", False))
-                    out[f"{pre}.conv1"] = [_per_model_channels(o, n)]
-                    o = K.batch_norm(K.conv2d(o, params[f"{pre}.conv2.weight"], None, shared=False), params, f"{pre}.bn2", False)
-                    if f"{pre}.shortcut.conv.weight" in params:
-                        h = K.conv2d(h, params[f"{pre}.shortcut.conv.weight"], None, shared=False, stride=stride)
-                        h = K.batch_norm(h, params, f"{pre}.shortcut.bn", False)
-                    h = act(o + h)
-                    out.setdefault(f"stages.{i}", []).append(_per_model_channels(h, n))
-        else:
-            raise ConfigError(
-                f"activation matching knows the families mlp, siren, cnn and resnet, not {fam!r}; use weight_matching"
-            )
-    return {k: torch.cat(v, dim=1) for k, v in out.items()}
+        try:
+            functional_forward(cfg, params, x, taps=taps)
+        except ConfigError as e:
+            raise ConfigError(f"activation matching needs a batched forward ({e}); use weight_matching") from None
+    # the kernels' layouts -> samples [N, S, n]: dense [N, n, B] is transposed, grouped convs are split per model
+    return {k: torch.cat([t.transpose(1, 2) if t.dim() == 3 else _per_model_channels(t, n) for t in v], dim=1)
+            for k, v in taps.items()}  # fmt: skip
 
 
 def _standardize(a: Tensor) -> Tensor:
@@ -530,12 +498,11 @@ def default_data(config: Mapping[str, Any], dataset: str = "digits", dataset_roo
     cfg = normalize_config(config)
     ds = load_dataset(dataset, root=dataset_root)
     X = ds.X_train[:n]
-    if cfg["family"] in ("mlp", "siren"):
+    takes = input_shape(cfg)
+    if len(takes) == 1:
         X = X.reshape(X.shape[0], -1)
-        if X.shape[1] != cfg["in_features"]:
-            raise MismatchError(f"{dataset} has {X.shape[1]} features but the model takes {cfg['in_features']}; pass data=")
-    elif tuple(X.shape[1:]) != (cfg["in_channels"], cfg["image_size"], cfg["image_size"]):
-        raise MismatchError(f"{dataset} images are {tuple(X.shape[1:])}, the model takes other inputs; pass data=")
+    if tuple(X.shape[1:]) != takes:
+        raise MismatchError(f"{dataset} inputs are {tuple(X.shape[1:])} but the model takes {takes}; pass data=")
     return X
 
 
@@ -606,7 +573,7 @@ def canonicalize(
             op=f"align.{method}", params=params, hparams=r.hparams(), run=r.run, step=r.step,
         ))  # fmt: skip
     out = zoo.add_many(items)
-    if evaluate and cfg["family"] in CLASSIFIER_FAMILIES:
+    if evaluate and is_classifier(cfg):
         zoo.evaluate([o.id for o in out], dataset=dataset, splits=("train", "val", "test"), dataset_root=dataset_root)
     return zoo.records([o.id for o in out])
 

@@ -78,7 +78,9 @@ def cmd_align(args: argparse.Namespace) -> int:
         print(f"stored as model {rec.id} in population {rec.population!r} (op {rec.op})")
         drop = 1 - p["distance_after"] / p["distance_before"] if p["distance_before"] else 0.0
         print(f"L2 distance to the reference: {p['distance_before']:.4f} -> {p['distance_after']:.4f} ({drop:.1%} lower)")
-        if not args.no_eval and (rec.arch_config or {}).get("family") in ("mlp", "cnn", "resnet"):
+        from zoo.architectures import is_classifier
+
+        if not args.no_eval and is_classifier(rec.arch_config):
             print(f"{'':14s}{'source':>10s}{'aligned':>10s}")
             for m in ("test_acc", "test_loss", "val_acc"):
                 print(f"{m:14s}{_metric(src, m):>10s}{_metric(rec, m):>10s}")

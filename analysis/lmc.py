@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from kernels.batched import BN_MOMENTUM
-from zoo.architectures import normalize_config
+from zoo.architectures import is_classifier, known_families, normalize_config
 from zoo.errors import ConfigError, MismatchError
 from zoo.evaluate import evaluate_population, functional_forward
 
@@ -267,11 +267,10 @@ def linear_mode_connectivity(
 
     ra, rb = zoo.get(a), zoo.get(b)
     cfg = _check_same_arch([rb], ra)
-    if cfg["family"] not in ("mlp", "cnn", "resnet"):
-        raise ConfigError(f"LMC evaluates classifiers (mlp, cnn, resnet), not {cfg['family']!r}")
-    ds = load_dataset(dataset, root=dataset_root)
-    if cfg["family"] == "mlp":
-        ds = ds.flat()
+    if not is_classifier(cfg):
+        raise ConfigError(f"LMC evaluates classifiers ({', '.join(f for f in known_families() if is_classifier({'family': f}))}), "
+                          f"not {cfg['family']!r}")  # fmt: skip
+    ds = load_dataset(dataset, root=dataset_root).for_architecture(cfg)
     X, y = ds.split(split)
     sa, sb = ra.state_dict(), rb.state_dict()
     bn_data = ds.X_train if bn_reset and has_batchnorm(sa) else None

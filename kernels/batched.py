@@ -297,8 +297,13 @@ def mlp_forward(
     training: bool = False,
     dropout_p: Tensor | None = None,
     dropout_keys: Tensor | None = None,
+    taps: dict[str, list[Tensor]] | None = None,
 ) -> Tensor:
     """N stacked MLPs ``layers.{i}.weight/bias``: linear, activation, dropout, ..., linear.
+
+    ``taps``: when a dict, every hidden activation is appended to ``taps[group]`` (the permutation
+    group it belongs to, as in :mod:`weightspace.spec`) in its kernel layout: feature-major
+    ``[N, n, B]`` for dense layers, grouped ``[N*B, C, H, W]``-style for convs (see :func:`to_grouped`).
 
     Shapes:
         params: ``layers.{i}.weight [N, out_i, in_i]``, ``layers.{i}.bias [N, out_i]``;
@@ -310,12 +315,16 @@ def mlp_forward(
     for i in range(depth):
         h = linear_fm(h, params[f"layers.{i}.weight"], params.get(f"layers.{i}.bias"))
         if i < depth - 1:
-            h = dropout(activate(h, activation), dropout_p, training, keys=dropout_keys, salt=i)
+            h = activate(h, activation)
+            if taps is not None:
+                taps.setdefault(f"layers.{i}", []).append(h)
+            h = dropout(h, dropout_p, training, keys=dropout_keys, salt=i)
     return h.transpose(1, 2)
 
 
-def siren_forward(params: Params, x: Tensor, *, w0: float = 30.0) -> Tensor:
+def siren_forward(params: Params, x: Tensor, *, w0: float = 30.0, taps: dict[str, list[Tensor]] | None = None) -> Tensor:
     """N stacked SIRENs: ``sin(w0 * linear(h))`` for every layer but the last, which is linear.
+    ``taps``: as for :func:`mlp_forward`.
 
     Shapes:
         params: ``layers.{i}.weight [N, out_i, in_i]``, ``layers.{i}.bias [N, out_i]``;
@@ -327,6 +336,8 @@ def siren_forward(params: Params, x: Tensor, *, w0: float = 30.0) -> Tensor:
         h = linear_fm(h, params[f"layers.{i}.weight"], params.get(f"layers.{i}.bias"))
         if i < depth - 1:
             h = torch.sin(w0 * h)
+            if taps is not None:
+                taps.setdefault(f"layers.{i}", []).append(h)
     return h.transpose(1, 2)
 
 
@@ -351,8 +362,10 @@ def cnn_forward(
     training: bool = False,
     dropout_p: Tensor | None = None,
     dropout_keys: Tensor | None = None,
+    taps: dict[str, list[Tensor]] | None = None,
 ) -> Tensor:
     """N stacked CNNs: [conv, (BN), activation, (2x2 pool)] per layer, global average pool, dropout, head.
+    ``taps``: as for :func:`mlp_forward` (each conv layer's output after its activation, before pooling).
 
     Shapes:
         params: ``convs.{i}.weight [N, C_out, C_in, k, k]``, ``convs.{i}.bias [N, C_out]`` (absent
@@ -367,6 +380,8 @@ def cnn_forward(
         if f"norms.{i}.weight" in params:
             h = batch_norm(h, params, f"norms.{i}", training)
         h = activate(h, activation)
+        if taps is not None:
+            taps.setdefault(f"convs.{i}", []).append(h)
         if pool == "max":
             h = F.max_pool2d(h, 2)
         elif pool == "avg":
@@ -375,13 +390,17 @@ def cnn_forward(
     return linear_fm(feats, params["head.weight"], params["head.bias"]).transpose(1, 2)
 
 
-def _basic_block(h: Tensor, params: Params, prefix: str, activation: str, training: bool) -> Tensor:
+def _basic_block(
+    h: Tensor, params: Params, prefix: str, activation: str, training: bool, taps: dict[str, list[Tensor]] | None = None
+) -> Tensor:
     """One residual basic block in the grouped layout (stride 2 when the channel count grows)."""
     c_in = params[f"{prefix}.conv1.weight"].shape[2]
     c_out = params[f"{prefix}.conv1.weight"].shape[1]
     stride = 2 if c_out != c_in else 1
     out = conv2d(h, params[f"{prefix}.conv1.weight"], None, shared=False, stride=stride)
     out = activate(batch_norm(out, params, f"{prefix}.bn1", training), activation)
+    if taps is not None:
+        taps.setdefault(f"{prefix}.conv1", []).append(out)
     out = conv2d(out, params[f"{prefix}.conv2.weight"], None, shared=False)
     out = batch_norm(out, params, f"{prefix}.bn2", training)
     if f"{prefix}.shortcut.conv.weight" in params:
@@ -398,12 +417,15 @@ def resnet_forward(
     training: bool = False,
     dropout_p: Tensor | None = None,
     dropout_keys: Tensor | None = None,
+    taps: dict[str, list[Tensor]] | None = None,
 ) -> Tensor:
     """N stacked small ResNets: stem (conv, BN, act), basic blocks, global average pool, dropout, head.
 
     Block ``stages.{i}.{j}`` has ``conv1``/``bn1``/``conv2``/``bn2`` and, when its shape changes,
     ``shortcut.conv``/``shortcut.bn`` (1x1, stride 2). A block is strided (2) exactly when its
     output channels differ from its input channels (the first block of every stage after the first).
+    ``taps``: as for :func:`mlp_forward`; the residual stream of stage ``i`` (``stages.{i}``, the
+    stem's output for stage 0) gets every point on it, in order.
 
     Shapes:
         params: conv weights ``[N, C_out, C_in, k, k]``, BN tensors ``[N, C]``, ``head.weight
@@ -413,11 +435,15 @@ def resnet_forward(
     h, shared = _grouped_input(x)
     h = conv2d(h, params["stem.conv.weight"], None, shared=shared)
     h = activate(batch_norm(h, params, "stem.bn", training), activation)
+    if taps is not None:
+        taps.setdefault("stages.0", []).append(h)
     stage = 0
     while f"stages.{stage}.0.conv1.weight" in params:
         block = 0
         while f"stages.{stage}.{block}.conv1.weight" in params:
-            h = _basic_block(h, params, f"stages.{stage}.{block}", activation, training)
+            h = _basic_block(h, params, f"stages.{stage}.{block}", activation, training, taps)
+            if taps is not None:
+                taps.setdefault(f"stages.{stage}", []).append(h)
             block += 1
         stage += 1
     feats = dropout(grouped_pool(h, n), dropout_p, training, keys=dropout_keys)

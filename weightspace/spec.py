@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.architectures import normalize_config, param_shapes
+from zoo.architectures import build_module, can_build, normalize_config, param_shapes
 from zoo.errors import ConfigError, MismatchError
 from zoo.registry import Registry
 
@@ -255,8 +255,9 @@ def _resnet_spec(cfg: dict) -> PermutationSpec:
 def spec_for(model: Any) -> PermutationSpec:
     """The permutation spec of an architecture config, an ``nn.Module``, or a stored model record.
 
-    A config of a built-in family (mlp, siren, cnn, resnet) gets its declared spec; a module is traced
-    with ``torch.fx`` (:func:`trace_spec`); a :class:`PermutationSpec` is returned unchanged.
+    A config of a family with a registered spec builder (mlp, siren, cnn, resnet) gets its declared
+    spec; any other buildable family, and a module, is traced with ``torch.fx`` (:func:`trace_spec`);
+    a :class:`PermutationSpec` is returned unchanged.
     Raises :class:`ConfigError` when no spec can be derived.
     """
     if isinstance(model, PermutationSpec):
@@ -269,6 +270,8 @@ def spec_for(model: Any) -> PermutationSpec:
             f"spec_for needs an architecture config, an nn.Module or a model record, got {type(model).__name__}"
         )
     cfg = normalize_config(cfg)
+    if cfg["family"] not in SPEC_BUILDERS and can_build(cfg):
+        return trace_spec(build_module(cfg))  # a family without a declared spec: trace its module
     if cfg["family"] not in SPEC_BUILDERS:
         raise ConfigError(
             f"no permutation spec for architecture family {cfg['family']!r} (specs are known for "

@@ -63,13 +63,15 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from kernels import batched
 from zoo.errors import ConfigError, DuplicateError, MismatchError
 from zoo.jsonlimits import check_config
+from zoo.registry import Registry
 
 RAW_FAMILY = "raw"
 
@@ -131,17 +133,41 @@ activation_choice = choice(*ACTIVATION_NAMES)
 # The registry
 
 
+#: what a family's output means: class logits (evaluated by accuracy), a regression target, or an
+#: implicit neural representation (coordinates in, signal out; evaluated by PSNR)
+Head = Literal["classifier", "regressor", "inr"]
+
+
 @dataclass(frozen=True)
 class Family:
-    """A registered architecture family: its builder and its config schema."""
+    """A registered architecture family: the one home of what the code knows about it.
+
+    Its builder and config schema, what its output is (``head``), and the shape of one input sample
+    (``input_shape(config)``: ``(in_features,)`` for dense nets, ``(C, H, W)`` for image nets). The
+    permutation spec of a family lives in :mod:`weightspace.spec` (registered under the same name,
+    else traced with torch.fx); its batched forward in :mod:`kernels.batched`.
+    """
 
     name: str
     builder: Callable[[dict], nn.Module]
     fields: Mapping[str, tuple[Any, Check]]  # key -> (default, check)
     validate: Callable[[dict], None] | None = None
+    head: Head = "classifier"
+    input_shape: Callable[[dict], tuple[int, ...]] | None = None
+    #: a loose upper bound on the activation floats one sample needs (sizes evaluation batches)
+    activation_floats: Callable[[dict], int] | None = None
+    #: the batched forward of N stacked models: ``forward(cfg, params, x, *, training, dropout,
+    #: dropout_keys, taps) -> [N, B, out]`` (:func:`zoo.evaluate.functional_forward` dispatches to it)
+    forward: Callable[..., Tensor] | None = None
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.head == "classifier"
 
 
-_FAMILIES: dict[str, Family] = {}
+#: every buildable family by name (``raw`` is accepted by configs but is not a family: it has no builder)
+FAMILIES: Registry[Family] = Registry("architecture family", plural="architecture families",
+                                      entry_points="weightzoo.architectures")
 
 
 def register_architecture(
@@ -149,35 +175,84 @@ def register_architecture(
     *,
     fields: Mapping[str, tuple[Any, Check]] | None = None,
     validate: Callable[[dict], None] | None = None,
+    head: Head = "classifier",
+    input_shape: Callable[[dict], tuple[int, ...]] | None = None,
+    activation_floats: Callable[[dict], int] | None = None,
+    forward: Callable[..., Tensor] | None = None,
 ) -> Callable[[Callable[[dict], nn.Module]], Callable[[dict], nn.Module]]:
     """Decorator registering ``builder(normalized_config) -> nn.Module`` under ``family``.
 
     ``fields`` maps every config key (but ``family``) to ``(default, check)``; ``validate`` checks
-    constraints between keys. Refuses a name already taken (:class:`DuplicateError`).
+    constraints between keys; ``head`` says what the output is; ``input_shape(cfg)`` gives one
+    sample's input shape; ``forward`` is the batched forward over stacked weights (optional: without
+    it the family's models are stored and built, but not evaluated as a population). Refuses a name already taken (:class:`DuplicateError`).
     """
-    if family in _FAMILIES or family == RAW_FAMILY:
-        raise DuplicateError(
-            f"architecture family {family!r} is already registered; choose another name "
-            f"(registered: {', '.join(known_families())})"
-        )
+    if family == RAW_FAMILY:
+        raise DuplicateError(f"architecture family {RAW_FAMILY!r} is reserved for state dicts without a builder")
+    FAMILIES.check_free(family)
 
     def decorator(builder: Callable[[dict], nn.Module]) -> Callable[[dict], nn.Module]:
-        _FAMILIES[family] = Family(family, builder, dict(fields or {}), validate)
+        FAMILIES.register(family, Family(family, builder, dict(fields or {}), validate, head, input_shape,
+                                         activation_floats, forward))  # fmt: skip
         return builder
 
     return decorator
 
 
+def get_family(config: Mapping[str, Any] | str) -> Family:
+    """The :class:`Family` of a config (or of a family name); :class:`ConfigError` for ``raw`` or unknown."""
+    name = config if isinstance(config, str) else _family(config)
+    if name == RAW_FAMILY:
+        raise ConfigError(
+            "architecture family 'raw' has no builder: such models can be stored, compared and merged but "
+            f"not run; give the model a buildable config ({', '.join(known_families())})"
+        )
+    return FAMILIES.get(name)
+
+
+def is_classifier(config: Mapping[str, Any] | None) -> bool:
+    """True when ``config`` is a buildable classifier (evaluated by accuracy on a labelled data set)."""
+    try:
+        return config is not None and get_family(config).is_classifier
+    except ConfigError:
+        return False
+
+
+def input_shape(config: Mapping[str, Any]) -> tuple[int, ...]:
+    """The shape of one input sample of ``config``'s models (``[B, *input_shape]`` is a batch)."""
+    fam = get_family(config)
+    if fam.input_shape is None:
+        raise ConfigError(f"architecture family {fam.name!r} does not declare its input shape")
+    return tuple(int(d) for d in fam.input_shape(normalize_config(config)))
+
+
+def describe_input(config: Mapping[str, Any]) -> str:
+    """One sample's input in words: ``[64] features`` or ``1 channel(s) of 8x8``."""
+    shape = input_shape(config)
+    if len(shape) == 1:
+        return f"[{shape[0]}] features"
+    return f"{shape[0]} channel(s) of {'x'.join(map(str, shape[1:]))}"
+
+
+def activation_floats(config: Mapping[str, Any]) -> int:
+    """A loose upper bound on the activation floats one model needs per sample (1024 when undeclared)."""
+    try:
+        fam = get_family(config)
+    except ConfigError:
+        return 1024
+    return int(fam.activation_floats(normalize_config(config))) if fam.activation_floats else 1024
+
+
 def known_families() -> list[str]:
     """The families that have a builder, sorted (``"raw"`` is accepted too but has none)."""
-    return sorted(_FAMILIES)
+    return FAMILIES.names()
 
 
 def _family(config: Mapping[str, Any] | None) -> str:
     if not isinstance(config, Mapping):
         raise ConfigError(f"an architecture config must be a dict with a 'family' key, got {config!r}")
     family = config.get("family")
-    if not isinstance(family, str) or (family != RAW_FAMILY and family not in _FAMILIES):
+    if not isinstance(family, str) or (family != RAW_FAMILY and family not in FAMILIES):
         raise ConfigError(
             f"unknown architecture family {family!r}; valid families: "
             f"{', '.join(known_families())} (or {RAW_FAMILY!r} for state dicts without a builder)"
@@ -199,7 +274,7 @@ def normalize_config(config: Mapping[str, Any]) -> dict[str, Any]:
             return json.loads(json.dumps(dict(config), sort_keys=True))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"a 'raw' architecture config must be JSON-able: {e}") from None
-    spec = _FAMILIES[family]
+    spec = FAMILIES.get(family)
     unknown = sorted(set(config) - set(spec.fields) - {"family"})
     if unknown:
         raise ConfigError(
@@ -240,7 +315,7 @@ def build_module(config: Mapping[str, Any]) -> nn.Module:
             "architecture family 'raw' has no builder: such models can be stored, compared and merged "
             f"but not instantiated; give the model a buildable config ({', '.join(known_families())})"
         )
-    return _FAMILIES[norm["family"]].builder(norm)
+    return FAMILIES.get(norm["family"]).builder(norm)
 
 
 @functools.lru_cache(maxsize=256)
@@ -510,6 +585,30 @@ def _check_resnet(cfg: dict) -> None:
         )
 
 
+# Batched forwards (kernels.batched) of the built-in families: (cfg, params, x, ...) -> [N, B, out]
+def _mlp_forward(cfg: dict, params: Any, x: Tensor, *, training: bool = False, dropout: Any = None,
+                 dropout_keys: Any = None, taps: Any = None) -> Tensor:  # fmt: skip
+    return batched.mlp_forward(params, x, activation=cfg["activation"], training=training, dropout_p=dropout,
+                               dropout_keys=dropout_keys, taps=taps)  # fmt: skip
+
+
+def _cnn_forward(cfg: dict, params: Any, x: Tensor, *, training: bool = False, dropout: Any = None,
+                 dropout_keys: Any = None, taps: Any = None) -> Tensor:  # fmt: skip
+    return batched.cnn_forward(params, x, activation=cfg["activation"], pool=cfg["pool"], training=training,
+                               dropout_p=dropout, dropout_keys=dropout_keys, taps=taps)  # fmt: skip
+
+
+def _siren_forward(cfg: dict, params: Any, x: Tensor, *, training: bool = False, dropout: Any = None,
+                   dropout_keys: Any = None, taps: Any = None) -> Tensor:  # fmt: skip
+    return batched.siren_forward(params, x, w0=cfg["w0"], taps=taps)
+
+
+def _resnet_forward(cfg: dict, params: Any, x: Tensor, *, training: bool = False, dropout: Any = None,
+                    dropout_keys: Any = None, taps: Any = None) -> Tensor:  # fmt: skip
+    return batched.resnet_forward(params, x, activation=cfg["activation"], training=training, dropout_p=dropout,
+                                  dropout_keys=dropout_keys, taps=taps)  # fmt: skip
+
+
 @register_architecture(
     "mlp",
     fields={
@@ -519,6 +618,10 @@ def _check_resnet(cfg: dict) -> None:
         "activation": ("relu", activation_choice),
         "dropout": (0.0, probability),
     },
+    forward=_mlp_forward,
+    head="classifier",
+    input_shape=lambda c: (c["in_features"],),
+    activation_floats=lambda c: 3 * max(c["in_features"], c["out_features"], *c["hidden"]),
 )
 def _build_mlp(cfg: dict) -> nn.Module:
     return MLP([cfg["in_features"], *cfg["hidden"], cfg["out_features"]], cfg["activation"], cfg["dropout"])
@@ -537,6 +640,10 @@ def _build_mlp(cfg: dict) -> nn.Module:
         "dropout": (0.0, probability),
         "out_features": (10, positive_int),
     },
+    forward=_cnn_forward,
+    head="classifier",
+    input_shape=lambda c: (c["in_channels"], c["image_size"], c["image_size"]),
+    activation_floats=lambda c: 4 * max(c["channels"]) * c["image_size"] ** 2,
     validate=_check_cnn,
 )
 def _build_cnn(cfg: dict) -> nn.Module:
@@ -560,6 +667,10 @@ def _build_cnn(cfg: dict) -> nn.Module:
         "out_features": (1, positive_int),
         "w0": (30.0, positive_float),
     },
+    forward=_siren_forward,
+    head="inr",
+    input_shape=lambda c: (c["in_features"],),
+    activation_floats=lambda c: 3 * max(c["in_features"], c["out_features"], *c["hidden"]),
 )
 def _build_siren(cfg: dict) -> nn.Module:
     return Siren([cfg["in_features"], *cfg["hidden"], cfg["out_features"]], cfg["w0"])
@@ -577,6 +688,10 @@ def _build_siren(cfg: dict) -> nn.Module:
         "out_features": (10, positive_int),
     },
     validate=_check_resnet,
+    forward=_resnet_forward,
+    head="classifier",
+    input_shape=lambda c: (c["in_channels"], c["image_size"], c["image_size"]),
+    activation_floats=lambda c: 6 * c["width"] * c["image_size"] ** 2,
 )
 def _build_resnet(cfg: dict) -> nn.Module:
     return ResNet(
@@ -592,7 +707,14 @@ def _build_resnet(cfg: dict) -> nn.Module:
 __all__ = [
     "RAW_FAMILY",
     "ACTIVATION_NAMES",
+    "FAMILIES",
     "Family",
+    "Head",
+    "activation_floats",
+    "describe_input",
+    "get_family",
+    "input_shape",
+    "is_classifier",
     "register_architecture",
     "known_families",
     "normalize_config",

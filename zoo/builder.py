@@ -168,16 +168,13 @@ def load_data(recipe: Recipe, runs: Sequence[Run] | None = None, *, root: str | 
     d = dict(recipe.dataset)
     name = d.pop("name", "digits")
     root = d.pop("root", root)
-    fam = recipe.arch["family"]
     ds = load_dataset(name, root=root, **d)
     if recipe.task == "inr":
         return ds
     ft = recipe.finetune
     if ft is not None and (ft.corruption or ft.classes):
         ds = _finetune_data(ds, ft, corrupt)
-    if fam == "mlp":
-        ds = ds.flat()
-    return ds
+    return ds.for_architecture(recipe.arch)
 
 
 def _finetune_data(ds: Any, ft: Any, corrupt: Any) -> Any:

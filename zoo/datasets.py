@@ -26,7 +26,7 @@ import io
 import pickle
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,13 @@ class Dataset:
     def __post_init__(self) -> None:
         if not self.image_shape:  # built by hand from image tensors: the images are the inputs
             self.image_shape = tuple(self.input_shape)
+
+    def for_architecture(self, config: Mapping[str, Any]) -> Dataset:
+        """The data laid out as ``config``'s models take it: flattened for families whose input is a
+        feature vector (:func:`zoo.architectures.input_shape` of rank 1), as images otherwise."""
+        from zoo.architectures import input_shape
+
+        return self.flat() if len(input_shape(config)) == 1 else self
 
     def flat(self) -> Dataset:
         """The same data with every ``X`` flattened to ``[n, features]`` (for MLPs)."""

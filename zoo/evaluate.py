@@ -9,7 +9,7 @@ data set in chunks; :func:`evaluate_module_loop` is the naive reference (one ``n
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernels import batched
+from zoo import architectures as archs
 from zoo.architectures import check_stacked, instantiate, normalize_config
 from zoo.errors import ConfigError, MismatchError
 
@@ -39,40 +40,6 @@ TASKS = ("classification", "regression")
 # ----------------------------------------------------------------------------------------------
 # Forward dispatch
 
-Forward = Callable[..., Tensor]  # (cfg, params, x, training, dropout, dropout_keys) -> [N, B, out]
-
-
-def _mlp(cfg: dict, params, x, training, dropout, keys) -> Tensor:
-    return batched.mlp_forward(
-        params, x, activation=cfg["activation"], training=training, dropout_p=dropout, dropout_keys=keys
-    )
-
-
-def _cnn(cfg: dict, params, x, training, dropout, keys) -> Tensor:
-    return batched.cnn_forward(
-        params,
-        x,
-        activation=cfg["activation"],
-        pool=cfg["pool"],
-        training=training,
-        dropout_p=dropout,
-        dropout_keys=keys,
-    )
-
-
-def _siren(cfg: dict, params, x, training, dropout, keys) -> Tensor:
-    return batched.siren_forward(params, x, w0=cfg["w0"])
-
-
-def _resnet(cfg: dict, params, x, training, dropout, keys) -> Tensor:
-    return batched.resnet_forward(
-        params, x, activation=cfg["activation"], training=training, dropout_p=dropout, dropout_keys=keys
-    )
-
-
-_FORWARDS: dict[str, Forward] = {"mlp": _mlp, "cnn": _cnn, "siren": _siren, "resnet": _resnet}
-
-
 def functional_forward(
     config: Mapping,
     params: Mapping[str, Tensor],
@@ -81,8 +48,9 @@ def functional_forward(
     training: bool = False,
     dropout: Tensor | None = None,
     dropout_keys: Tensor | None = None,
+    taps: dict[str, list[Tensor]] | None = None,
 ) -> Tensor:
-    """Run all N models of a stacked population on ``x``.
+    """Run all N models of a stacked population on ``x``, with the batched forward its family declares.
 
     ``training`` switches dropout and BatchNorm to training mode (batch statistics; the running
     buffers in ``params`` are updated in place). ``dropout`` gives each model its own probability;
@@ -92,19 +60,21 @@ def functional_forward(
     Shapes:
         params: ``name -> [N, *shape]``; x: shared ``[B, *in]`` or per model ``[N, B, *in]``
         (``*in`` = ``(features,)`` for mlp/siren, ``(C, H, W)`` for cnn/resnet); dropout,
-        dropout_keys: ``[N]``. Returns ``[N, B, out]``.
+        dropout_keys: ``[N]``. Returns ``[N, B, out]``. ``taps`` (a dict) collects every hidden
+        activation by permutation group (see :func:`kernels.batched.mlp_forward`).
     """
     cfg = normalize_config(config)
-    forward = _FORWARDS.get(cfg["family"])
+    forward = archs.get_family(cfg).forward
     if forward is None:
+        batched_families = [f for f in archs.known_families() if archs.get_family(f).forward is not None]
         raise ConfigError(
             f"no batched forward for architecture family {cfg['family']!r}; "
-            f"batched families: {', '.join(sorted(_FORWARDS))}"
+            f"batched families: {', '.join(batched_families)}"
         )
     if training and dropout is None and cfg.get("dropout", 0.0) > 0:
         n = batched.population_size(params)
         dropout = torch.full((n,), cfg["dropout"])
-    return forward(cfg, params, x, training, dropout, dropout_keys)
+    return forward(cfg, params, x, training=training, dropout=dropout, dropout_keys=dropout_keys, taps=taps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,15 +111,8 @@ def _check_task(task: str) -> None:
 
 
 def _floats_per_sample(cfg: dict) -> int:
-    """A rough upper bound on the activation floats one model needs per sample."""
-    family = cfg["family"]
-    if family in ("mlp", "siren"):
-        return 3 * max(cfg["in_features"], cfg["out_features"], *cfg["hidden"])
-    if family == "cnn":
-        return 4 * max(cfg["channels"]) * cfg["image_size"] ** 2
-    if family == "resnet":
-        return 6 * cfg["width"] * cfg["image_size"] ** 2
-    return 1024
+    """A rough upper bound on the activation floats one model needs per sample (declared by its family)."""
+    return archs.activation_floats(cfg)
 
 
 def _chunks(total: int, size: int) -> list[slice]:
@@ -232,7 +195,7 @@ def _count(mask: Tensor | None, n_data: int) -> int | Tensor:
 
 
 def _input_dims(cfg: dict) -> int:
-    return 3 if cfg["family"] in ("cnn", "resnet") else 1
+    return len(archs.input_shape(cfg))
 
 
 def _per_model_y(y: Tensor, task: str) -> bool:
@@ -330,10 +293,8 @@ def evaluate_models(
     import pandas as pd
     from sqlalchemy import insert
 
-    from zoo import architectures as archs
     from zoo import schema as S
     from zoo.datasets import load_dataset
-    from zoo.rows import _input_desc
 
     with zoo.engine.connect() as conn:
         ids = [zoo._model_id(conn, m) for m in models]
@@ -341,25 +302,25 @@ def evaluate_models(
     groups: dict[str, list[ModelRecord]] = {}
     for r in recs:
         cfg = r.arch_config
-        if not archs.can_build(cfg) or cfg.get("family") == "siren":
+        if not archs.is_classifier(cfg):
             raise ConfigError(f"model {r.id} ({r.architecture}) is not an evaluable classifier")
         groups.setdefault(archs.config_hash(cfg), []).append(r)
     ds_cache: dict[bool, Any] = {}
     rows = []
     for group in groups.values():
         cfg = group[0].arch_config
-        flat = cfg["family"] == "mlp"
+        flat = len(archs.input_shape(cfg)) == 1
         if flat not in ds_cache:
-            ds = load_dataset(dataset, root=dataset_root, seed=seed)
-            ds_cache[flat] = ds.flat() if flat else ds
+            ds_cache[flat] = load_dataset(dataset, root=dataset_root, seed=seed).for_architecture(cfg)
         ds = ds_cache[flat]
         W = zoo.stack([r.id for r in group])
         for split in splits:
             X, y = ds.split(split)
             want = tuple(X.shape[1:])
-            if flat and want != (cfg["in_features"],) or not flat and (want[0] != cfg.get("in_channels", want[0])):
+            takes = archs.input_shape(cfg)
+            if want != takes if flat else want[0] != takes[0]:
                 raise MismatchError(
-                    f"architecture {group[0].architecture} takes inputs {_input_desc(cfg)}, but data set "
+                    f"architecture {group[0].architecture} takes inputs {archs.describe_input(cfg)}, but data set "
                     f"{dataset!r} has inputs of shape {list(want)}; evaluate on a matching data set"
                 )
             try:

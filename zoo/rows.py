@@ -50,12 +50,6 @@ def _json(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=str)
 
 
-def _input_desc(cfg: Mapping[str, Any]) -> str:
-    if cfg.get("family") == "mlp":
-        return f"[{cfg.get('in_features')}] features"
-    return f"{cfg.get('in_channels')} channels of {cfg.get('image_size')}x{cfg.get('image_size')}"
-
-
 def _check_name(name: str, what: str) -> str:
     """A population or model name: a valid name (zoo.names) that is not all digits (it would read as an id)."""
     return check_name(name, what, allow_digits=False)

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo import architectures as archs
 from zoo.architectures import check_stacked, init_state, normalize_config, parameter_names
 from zoo.errors import ConfigError, MismatchError
 from zoo.evaluate import TASKS, evaluate_population, functional_forward
@@ -331,7 +332,7 @@ def _check_classification_data(cfg: dict, data: Any) -> None:
             raise ConfigError(
                 f"classification data needs X_train, y_train, X_test, y_test (and optionally X_val, y_val); {name} is missing"
             )
-    in_dims = 3 if cfg["family"] in ("cnn", "resnet") else 1
+    in_dims = len(archs.input_shape(cfg))
     X, y = data.X_train, data.y_train
     if X.dim() != in_dims + 1 or len(X) != len(y):
         layout = "[n, C, H, W]" if in_dims == 3 else "[n, features]"

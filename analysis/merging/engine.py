@@ -30,13 +30,13 @@ from analysis.merging.registry import MergeMethod, TensorContext, get_method
 from analysis.merging.sources import StateDictSource, TensorInfo, TensorSource, open_source
 from analysis.merging.sparsify import RANDOM_BLOCK, Selection, SelectionBuilder
 from analysis.merging.writer import StreamingWriter, parse_size
+from zoo.architectures import is_classifier
 from zoo.errors import ConfigError, MismatchError
 from zoo.outpath import guard_output_dir
 from zoo.progress import progress_bar
 
 __all__ = ["MergeResult", "check_config", "merge", "merge_state_dicts"]
 
-EVALUABLE_FAMILIES = ("mlp", "cnn", "resnet")
 #: where a ``from_metrics`` parameter is read from, in order: the first split that has the metric
 METRIC_SPLITS = ("val", "test", "train", "")
 
@@ -405,7 +405,7 @@ def _store(zoo: Any, result: MergeResult, state: dict[str, Tensor], cfg: MergeCo
     rec = zoo.add(state, arch=arch, population=population, name=name, parents=parents, op=f"merge.{method.name}",
                   params=result.params, tags=list(tags), source="merge:" + ",".join(sources_desc))  # fmt: skip
     result.model_id = rec.id
-    if evaluate and rec.arch_config and rec.arch_config.get("family") in EVALUABLE_FAMILIES:
+    if evaluate and is_classifier(rec.arch_config):
         ds = dataset
         if ds is None and ref.zoo_id is not None:
             ds = zoo.hparams(ref.zoo_id).get("dataset")

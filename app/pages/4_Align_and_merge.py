@@ -15,8 +15,7 @@ import streamlit as st
 from app import charts
 from app import common as C
 from zoo import ZooError
-
-EVALUABLE = ("mlp", "cnn", "resnet")
+from zoo.architectures import is_classifier
 
 
 def _load(*names: str) -> tuple[object | None, str]:
@@ -215,13 +214,12 @@ with t_merge:
                     merged = merge_mod.merge_state_dicts(mname, sds, bsd, **pvalues)
                     rec = z.get(inputs[0])
                     res = None
-                    if rec.arch_config and rec.arch_config.get("family") in EVALUABLE:
+                    if is_classifier(rec.arch_config):
                         from zoo.datasets import load_dataset
                         from zoo.evaluate import evaluate_population
 
                         ds = load_dataset(str(z.hparams(inputs[0]).get("dataset", "digits")))
-                        if rec.arch_config["family"] == "mlp":
-                            ds = ds.flat()
+                        ds = ds.for_architecture(rec.arch_config)
                         X, y = ds.split("test")
                         res = evaluate_population(rec.arch_config, {k: v[None] for k, v in merged.items()}, X, y)
             except (ZooError, ValueError, RuntimeError) as e:

@@ -38,15 +38,14 @@ GENERATORS = ("linear", "free")
 
 
 def probe_input_shape(arch: Mapping[str, Any]) -> tuple[int, ...]:
-    """The input shape of one sample for an architecture config (mlp/siren: features; cnn/resnet: C, H, W)."""
-    fam = arch["family"]
-    if fam in ("mlp", "siren"):
-        return (int(arch["in_features"]),)
-    if fam in ("cnn", "resnet"):
-        size = arch.get("input_size") or arch.get("image_size")
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        return (int(arch["in_channels"]), int(h), int(w))
-    raise ConfigError(f"the probe encoder cannot run architecture family {fam!r}; families: mlp, siren, cnn, resnet")
+    """The input shape of one sample for an architecture config, as its family declares it
+    (:func:`zoo.architectures.input_shape`: features for dense nets, ``(C, H, W)`` for image nets)."""
+    from zoo.architectures import input_shape
+
+    try:
+        return input_shape(arch)
+    except ConfigError as e:
+        raise ConfigError(f"the probe encoder cannot run this architecture: {e}") from None
 
 
 #: (weights, biases) of a dense chain, raw (not normalised): ``[B, n_out, n_in]``, ``[B, n_out]``

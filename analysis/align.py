@@ -603,18 +603,19 @@ def align_and_store(
     )[0]  # fmt: skip
 
 
-def mixup_aligner(seed: int = 0) -> Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], dict[str, Tensor]]:
-    """``align(population, reference) -> aligned population`` by weight matching, for weight-space
-    mixup (:mod:`weightspace.augment`). Registered as the ``weight_matching`` entry point of the
-    ``weightzoo.aligners`` group, so weightspace can use it without importing analysis.
+def mixup_aligner(
+    seed: int = 0,
+) -> Callable[[Mapping[str, Tensor], Mapping[str, Tensor], PermutationSpec], dict[str, Tensor]]:
+    """``align(population, reference, spec) -> aligned population`` by weight matching, for
+    weight-space mixup (:mod:`weightspace.augment`). Registered as the ``weight_matching`` entry point
+    of the ``weightzoo.aligners`` group, so weightspace can use it without importing analysis.
 
     Shapes:
-        population: ``name -> [N, ...]`` MLP-style stacked weights; reference: ``name -> [...]``.
+        population: ``name -> [N, ...]`` stacked weights of any family ``spec`` describes;
+        reference: ``name -> [...]``.
     """
-    from weightspace.views import mlp_spec_from_names
 
-    def align(population: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        spec = mlp_spec_from_names(list(population))
+    def align(population: Mapping[str, Tensor], reference: Mapping[str, Tensor], spec: PermutationSpec) -> dict[str, Tensor]:
         return align_population(dict(population), dict(reference), seed=seed, spec=spec).aligned
 
     return align

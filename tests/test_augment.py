@@ -72,13 +72,16 @@ def test_augmenter_config_and_mixup_needs_align() -> None:
         aug.prepare(X, None)
     calls = []
 
-    def identity_align(pop, ref):
-        calls.append(len(next(iter(pop.values()))))
+    def identity_align(pop, ref, spec):
+        calls.append((len(next(iter(pop.values()))), spec))
         return pop
 
-    aug = Augmenter([{"name": "mixup", "prob": 1.0}, "permute", "rescale", "noise", "dropout"]).prepare(X, identity_align)
+    with pytest.raises(ConfigError, match="spec"):
+        Augmenter(["mixup"]).prepare(X, identity_align)
+    aug = Augmenter([{"name": "mixup", "prob": 1.0}, "permute", "rescale", "noise", "dropout"]).prepare(
+        X, identity_align, spec_for(CFG))
     y = torch.arange(4).float()
     aug.set_targets(y)
     out, y2 = aug(X, y, spec_for(CFG), index=torch.arange(4), generator=torch.Generator().manual_seed(0))
-    assert calls == [4] and set(out) == set(X) and y2.shape == y.shape
+    assert calls == [(4, spec_for(CFG))] and set(out) == set(X) and y2.shape == y.shape
     assert aug.to_config()[0] == {"name": "mixup", "alpha": 0.2, "prob": 1.0}

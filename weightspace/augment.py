@@ -40,8 +40,8 @@ __all__ = [
 ]
 
 Stacked = Mapping[str, Tensor]
-#: ``align(population {name: [N, ...]}, reference {name: [...]}) -> aligned population {name: [N, ...]}``
-AlignFn = Callable[[Stacked, Mapping[str, Tensor]], Mapping[str, Tensor]]
+#: ``align(population {name: [N, ...]}, reference {name: [...]}, spec) -> aligned population {name: [N, ...]}``
+AlignFn = Callable[[Stacked, Mapping[str, Tensor], PermutationSpec], Mapping[str, Tensor]]
 
 
 def _n(stacked: Stacked) -> int:
@@ -179,16 +179,19 @@ class Augmenter:
     def __bool__(self) -> bool:
         return bool(self.steps)
 
-    def prepare(self, stacked: Stacked, align: AlignFn | None) -> Augmenter:
-        """Align the training population once (reference: its first model), for mixup partners."""
+    def prepare(self, stacked: Stacked, align: AlignFn | None, spec: PermutationSpec | None = None) -> Augmenter:
+        """Align the training population once (reference: its first model) by its permutation
+        ``spec``, for mixup partners."""
         if self.uses_mixup:
             if align is None:
                 raise ConfigError(
                     "mixup mixes aligned pairs: pass align=... (e.g. weightspace.cli.weight_matching_align(), "
                     "which uses analysis.align weight matching) or drop 'mixup' from the augmentations"
                 )
+            if spec is None:
+                raise ConfigError("mixup aligns the population by its permutation spec: pass spec=... to prepare")
             ref = {k: v[0] for k, v in stacked.items()}
-            self.aligned_ = {k: torch.as_tensor(v) for k, v in align(stacked, ref).items()}
+            self.aligned_ = {k: torch.as_tensor(v) for k, v in align(stacked, ref, spec).items()}
         return self
 
     def __call__(

@@ -22,7 +22,7 @@ __all__ = ["register", "weight_matching_align"]
 
 
 def weight_matching_align(seed: int = 0) -> Any:
-    """An ``align(population, reference) -> aligned population`` callable for mixup, found through the
+    """An ``align(population, reference, spec) -> aligned population`` callable for mixup, found through the
     ``weightzoo.aligners`` entry-point group (``analysis.align`` provides ``weight_matching``), so that
     weightspace never imports analysis (DESIGN.md's dependency direction)."""
     from importlib.metadata import entry_points

@@ -36,40 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from weightspace.spec import PermutationSpec
-from zoo.errors import ConfigError, MismatchError
+from weightspace.spec import PermutationSpec, layer_chain
+from zoo.errors import MismatchError
 
 __all__ = ["neural_graph", "neural_graphs", "graph_chain", "GraphTemplate", "graph_template"]
 
 
 def graph_chain(spec: PermutationSpec) -> list[tuple[str, str | None]]:
-    """``[(weight name, bias name or None), ...]`` of a dense/conv chain, inputs first."""
-    weights = {k: ax for k, ax in spec.axes.items() if len(ax) >= 2}
-    by_in: dict[str | None, str] = {}
-    for k, ax in weights.items():
-        if ax[1] in by_in:
-            raise ConfigError(
-                "neural graphs support chains of dense/conv layers (mlp, siren, cnn without BatchNorm); "
-                f"{k!r} and {by_in[ax[1]]!r} read the same neurons (a residual or branching architecture)"
-            )
-        by_in[ax[1]] = k
-    chain, p, used = [], None, set()
-    while p in by_in:
-        w = by_in.pop(p)
-        prefix = w.rsplit(".", 1)[0]
-        b = f"{prefix}.bias" if f"{prefix}.bias" in spec.axes else None
-        chain.append((w, b))
-        used |= {w, b}
-        p = weights[w][0]
-        if p is None:
-            break
-    left = [k for k, ax in spec.axes.items() if k not in used and any(a is not None for a in ax)]
-    if left or not chain or by_in:
-        raise ConfigError(
-            f"neural graphs support chains of dense/conv layers (mlp, siren, cnn without BatchNorm); "
-            f"left over: {left[:4] or sorted(x for x in by_in.values())[:4]}"
-        )
-    return chain
+    """``[(weight name, bias name or None), ...]`` of a dense/conv chain, inputs first (:func:`layer_chain`)."""
+    chain = layer_chain(spec, what="neural graphs support chains of dense/conv layers (mlp, siren, cnn without BatchNorm)")
+    return [(lay.weight, lay.bias) for lay in chain]
 
 
 @dataclass(eq=False)

@@ -53,6 +53,8 @@ Perms = Mapping[str, Tensor]
 __all__ = [
     "Axes",
     "PermutationSpec",
+    "ChainLayer",
+    "layer_chain",
     "dense",
     "conv",
     "norm",
@@ -159,6 +161,52 @@ class PermutationSpec:
 
     def __repr__(self) -> str:
         return f"PermutationSpec({len(self.axes)} tensors, perms={self.perms})"
+
+
+# ----------------------------------------------------------------------------------------------
+# The layer chain of a spec (the one walker: NP views, neural graphs)
+
+
+@dataclass(frozen=True)
+class ChainLayer:
+    """One layer of a chain: tensor names and the permutations on its input/output neurons."""
+
+    weight: str
+    bias: str | None
+    p_in: str | None
+    p_out: str | None
+
+
+def layer_chain(spec: PermutationSpec, *, what: str = "this view needs a chain of layers") -> list[ChainLayer]:
+    """The spec's weight layers (rank >= 2: dense or conv) in forward order, input layer first.
+
+    Each layer's input permutation is the previous layer's output permutation; the first reads fixed
+    inputs, the walk ends at a layer with fixed outputs. Raises :class:`ConfigError` (prefixed with
+    ``what``) when two layers read the same neurons (residual or branching architectures) or a
+    permuted tensor is left out of the chain (BatchNorm, a second head, ...).
+    """
+    weights = {k: ax for k, ax in spec.axes.items() if len(ax) >= 2}
+    by_in: dict[str | None, str] = {}
+    for k, ax in weights.items():
+        if ax[1] in by_in:
+            raise ConfigError(f"{what}; {k!r} and {by_in[ax[1]]!r} read the same neurons "
+                              "(a residual or branching architecture)")  # fmt: skip
+        by_in[ax[1]] = k
+    chain: list[ChainLayer] = []
+    p: str | None = None
+    while p in by_in:
+        w = by_in.pop(p)
+        prefix = w.rsplit(".", 1)[0]
+        b = f"{prefix}.bias" if f"{prefix}.bias" in spec.axes else None
+        chain.append(ChainLayer(w, b, p, weights[w][0]))
+        p = weights[w][0]
+        if p is None:
+            break
+    used = {x for lay in chain for x in (lay.weight, lay.bias) if x}
+    left = [k for k, ax in spec.axes.items() if k not in used and any(a is not None for a in ax)]
+    if left or not chain or by_in:
+        raise ConfigError(f"{what}; left over: {left[:4] or sorted(by_in.values())[:4]}")
+    return chain
 
 
 # ----------------------------------------------------------------------------------------------

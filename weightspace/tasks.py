@@ -107,14 +107,11 @@ def _groups(df: pd.DataFrame) -> np.ndarray:
 
 
 def _spec(config: Mapping[str, Any] | None, X: Mapping[str, Tensor]) -> PermutationSpec:
-    if config is not None:
-        try:
-            return spec_for(config)
-        except ConfigError:
-            pass
-    from weightspace.views import mlp_spec_from_names
-
-    return mlp_spec_from_names(list(X))
+    """The population's permutation spec, from its architecture (declared or traced)."""
+    if config is None:
+        raise ConfigError("the population has no architecture config, so it has no permutation spec; "
+                          "give its models a buildable architecture (weightzoo ingest --arch ...)")  # fmt: skip
+    return spec_for(config)
 
 
 def _task_accuracy(zoo: Any, population: str | None, metric: str = "test_acc", final: bool = False) -> TaskData:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from weightspace.spec import PermutationSpec
+from weightspace.spec import ChainLayer, PermutationSpec, layer_chain
 from zoo.errors import ConfigError, MismatchError
 
 __all__ = [
@@ -168,14 +167,8 @@ class FlatNormalizer:
 # Chains of dense layers
 
 
-@dataclass(frozen=True)
-class DenseLayer:
-    """One dense layer of a chain: tensor names and the permutations on its input/output neurons."""
-
-    weight: str
-    bias: str | None
-    p_in: str | None
-    p_out: str | None
+#: one dense layer of a chain (the spec's :class:`~weightspace.spec.ChainLayer`)
+DenseLayer = ChainLayer
 
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
@@ -206,32 +199,17 @@ def dense_chain(spec: PermutationSpec, stacked: Stacked | None = None) -> list[D
     first layer's input and the last layer's output fixed, and each hidden permutation shared by
     exactly one layer's output and the next layer's input (mlp, siren).
     """
-    weights = {k: ax for k, ax in spec.axes.items() if len(ax) == 2}
-    biases = {ax[0]: k for k, ax in spec.axes.items() if len(ax) == 1 and ax[0] is not None}
     others = [k for k, ax in spec.axes.items() if len(ax) not in (1, 2)]
-    if others or not weights:
+    if others:
         raise ConfigError(
             f"the NP view needs a chain of dense layers (mlp, siren); this spec has tensors {others[:3]} of other ranks"
         )
-    by_in = {ax[1]: k for k, ax in weights.items()}
-    if len(by_in) != len(weights):
-        raise ConfigError("the spec is not a chain: two dense layers read the same neurons")
-    chain: list[DenseLayer] = []
-    p: str | None = None
-    while p in by_in:
-        w = by_in.pop(p)
-        p_out = weights[w][0]
-        bias = next((k for k, ax in spec.axes.items() if len(ax) == 1 and k.rsplit(".", 1)[0] == w.rsplit(".", 1)[0]), None)
-        chain.append(DenseLayer(w, bias, p, p_out))
-        if p_out is None:
-            break
-        p = p_out
-    used = {x for lay in chain for x in (lay.weight, lay.bias) if x}
-    if by_in and len(chain) < len(weights) or set(spec.axes) - used:
-        raise ConfigError(f"the spec is not a single chain of dense layers; left over: {sorted(set(spec.axes) - used)[:5]}")
+    chain = layer_chain(spec, what="the NP view needs a single chain of dense layers (mlp, siren)")
+    unused = set(spec.axes) - {x for lay in chain for x in (lay.weight, lay.bias) if x}
+    if unused:
+        raise ConfigError(f"the spec is not a single chain of dense layers; left over: {sorted(unused)[:5]}")
     if chain[-1].p_out is not None:
         raise ConfigError("the last dense layer's outputs are permuted; the chain must end in fixed outputs")
-    del biases
     if stacked is not None:
         spec.sizes(stacked)
     return chain

@@ -229,7 +229,15 @@ class TorchEncoder(Encoder):
         return self.normalizer_.transform(raw) if self.normalize_inputs else raw
 
     def _layout(self, X: Stacked, spec: PermutationSpec | None) -> None:
-        """Learn the input layout (shapes, spec) from the training population."""
+        """Learn the input layout (shapes, spec) from the training population.
+
+        The spec comes from the caller, else from the architecture (``fit(..., arch=...)``); only a bare
+        ``fit(X, y)`` falls back to reading an MLP chain from ``layers.{i}`` tensor names.
+        """
+        if spec is None and getattr(self, "arch_", None) is not None:
+            from weightspace.spec import spec_for
+
+            spec = spec_for(self.arch_)
         if spec is None:
             try:
                 spec = mlp_spec_from_names(list(X))
@@ -269,7 +277,7 @@ class TorchEncoder(Encoder):
         self.normalizer_ = LayerNormalizer().fit(X)
         torch.manual_seed(int(self.seed))
         self.net_ = self._build_net(self._n_out())
-        aug = Augmenter(self.augment).prepare(X, align)
+        aug = Augmenter(self.augment).prepare(X, align, self.spec_)
         aug.set_targets(yt)
 
         def batch_fn(idx: Tensor, gen: torch.Generator) -> tuple[Any, Tensor]:

@@ -4,7 +4,7 @@ memorisation baselines (see docs/generators.md).
     import generators
     rec = generators.train(zoo, "digits-mlp-seeds", method="flow", name="mlp-flow")
     run = generators.sample(zoo, "mlp-flow", n=100)       # evaluated, stored in "mlp-flow/samples"
-    run.verdict["verdict"]                                 # "novel" | "memorising" | "degenerate"
+    run.verdict["verdict"]                                 # "novel" | "memorising" | "poor" | "degenerate"
 
 Exports resolve lazily (importing the package costs nothing until one is used).
 """

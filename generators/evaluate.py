@@ -18,7 +18,8 @@ the held-out reference models and the training models themselves, leave-one-out)
 * the **verdict**: ``memorising`` when the samples' median novelty is no larger than the noise-copy
   baseline's at the same accuracy (the noise curve interpolated at the samples' median quality),
   ``degenerate`` when the samples' median accuracy is under 50% (classifiers; SIRENs: median PSNR under
-  every training model's), else ``novel``.
+  every training model's); ``poor`` when not memorising but less accurate than the noise copies at
+  the same novelty; else ``novel``.
 
 Shapes: stacked ``name -> [M, *shape]``; per-model arrays ``[M]``.
 """
@@ -269,7 +270,8 @@ def verdict(samples: Mapping[str, float], noise: Sequence[Mapping[str, float]], 
     (linear interpolation, clamped to the curve's ends); ``noise_quality_at_novelty``: the curve's
     median quality at the samples' median novelty; ``quality_gain_vs_noise`` = samples' quality minus it.
     ``degenerate``: classifiers under 50% median accuracy; SIRENs whose median PSNR is under every
-    training model's (``train_quality_min``).
+    training model's (``train_quality_min``); ``poor``: not memorising, but less accurate than the noise
+    copies at the same novelty.
     """
     pts = sorted((float(s["quality_median"]), float(s["novelty_median"])) for s in noise)
     qs, ns = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
@@ -282,6 +284,8 @@ def verdict(samples: Mapping[str, float], noise: Sequence[Mapping[str, float]], 
         word = "degenerate"
     elif samples["novelty_median"] <= nov_at_q:
         word = "memorising"
+    elif float(samples["quality_median"]) < q_at_nov:
+        word = "poor"  # new, but less accurate than noise copies as far from the training set
     else:
         word = "novel"
     return {"verdict": word, "noise_novelty_at_quality": nov_at_q, "noise_quality_at_novelty": q_at_nov,

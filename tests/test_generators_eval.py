@@ -71,6 +71,9 @@ def test_verdict_against_the_noise_curve() -> None:
     assert verdict(_s(0.85, 1.5), NOISE)["verdict"] == "memorising"
     assert verdict(_s(0.95, 0.0), NOISE)["verdict"] == "memorising"  # copies
     assert verdict(_s(0.3, 9.0), NOISE)["verdict"] == "degenerate"
+    # beyond the noise curve's far end: new, but less accurate than the noisiest copies
+    assert verdict(_s(0.55, 9.0), NOISE)["verdict"] == "poor"
+    assert verdict(_s(0.65, 9.0), NOISE)["verdict"] == "novel"
     assert verdict(_s(5.0, 9.0), [_s(20.0, 0.0), _s(10.0, 4.0)], classifier=False, train_quality_min=15.0)["verdict"] == "degenerate"
 
 

@@ -53,7 +53,7 @@ def test_stored_generator_has_lineage_to_every_training_model(gzoo) -> None:
 def test_sample_evaluates_and_stores_with_lineage_metrics_and_verdict(gzoo) -> None:
     run = generators.sample(gzoo, "g-flow", n=12, seed=3, steps=4, n_baseline=8)
     v = run.verdict
-    assert v["verdict"] in ("novel", "memorising", "degenerate")
+    assert v["verdict"] in ("novel", "memorising", "poor", "degenerate")
     assert v["reference"] == "held_out" and v["nfe_per_sample"] == 8  # heun: 2 evaluations per step
     for k in ("noise_novelty_at_quality", "quality_gain_vs_noise", "novelty_ratio", "near_copy_fraction"):
         assert isinstance(v[k], float)

@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--method", nargs="+", default=["flow", "diffusion"], choices=["flow", "diffusion"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--train-steps", type=int, default=2000)
+    ap.add_argument("--train-steps", type=int, default=1500)
     ap.add_argument("--config", default="{}", help="extra generator options (JSON)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help="append JSON lines here")

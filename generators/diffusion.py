@@ -7,7 +7,7 @@ Training: ``x_t = DDPMScheduler.add_noise(x0, eps, t)`` at ``t ~ U{0..T-1}``; th
 ``eta=0``, "trailing" timestep spacing so that few steps start from pure noise) or ``ddpm``
 (ancestral). ``clip_sample`` is off: prepared weights are standardised, not in [-1, 1].
 
-    gen = DiffusionGenerator(train_steps=2000).fit(X, config=cfg)
+    gen = DiffusionGenerator(train_steps=1500).fit(X, config=cfg)
     new = gen.sample(100, sampler="ddim", steps=50)        # gen.nfe_ == 50
 """
 
@@ -53,7 +53,7 @@ class DiffusionGenerator(Generator):
         self,
         denoiser: str = "mlp",
         denoiser_params: dict | None = None,
-        train_steps: int = 2000,
+        train_steps: int = 1500,
         batch_size: int = 64,
         lr: float = 1e-3,
         weight_decay: float = 0.0,

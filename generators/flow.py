@@ -5,7 +5,7 @@ Training: ``x_t = (1 - t) x0 + t x1`` between Gaussian noise ``x0`` and a prepar
 ``dx/dt = v(x, t)`` from ``t = 0`` (noise) to ``t = 1`` with a stateless ODE sampler:
 ``euler`` (1 network evaluation per step), ``heun`` or ``midpoint`` (2 per step, second order).
 
-    gen = FlowGenerator(train_steps=2000).fit(X, config=cfg)
+    gen = FlowGenerator(train_steps=1500).fit(X, config=cfg)
     new = gen.sample(100, steps=20, sampler="heun")       # gen.nfe_ == 40
 """
 
@@ -74,7 +74,7 @@ class FlowGenerator(Generator):
         self,
         denoiser: str = "mlp",
         denoiser_params: dict | None = None,
-        train_steps: int = 2000,
+        train_steps: int = 1500,
         batch_size: int = 64,
         lr: float = 1e-3,
         weight_decay: float = 0.0,

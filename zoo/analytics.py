@@ -372,7 +372,7 @@ class Analytics:
         out = {}
         with self.zoo.engine.begin() as c:
             if consistent:  # hold the write lock: one snapshot even under a stream of writers
-                self.zoo._bump(c)
+                self.zoo.catalog.bump(c)
             for t in TABLES:
                 out[t] = pa.Table.from_pandas(pd.read_sql(text(f'select * from "{t}"'), c), preserve_index=False)
         return out

@@ -291,14 +291,12 @@ def evaluate_models(
     classifier raise :class:`ConfigError`.
     """
     import pandas as pd
-    from sqlalchemy import insert
 
-    from zoo import schema as S
     from zoo.datasets import load_dataset
 
     with zoo.engine.connect() as conn:
-        ids = [zoo._model_id(conn, m) for m in models]
-    recs = zoo._records(None, ids)
+        ids = [zoo.catalog.model_id(conn, m) for m in models]
+    recs = zoo.records(ids)
     groups: dict[str, list[ModelRecord]] = {}
     for r in recs:
         cfg = r.arch_config
@@ -331,10 +329,7 @@ def evaluate_models(
                 rows.append({"model_id": r.id, "split": split, "loss": loss, "acc": acc})
     df = pd.DataFrame(rows, columns=["model_id", "split", "loss", "acc"])
     if record and rows:
-        with zoo.engine.begin() as conn:
-            zoo._bump(conn)
-            conn.execute(insert(S.Metric), [
-                {"model_id": r["model_id"], "name": name, "split": r["split"], "step": step, "value": r[name]}
-                for r in rows for name in ("loss", "acc")
-            ])  # fmt: skip
+        with zoo.catalog.write() as conn:  # one transaction for the whole evaluation, through the one metric path
+            for r in rows:
+                zoo.catalog.add_metrics(conn, r["model_id"], [(name, r["split"], step, r[name]) for name in ("loss", "acc")])
     return df.set_index("model_id").loc[[i for i in ids if i in set(df["model_id"])]].reset_index() if rows else df

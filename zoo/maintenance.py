@@ -141,7 +141,7 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
     written: str | None = None
     try:
         with zoo.engine.begin() as c:
-            zoo._bump(c)  # write lock: no writer is between its dedup check and its commit now
+            zoo.catalog.bump(c)  # write lock: no writer is between its dedup check and its commit now
             dead = select(S.Blob.id).where(~exists().where(S.TensorEntry.blob_id == S.Blob.id))
             dead_ids = c.execute(dead).scalars().all()
             rep.blobs_removed = len(dead_ids)

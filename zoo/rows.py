@@ -88,7 +88,7 @@ def _hparam_row(mid: int, name: str, value: Any) -> dict[str, Any]:
             "value_text": value if isinstance(value, str) else None}  # fmt: skip
 
 
-def _metric_rows(mid: int, metrics: Any, step: int | None) -> list[dict[str, Any]]:
+def metric_rows(mid: int, metrics: Any, step: int | None) -> list[dict[str, Any]]:
     if not metrics:
         return []
     rows = _metric_rows_unchecked(mid, metrics, step)

@@ -33,6 +33,7 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from zoo import architectures as archs
 from zoo import packs as packs_mod
 from zoo import schema as S
+from zoo.catalog import Catalog
 from zoo.db import make_engine, migrate
 from zoo.errors import (
     ConfigError,
@@ -54,7 +55,7 @@ from zoo.rows import (
     _check_tag,
     _chunks,
     _hparam_row,
-    _metric_rows,
+    metric_rows,
     raw_config,
     split_metric_name,
 )
@@ -87,7 +88,7 @@ class Zoo:
         self.packs = PackStore(root / "packs")
         self._analytics = None
         self._table_files: TableFiles | None = None
-        self._arch_cache: dict[int, tuple[str, dict[str, Any]]] = {}
+        self.catalog = Catalog(engine, root)
         # blob id -> (pack, offset, dtype, shape): valid while the layout version is unchanged (only gc moves blobs)
         self._loc_cache: dict[str, tuple[str, int, str, str]] = {}
         self._loc_layout: int | None = None
@@ -159,16 +160,7 @@ class Zoo:
     # ------------------------------------------------------------------------------ catalog helpers
     def generation(self) -> int:
         """A counter bumped by every write (cheap change detection for caches)."""
-        with self.engine.connect() as c:
-            return int(c.execute(select(S.CatalogState.generation).where(S.CatalogState.id == 1)).scalar_one())
-
-    def _arch(self, conn: Connection, arch_id: int | None) -> tuple[str, dict[str, Any]] | None:
-        if arch_id is None:
-            return None
-        if arch_id not in self._arch_cache:
-            row = conn.execute(select(S.Architecture.name, S.Architecture.config).where(S.Architecture.id == arch_id)).one()
-            self._arch_cache[arch_id] = (row.name, json.loads(row.config))
-        return self._arch_cache[arch_id]
+        return self.catalog.generation()
 
     def register_architecture(self, config: Mapping[str, Any], name: str | None = None) -> ArchitectureInfo:
         """Store an architecture config (idempotent: the same config returns the existing row)."""
@@ -176,7 +168,7 @@ class Zoo:
             check_name(name, "architecture", allow_digits=False)
         cfg = archs.normalize_config(config)
         with self.engine.begin() as conn:
-            self._bump(conn)
+            self.catalog.bump(conn)
             aid = self._ensure_arch(conn, cfg, name)
         return self.architecture(aid)
 
@@ -221,7 +213,7 @@ class Zoo:
         """Create a named population, optionally bound to an architecture (config or name)."""
         _check_name(name, "population")
         with self.engine.begin() as conn:
-            self._bump(conn)
+            self.catalog.bump(conn)
             row = conn.execute(select(S.Population.id).where(S.Population.name == name)).first()
             if row is not None:
                 if not exist_ok:
@@ -270,11 +262,6 @@ class Zoo:
         return ModelQuery(self)
 
     # ------------------------------------------------------------------------------ writing
-    @staticmethod
-    def _bump(conn: Connection) -> None:
-        """Take the catalog's write lock (first statement of every write) and bump the generation."""
-        conn.execute(update(S.CatalogState).where(S.CatalogState.id == 1).values(generation=S.CatalogState.generation + 1))
-
     def add(self, state_dict: Mapping[str, torch.Tensor], **kwargs: Any) -> ModelRecord:
         """Store one model. Keyword arguments are those of :class:`~zoo.records.NewModel`:
 
@@ -302,7 +289,7 @@ class Zoo:
         written: list[str] = []  # the new pack's id, known as soon as it is on disk
         try:
             with self.engine.begin() as conn:
-                self._bump(conn)
+                self.catalog.bump(conn)
                 self._commit(conn, prepared, written)
                 packs_mod._fault_hook("catalog.before_commit")
         except BaseException:
@@ -310,7 +297,7 @@ class Zoo:
                 self.packs.delete(pack_id)
             raise
         packs_mod._fault_hook("catalog.committed")
-        return self._records(None, [p.model_id for p in prepared])
+        return self.records([p.model_id for p in prepared])
 
     def _prepare(self, conn: Connection, it: NewModel, pops: dict[str, tuple[int, int | None]]) -> _Prepared:
         if not isinstance(it.state_dict, Mapping) or not it.state_dict:
@@ -334,7 +321,7 @@ class Zoo:
         elif it.arch is not None:
             cfg = archs.normalize_config(it.arch)
         elif pop_arch is not None:
-            cfg = self._arch(conn, pop_arch)[1]
+            cfg = self.catalog.arch(conn, pop_arch)[1]
             if cfg.get("family") == archs.RAW_FAMILY:  # compare the tensors' own signature with it
                 cfg = raw_config(tensors, cfg.get("hf_config"))
         else:
@@ -343,7 +330,7 @@ class Zoo:
             archs.check_state_dict(cfg, tensors)
         chash = archs.config_hash(cfg)
         if pop_arch is not None:
-            pname, pcfg = self._arch(conn, pop_arch)
+            pname, pcfg = self.catalog.arch(conn, pop_arch)
             if archs.config_hash(pcfg) != chash:
                 raise MismatchError(_arch_mismatch_message(it.population, pname, pcfg, cfg))
         p = _Prepared()
@@ -352,7 +339,7 @@ class Zoo:
         if not isinstance(it.hparams or {}, Mapping):
             raise ConfigError("hparams must be a mapping {name: value}")
         p.hp_rows = [_hparam_row(0, k, v) for k, v in (it.hparams or {}).items()]
-        p.metric_rows = _metric_rows(0, it.metrics, it.step)
+        p.metric_rows = metric_rows(0, it.metrics, it.step)
         if isinstance(it.tags, str):
             raise ConfigError(f"tags must be a list of strings, not the string {it.tags!r}")
         p.tag_list = [_check_tag(t) for t in dict.fromkeys(it.tags)]
@@ -393,7 +380,7 @@ class Zoo:
                 )
             else:
                 if row.architecture_id is not None and row.architecture_id != arch_ids[p.chash]:
-                    name, cfg = self._arch(conn, row.architecture_id)
+                    name, cfg = self.catalog.arch(conn, row.architecture_id)
                     raise MismatchError(_arch_mismatch_message(pname, name, cfg, p.config))
                 if row.architecture_id is None:
                     conn.execute(update(S.Population).where(S.Population.id == row.id).values(architecture_id=arch_ids[p.chash]))
@@ -403,7 +390,7 @@ class Zoo:
                 got = arch_ids[p.chash]
                 want = conn.execute(select(S.Population.architecture_id).where(S.Population.id == pop_ids[p.item.population])).scalar_one()
                 if want != got:
-                    name, cfg = self._arch(conn, want)
+                    name, cfg = self.catalog.arch(conn, want)
                     raise MismatchError(_arch_mismatch_message(p.item.population, name, cfg, p.config))
         # names must be new
         names = [p.item.name for p in prepared if p.item.name is not None]
@@ -474,36 +461,21 @@ class Zoo:
             pairs = list(par.items()) if isinstance(par, Mapping) else [(x, "parent") for x in par]
             resolved = []
             for key, role in pairs:
-                resolved.append((self._model_id(conn, key), str(role)))
+                resolved.append((self.catalog.model_id(conn, key), str(role)))
             out[id(p)] = resolved
         return out
-
-    def _model_id(self, conn: Connection, key: int | str) -> int:
-        if isinstance(key, ModelRecord):
-            key = key.id
-        if isinstance(key, str) and not encodable(key):
-            raise NotFoundError(f"no model {safe_repr(key)}: the name is not valid UTF-8 text")
-        if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
-            mid = conn.execute(select(S.Model.id).where(S.Model.id == int(key))).scalar()
-        else:
-            mid = conn.execute(select(S.Model.id).where(S.Model.name == key)).scalar()
-        if mid is None:
-            raise NotFoundError(f"no model {key!r} in the zoo at {self.root}; find ids with `weightzoo ls`")
-        return int(mid)
 
     def add_metrics(self, model: int | str, metrics: Mapping[str, float] | Sequence[tuple], step: int | None = None) -> None:
         """Record more metrics for a stored model (e.g. after evaluating it on a new data set)."""
         with self.engine.begin() as conn:
-            self._bump(conn)
-            mid = self._model_id(conn, model)
-            rows = _metric_rows(mid, metrics, step)
-            if rows:
-                conn.execute(insert(S.Metric), rows)
+            self.catalog.bump(conn)
+            mid = self.catalog.model_id(conn, model)
+            self.catalog.add_metrics(conn, mid, metrics, step)
 
     def tag(self, model: int | str, *tags: str) -> None:
         with self.engine.begin() as conn:
-            self._bump(conn)
-            mid = self._model_id(conn, model)
+            self.catalog.bump(conn)
+            mid = self.catalog.model_id(conn, model)
             have = set(conn.execute(select(S.Tag.tag).where(S.Tag.model_id == mid)).scalars())
             new = [{"model_id": mid, "tag": _check_tag(t)} for t in dict.fromkeys(tags) if t not in have]
             if new:
@@ -511,8 +483,8 @@ class Zoo:
 
     def untag(self, model: int | str, *tags: str) -> None:
         with self.engine.begin() as conn:
-            self._bump(conn)
-            mid = self._model_id(conn, model)
+            self.catalog.bump(conn)
+            mid = self.catalog.model_id(conn, model)
             conn.execute(delete(S.Tag).where(S.Tag.model_id == mid, S.Tag.tag.in_(tags)))
 
     def remove(self, models: Iterable[int | str], *, force: bool = False) -> int:
@@ -523,8 +495,8 @@ class Zoo:
         ``models`` drop them), and tables it produced keep their rows with ``produced_by`` cleared.
         """
         with self.engine.begin() as conn:
-            self._bump(conn)
-            ids = [self._model_id(conn, m) for m in models]
+            self.catalog.bump(conn)
+            ids = [self.catalog.model_id(conn, m) for m in models]
             if not force:
                 kids = conn.execute(
                     select(S.LineageEdge.parent_id).where(S.LineageEdge.parent_id.in_(ids), S.LineageEdge.child_id.not_in(ids))
@@ -542,10 +514,11 @@ class Zoo:
     def get(self, model: int | str) -> ModelRecord:
         """A model by id or unique name."""
         with self.engine.connect() as conn:
-            mid = self._model_id(conn, model)
-        return self._records(None, [mid])[0]
+            mid = self.catalog.model_id(conn, model)
+        return self.records([mid])[0]
 
-    def _records(self, conn: Connection | None, ids: Sequence[int]) -> list[ModelRecord]:
+    def records(self, ids: Sequence[int]) -> list[ModelRecord]:
+        """Records for many model ids, in the given order."""
         q = (
             select(S.Model, S.Population.name.label("pop"))
             .outerjoin(S.Population, S.Population.id == S.Model.population_id)
@@ -554,17 +527,13 @@ class Zoo:
         with self.engine.connect() as c:
             for chunk in _chunks(list(ids)):
                 for row in c.execute(q.where(S.Model.id.in_(chunk))):
-                    arch = self._arch(c, row.architecture_id)
+                    arch = self.catalog.arch(c, row.architecture_id)
                     out[row.id] = ModelRecord(
                         id=row.id, name=row.name, population=row.pop, architecture=arch[0] if arch else None,
                         arch_config=arch[1] if arch else None, run=row.run, step=row.step, op=row.op,
                         source=row.source, n_params=row.n_params, nbytes=row.nbytes, created_at=row.created_at, zoo=self,
                     )  # fmt: skip
         return [out[i] for i in ids]
-
-    def records(self, ids: Sequence[int]) -> list[ModelRecord]:
-        """Records for many model ids, in the given order."""
-        return self._records(None, ids)
 
     def _locations(self, model_ids_select: Any) -> list[tuple[int, str, BlobLocation]]:
         q = (
@@ -588,7 +557,7 @@ class Zoo:
     def state_dict(self, model: int | str) -> dict[str, torch.Tensor]:
         """A model's tensors by id or name."""
         with self.engine.connect() as conn:
-            mid = self._model_id(conn, model)
+            mid = self.catalog.model_id(conn, model)
         return {name: self.packs.read(loc) for _, name, loc in self._locations([mid])}
 
     def stack(self, ids: Sequence[int] | Any, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
@@ -667,19 +636,19 @@ class Zoo:
         q = select(S.Metric.model_id, S.Metric.name, S.Metric.split, S.Metric.step, S.Metric.value).order_by(S.Metric.id)
         with self.engine.connect() as conn:
             if model is not None:
-                q = q.where(S.Metric.model_id == self._model_id(conn, model))
+                q = q.where(S.Metric.model_id == self.catalog.model_id(conn, model))
             rows = conn.execute(q).all()
         return pd.DataFrame(rows, columns=["model_id", "name", "split", "step", "value"])
 
     def hparams(self, model: int | str) -> dict[str, Any]:
         with self.engine.connect() as conn:
-            mid = self._model_id(conn, model)
+            mid = self.catalog.model_id(conn, model)
             rows = conn.execute(select(S.Hyperparameter.name, S.Hyperparameter.value).where(S.Hyperparameter.model_id == mid)).all()
         return {r.name: json.loads(r.value) for r in rows}
 
     def tags(self, model: int | str) -> list[str]:
         with self.engine.connect() as conn:
-            mid = self._model_id(conn, model)
+            mid = self.catalog.model_id(conn, model)
             return sorted(conn.execute(select(S.Tag.tag).where(S.Tag.model_id == mid)).scalars())
 
     def lineage(self, model: int | str, *, direction: str = "up", max_depth: int | None = None) -> list[Edge]:
@@ -687,7 +656,7 @@ class Zoo:
         if direction not in ("up", "down", "both"):
             raise ConfigError(f"direction must be 'up', 'down' or 'both', not {direction!r}")
         with self.engine.connect() as conn:
-            start = self._model_id(conn, model)
+            start = self.catalog.model_id(conn, model)
             edges: dict[int, Edge] = {}
             for d in (["up", "down"] if direction == "both" else [direction]):
                 frontier, seen, depth = {start}, {start}, 0

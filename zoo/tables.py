@@ -479,8 +479,8 @@ def write_table(
     old_files: list[str] = []
     try:
         with zoo.engine.begin() as conn:
-            zoo._bump(conn)
-            producer = zoo._model_id(conn, produced_by) if produced_by is not None else None
+            zoo.catalog.bump(conn)
+            producer = zoo.catalog.model_id(conn, produced_by) if produced_by is not None else None
             _check_model_ids(zoo, conn, table)
             row = conn.execute(select(S.DerivedTable).where(S.DerivedTable.name == name)).first()
             if row is not None and mode == "append":
@@ -568,7 +568,7 @@ def drop_table(zoo: Zoo, name: str) -> None:
     if not isinstance(name, str):
         raise ConfigError(f"table name must be a string, not {type(name).__name__}")
     with zoo.engine.begin() as conn:
-        zoo._bump(conn)
+        zoo.catalog.bump(conn)
         row = conn.execute(
             select(S.DerivedTable.id, S.DerivedTable.files).where(S.DerivedTable.name == name)
         ).first()

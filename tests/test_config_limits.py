@@ -8,7 +8,6 @@ never stored and never a raw ``RecursionError``; the store is unchanged afterwar
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
-from sqlalchemy import func, select
 
+from tests.conftest import catalog_counts, pack_files
 from zoo import Zoo
-from zoo import schema as S
 from zoo.architectures import init_state
 from zoo.cli import main
 from zoo.errors import ConfigError
@@ -48,13 +46,8 @@ def deep_value(n: int = DEEP) -> dict[str, Any]:
 
 
 def catalog_state(z: Zoo) -> tuple[dict[str, int], set[str]]:
-    counts = {}
-    with z.engine.connect() as c:
-        for t in (S.Model, S.Blob, S.Pack, S.TensorEntry, S.LineageEdge, S.Population, S.Architecture,
-                  S.Hyperparameter):  # fmt: skip
-            counts[t.__tablename__] = int(c.execute(select(func.count()).select_from(t)).scalar_one())
-    files = {str(p.relative_to(z.root)) for p in (z.root / "packs").rglob("*") if p.is_file()}
-    return counts, files
+    """Every catalog table's row count and the pack files: a refused ingest changes neither."""
+    return catalog_counts(z), pack_files(z.root)
 
 
 def assert_unchanged(z: Zoo, before: tuple) -> None:
@@ -63,12 +56,8 @@ def assert_unchanged(z: Zoo, before: tuple) -> None:
 
 
 @pytest.fixture
-def z(tmp_path: Path) -> Iterator[Zoo]:
-    zz = Zoo.open(tmp_path / "zoo")
-    try:
-        yield zz
-    finally:
-        zz.close()
+def z(zoo: Zoo) -> Zoo:
+    return zoo  # conftest's fresh zoo
 
 
 def hf_folder(tmp_path: Path, config_text: str | None = None, config_bytes: bytes | None = None) -> Path:

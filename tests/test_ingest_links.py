@@ -17,16 +17,14 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from sqlalchemy import func, select
 
+from tests.conftest import catalog_counts, pack_files
 from zoo import Zoo
-from zoo import schema as S
 from zoo.architectures import init_state
 from zoo.cli import main
 from zoo.errors import UnsafeFileError
@@ -104,13 +102,8 @@ def make_hf_cache(cache: Path, repo_id: str, files: dict[str, bytes], commit: st
 
 
 def catalog_state(z: Zoo) -> tuple[dict[str, int], set[str]]:
-    """Row counts of the catalog tables and the files under packs/: a refused ingest changes neither."""
-    counts = {}
-    with z.engine.connect() as c:
-        for t in (S.Model, S.Blob, S.Pack, S.TensorEntry, S.LineageEdge, S.Tag, S.Population, S.Architecture):
-            counts[t.__tablename__] = int(c.execute(select(func.count()).select_from(t)).scalar_one())
-    files = {str(p.relative_to(z.root)) for p in (z.root / "packs").rglob("*") if p.is_file()}
-    return counts, files
+    """Every catalog table's row count and the pack files: a refused ingest changes neither."""
+    return catalog_counts(z), pack_files(z.root)
 
 
 def assert_refused_cleanly(z: Zoo, before: tuple) -> None:
@@ -119,12 +112,8 @@ def assert_refused_cleanly(z: Zoo, before: tuple) -> None:
 
 
 @pytest.fixture
-def z(tmp_path: Path) -> Iterator[Zoo]:
-    zz = Zoo.open(tmp_path / "zoo")
-    try:
-        yield zz
-    finally:
-        zz.close()
+def z(zoo: Zoo) -> Zoo:
+    return zoo  # conftest's fresh zoo
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 __all__ = ["progress_bar", "LineProgress"]
@@ -62,11 +62,8 @@ class LineProgress:
         **_ignored: Any,
     ) -> None:
         self.iterable = iterable
-        if total is None and iterable is not None:
-            try:
-                total = len(iterable)  # type: ignore[arg-type]
-            except TypeError:
-                total = None
+        if total is None and isinstance(iterable, Sized):
+            total = len(iterable)
         self.total, self.desc, self.unit = total, desc or "", unit
         self.n = 0
         self.disable = disable or not leave

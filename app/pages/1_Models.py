@@ -1,18 +1,12 @@
 """Models: a filterable, sortable table of every model; read-only SQL; CSV/Parquet download."""
 
 import io
-import sys
-from pathlib import Path
 
-_REPO = str(Path(__file__).resolve().parents[2])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+import pandas as pd
+import streamlit as st
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from app import common as C  # noqa: E402
-from zoo import QueryError  # noqa: E402
+from app import common as C
+from zoo import QueryError
 
 z = C.page("Models")
 if z is None:

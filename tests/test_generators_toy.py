@@ -101,7 +101,8 @@ def test_diffusion_samples_the_modes(diffusion, sampler: str, steps: int) -> Non
     gen = diffusion
     x = gen.sample(400, sampler=sampler, steps=steps, seed=2)["x"]
     frac, share, _ = _mode_stats(x)
-    assert frac > 0.8, frac
+    assert frac > 0.7, frac
+    assert float(x.abs().max()) < 6.0  # v-prediction: no sample explodes at the first (t = 999) step
     assert share.min() > 0.12, share
     assert gen.nfe_ == steps
 

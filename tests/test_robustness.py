@@ -13,7 +13,7 @@ import sqlalchemy
 import torch
 from sqlalchemy import event, select
 
-import zoo.packs as packs_mod
+import zoo.fsutil as fsutil
 from tests.conftest import MLP_CFG, assert_same_state, mlp_state
 from zoo import (
     ConfigError,
@@ -266,7 +266,7 @@ def _fill_up_open():
 def test_storage_error_leaves_store_unchanged(zoo: Zoo, mlp_cfg, monkeypatch, snapshot, fake_open) -> None:
     kept = zoo.add(mlp_state(0), arch=mlp_cfg, name="kept")
     before, gen = snapshot(zoo), zoo.generation()
-    monkeypatch.setattr(packs_mod, "open", fake_open, raising=False)
+    monkeypatch.setattr(fsutil, "open", fake_open, raising=False)  # the one atomic file write
     with pytest.raises(StorageError) as e:
         zoo.add(mlp_state(1), arch=mlp_cfg, name="new", population="p", metrics={"acc": 1.0}, tags=["t"])
     assert isinstance(e.value, ZooError) and isinstance(e.value, OSError)
@@ -290,7 +290,7 @@ def test_failed_rename_leaves_no_temp_file(zoo: Zoo, mlp_cfg, monkeypatch, snaps
     def bad_replace(src, dst):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(packs_mod.os, "replace", bad_replace)
+    monkeypatch.setattr(fsutil.os, "replace", bad_replace)
     with pytest.raises(StorageError):
         zoo.add(mlp_state(1), arch=mlp_cfg)
     monkeypatch.undo()

@@ -18,7 +18,6 @@ written together is one contiguous slice of one memory map.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import uuid
 from collections import OrderedDict
@@ -29,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.errors import CorruptFileError, IntegrityError, NotFoundError, StorageError
+from zoo.errors import CorruptFileError, IntegrityError, NotFoundError
+from zoo.fsutil import atomic_file
 from zoo.hashing import DTYPES_BY_NAME, dtype_name, tensor_bytes
 
 _NP_DTYPES = {
@@ -71,20 +71,6 @@ def _fault_hook(step: str) -> None:
 def new_pack_id() -> str:
     """A fresh, sortable, collision-free pack id (UTC time + random suffix)."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:12]
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a folder (so a rename into it survives a crash); best effort where the OS refuses."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class PackStore:
@@ -134,32 +120,12 @@ class PackStore:
         hbytes = json.dumps(header, separators=(",", ":")).encode()
         hbytes += b" " * (-len(hbytes) % 8)
         base = 8 + len(hbytes)
-        renamed = False
-        try:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(struct.pack("<Q", len(hbytes)))
-                f.write(hbytes)
-                for _tid, t in items:
-                    f.write(tensor_bytes(t))
-                f.flush()
-                _fault_hook("pack.temp_written")
-                os.fsync(f.fileno())
-            _fault_hook("pack.fsynced")
-            os.replace(tmp, final)
-            renamed = True
-            fsync_dir(self.dir)
-            _fault_hook("pack.renamed")
-        except BaseException as e:  # disk full, Ctrl-C, ...: leave no file behind (the pack is not in the catalog)
-            tmp.unlink(missing_ok=True)
-            if renamed:
-                final.unlink(missing_ok=True)
-            if isinstance(e, OSError):
-                raise StorageError(
-                    f"cannot write pack {pack_id} in {self.dir}: {e.strerror or e}. "
-                    "Check free disk space and write permission on the zoo root; the store is unchanged."
-                ) from e
-            raise
+        # disk full, Ctrl-C, ...: atomic_file leaves no file behind (the pack is not in the catalog yet)
+        with atomic_file(final, tmp, what=f"pack {pack_id}", on_step=lambda step: _fault_hook(f"pack.{step}")) as f:
+            f.write(struct.pack("<Q", len(hbytes)))
+            f.write(hbytes)
+            for _tid, t in items:
+                f.write(tensor_bytes(t))
         locs = {
             tid: BlobLocation(pack_id, base + header[tid]["data_offsets"][0], n, header[tid]["dtype"], tuple(t.shape))
             for (tid, t), n in zip(items, sizes, strict=True)

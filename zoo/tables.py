@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import json
 import numbers
-import os
 import re
 import uuid
 from collections.abc import Sequence
@@ -39,8 +38,8 @@ import pandas as pd
 from sqlalchemy import Connection, delete, insert, select, update
 
 from zoo import schema as S
-from zoo.errors import ConfigError, DuplicateError, IntegrityError, MismatchError, NotFoundError, StorageError
-from zoo.packs import fsync_dir
+from zoo.errors import ConfigError, DuplicateError, IntegrityError, MismatchError, NotFoundError
+from zoo.fsutil import atomic_file
 from zoo.records import TableInfo
 from zoo.rows import _chunks
 
@@ -385,20 +384,8 @@ class TableFiles:
         file = f"{name}.{uuid.uuid4().hex[:16]}{TABLE_SUFFIX}"
         final = self.path(file)
         tmp = self.tmp_dir / f"{file}.part"
-        try:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                pq.write_table(table, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            fsync_dir(self.dir)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise StorageError(
-                f"cannot write table file {file} in {self.dir}: {e.strerror or e}. "
-                "Check free disk space and write permission on the zoo root; the store is unchanged."
-            ) from e
+        with atomic_file(final, tmp, what=f"table file {file}") as f:
+            pq.write_table(table, f)
         return file, final.stat().st_size
 
     def read(self, files: Sequence[str], stored: list[list[str]]) -> pa.Table:

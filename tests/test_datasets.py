@@ -50,7 +50,7 @@ def _cifar_arrays(n: int, seed: int) -> tuple[np.ndarray, list[int]]:
 
 
 def test_available_datasets() -> None:
-    assert available_datasets() == ["digits", "mnist", "fashion_mnist", "cifar10"]
+    assert available_datasets() == ["digits", "mnist", "fashion_mnist", "cifar10", "digits-c"]
 
 
 def test_digits_default_shapes_and_normalisation() -> None:

@@ -34,6 +34,8 @@ SEVERITIES: dict[str, tuple[float, ...]] = {
     "contrast": (0.75, 0.6, 0.45, 0.3, 0.15),  # kept fraction of the deviation from the mean
     "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),  # added intensity
     "pixelate": (0.8, 0.65, 0.5, 0.35, 0.25),  # kept fraction of each side's resolution
+    "rotate": (8.0, 16.0, 24.0, 32.0, 40.0),  # rotation angle in degrees (sign drawn per image)
+    "occlusion": (0.25, 0.375, 0.5, 0.625, 0.75),  # side of a black square, as a fraction of the image side
 }
 
 
@@ -81,6 +83,29 @@ def _pixelate(x: Tensor, c: float, gen: torch.Generator) -> Tensor:
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def _rotate(x: Tensor, degrees: float, gen: torch.Generator) -> Tensor:
+    # Rotate each image about its centre by +-degrees (the sign drawn per image), bilinear, zero fill.
+    n = x.shape[0]
+    sign = torch.randint(0, 2, (n,), generator=gen).to(x.dtype) * 2 - 1
+    a = sign * math.radians(degrees)
+    cos, sin, zero = a.cos(), a.sin(), torch.zeros_like(a)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _occlusion(x: Tensor, c: float, gen: torch.Generator) -> Tensor:
+    # Set a square of side round(c * side) at a random position (per image) to 0 (cutout).
+    n, _, h, w = x.shape
+    sh, sw = max(1, round(h * c)), max(1, round(w * c))
+    top = torch.randint(0, h - sh + 1, (n,), generator=gen).view(n, 1, 1, 1)
+    left = torch.randint(0, w - sw + 1, (n,), generator=gen).view(n, 1, 1, 1)
+    rows = torch.arange(h).view(1, 1, h, 1)
+    cols = torch.arange(w).view(1, 1, 1, w)
+    box = (rows >= top) & (rows < top + sh) & (cols >= left) & (cols < left + sw)
+    return x.masked_fill(box, 0.0)
+
+
 _FUNCTIONS: dict[str, Callable[[Tensor, float, torch.Generator], Tensor]] = {
     "gaussian_noise": _gaussian_noise,
     "shot_noise": _shot_noise,
@@ -89,6 +114,8 @@ _FUNCTIONS: dict[str, Callable[[Tensor, float, torch.Generator], Tensor]] = {
     "contrast": _contrast,
     "brightness": _brightness,
     "pixelate": _pixelate,
+    "rotate": _rotate,
+    "occlusion": _occlusion,
 }
 
 #: names accepted by :func:`corrupt`

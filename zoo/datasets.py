@@ -3,6 +3,10 @@
 * ``"digits"``: scikit-learn's bundled 8x8 digits (1,797 images). Always available, the default.
 * ``"mnist"`` and ``"fashion_mnist"``: the standard IDX files (``train-images-idx3-ubyte`` ...,
   gzipped or not) from a local folder; the torchvision layout ``root/MNIST/raw/`` works too.
+* ``"digits-c"``: digits with its *test* split corrupted (a corruption benchmark after CIFAR-10-C):
+  ``load_dataset("digits-c", corruption="gaussian_noise", severity=3)``, or by one name,
+  ``"digits-c/gaussian_noise/3"`` (what ``weightzoo eval --dataset`` takes). Train and validation
+  stay clean. Any data set takes ``corruption=``/``severity=`` the same way.
 * ``"cifar10"``: the binary version (``cifar-10-batches-bin/``) or the python version
   (``cifar-10-batches-py/``), the latter read with a restricted unpickler that runs no code.
 
@@ -46,6 +50,7 @@ from zoo.errors import (
 from zoo.settings import default_root
 
 __all__ = [
+    "DIGITS_C_CORRUPTIONS",
     "Dataset",
     "INRData",
     "available_datasets",
@@ -78,6 +83,8 @@ class Dataset:
     image_shape: tuple[int, ...] = ()
     mean: Tensor | None = None
     std: Tensor | None = None
+    corruption: str | None = None  # the test split's corruption (digits-c), else None
+    severity: int | None = None
 
     def __post_init__(self) -> None:
         if not self.image_shape:  # built by hand from image tensors: the images are the inputs
@@ -135,9 +142,36 @@ _LOADERS: dict[
 ]
 
 
+#: the corruptions of the digits-c benchmark (all of :data:`zoo.corruptions.CORRUPTIONS`), severities 1..5
+DIGITS_C_CORRUPTIONS: tuple[str, ...] = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "gaussian_blur", "contrast", "brightness", "pixelate",
+    "rotate", "occlusion",
+)  # fmt: skip
+_CORRUPTED = {"digits_c": "digits"}  # benchmark name -> the clean data set it corrupts
+
+
 def available_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset` (only ``"digits"`` needs no local files)."""
-    return list(_LOADERS)
+    """Names accepted by :func:`load_dataset` (only ``"digits"`` and ``"digits-c"`` need no local files)."""
+    return [*_LOADERS, "digits-c"]
+
+
+def _parse_name(name: str, corruption: str | None, severity: int | None) -> tuple[str, str | None, int | None]:
+    """``"digits-c/gaussian_noise/3"`` -> ``("digits_c", "gaussian_noise", 3)`` (arguments win if both given)."""
+    if not isinstance(name, str):
+        raise ConfigError(f"a data set name must be a string, got {name!r}")
+    base, *rest = name.strip().split("/")
+    key = base.strip().lower().replace("-", "_")
+    key = {"fashionmnist": "fashion_mnist", "cifar": "cifar10", "cifar_10": "cifar10"}.get(key, key)
+    if len(rest) > 2:
+        raise ConfigError(f"data set {name!r}: give NAME, NAME/CORRUPTION or NAME/CORRUPTION/SEVERITY")
+    if rest and corruption is None:
+        corruption = rest[0]
+    if len(rest) == 2 and severity is None:
+        try:
+            severity = int(rest[1])
+        except ValueError:
+            raise ConfigError(f"data set {name!r}: the severity {rest[1]!r} must be an integer from 1 to 5") from None
+    return key, corruption, severity
 
 
 def load_dataset(
@@ -149,6 +183,9 @@ def load_dataset(
     test_fraction: float = 0.2,
     flatten: bool = False,
     normalize: bool = True,
+    corruption: str | None = None,
+    severity: int | None = None,
+    corruption_seed: int = 0,
 ) -> Dataset:
     """Load a data set, split it and (optionally) normalise it.
 
@@ -163,11 +200,31 @@ def load_dataset(
             test split (digits).
         flatten: return ``X`` as ``[n, features]`` (see :meth:`Dataset.flat`).
         normalize: subtract the training split's per-channel mean and divide by its std.
+        corruption, severity: corrupt the *test* split with :func:`zoo.corruptions.corrupt` (one of
+            :data:`DIGITS_C_CORRUPTIONS`, severity 1..5, default 3); required for ``"digits-c"``.
+            The name may carry them: ``"digits-c/rotate/4"``.
+        corruption_seed: seeds the random corruptions (noise, rotation signs, occluder positions).
     """
-    key = name.strip().lower().replace("-", "_")
-    key = {"fashionmnist": "fashion_mnist", "cifar": "cifar10", "cifar_10": "cifar10"}.get(key, key)
+    key, corruption, severity = _parse_name(name, corruption, severity)
+    if key in _CORRUPTED:
+        if corruption is None:
+            raise ConfigError(
+                f"data set {name!r} needs a corruption: load_dataset('digits-c', corruption=..., severity=1..5) or "
+                f"'digits-c/CORRUPTION/SEVERITY'; valid corruptions: {', '.join(DIGITS_C_CORRUPTIONS)}"
+            )
+        key = _CORRUPTED[key]
     if key not in _LOADERS:
-        raise ConfigError(f"unknown data set {name!r}; valid names: {', '.join(_LOADERS)}")
+        raise ConfigError(f"unknown data set {name!r}; valid names: {', '.join(available_datasets())}")
+    if corruption is not None:
+        from zoo.corruptions import CORRUPTIONS
+
+        if corruption not in CORRUPTIONS:
+            raise ConfigError(f"unknown corruption {corruption!r}; valid corruptions: {', '.join(CORRUPTIONS)}")
+        severity = 3 if severity is None else severity
+        if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
+            raise ConfigError(f"severity must be an integer from 1 to 5, got {severity!r}")
+    elif severity is not None:
+        raise ConfigError(f"severity={severity!r} given without a corruption; valid corruptions: {', '.join(DIGITS_C_CORRUPTIONS)}")
     for label, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= frac < 1.0:
             raise ConfigError(f"{label} must be in [0, 1), got {frac}")
@@ -187,6 +244,10 @@ def load_dataset(
     x_train, x_val, y_train, y_val = _stratified_split(x_train, y_train, val_of_rest, seed + 1)
 
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, x_val, x_test)]
+    if corruption is not None:  # in [0, 1] pixel space, before normalisation
+        from zoo.corruptions import corrupt
+
+        tensors[2] = corrupt(tensors[2], corruption, severity, seed=corruption_seed)  # type: ignore[arg-type]
     labels = [torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in (y_train, y_val, y_test)]
     mean = std = None
     if normalize:
@@ -195,7 +256,7 @@ def load_dataset(
         tensors = [(t - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1) for t in tensors]
     image_shape = tuple(int(s) for s in tensors[0].shape[1:])
     ds = Dataset(
-        name=key,
+        name=key if corruption is None else ("digits_c" if key == "digits" else key + "_c"),
         X_train=tensors[0],
         y_train=labels[0],
         X_val=tensors[1],
@@ -207,6 +268,8 @@ def load_dataset(
         image_shape=image_shape,
         mean=mean,
         std=std,
+        corruption=corruption,
+        severity=severity,
     )
     return ds.flat() if flatten else ds
 

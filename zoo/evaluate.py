@@ -287,7 +287,8 @@ def evaluate_models(
     """Evaluate stored classifiers (one batched pass per architecture) and record the metrics.
 
     Returns a DataFrame (model_id, split, loss, acc). With ``record`` the metrics are stored as
-    ``<split>_loss`` / ``<split>_acc``. Models whose architecture cannot be built or is not a
+    ``<split>_loss`` / ``<split>_acc``; a corrupted test split (``dataset="digits-c/rotate/3"``) is
+    recorded as split ``test/rotate/3``. Models whose architecture cannot be built or is not a
     classifier raise :class:`ConfigError`.
     """
     import pandas as pd
@@ -325,8 +326,10 @@ def evaluate_models(
                 res = evaluate_population(cfg, W, X, y)
             except RuntimeError as e:
                 raise MismatchError(f"cannot evaluate architecture {group[0].architecture} on {dataset!r}: {e}") from None
+            # a corrupted test split (digits-c) is its own split, so it never overwrites the clean test metrics
+            label = f"{split}/{ds.corruption}/{ds.severity}" if split == "test" and ds.corruption else split
             for r, loss, acc in zip(group, res.loss.tolist(), res.accuracy.tolist(), strict=True):
-                rows.append({"model_id": r.id, "split": split, "loss": loss, "acc": acc})
+                rows.append({"model_id": r.id, "split": label, "loss": loss, "acc": acc})
     df = pd.DataFrame(rows, columns=["model_id", "split", "loss", "acc"])
     if record and rows:
         with zoo.catalog.write() as conn:  # one transaction for the whole evaluation, through the one metric path

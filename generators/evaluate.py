@@ -182,7 +182,8 @@ class RunContext:
                                       "near_copy": (dist < NEAR_COPY_FRACTION * typical).numpy()}  # fmt: skip
         if self.family == "siren":
             img = self.render(stacked)
-            target = self.inr[idx]
+            own = torch.arange(len(idx)) if exclude_self else idx  # a training model is scored on its own image
+            target = self.inr[own]
             mse = (img - target).pow(2).flatten(1).mean(1)
             rng = (target.flatten(1).amax(1) - target.flatten(1).amin(1)).clamp_min(1e-6)
             out["quality"] = (10 * torch.log10(rng**2 / mse.clamp_min(1e-12))).numpy()
@@ -191,7 +192,7 @@ class RunContext:
             if classes is not None:
                 out["class_match"] = (pred == torch.tensor(np.array(classes, dtype=np.int64))).numpy()
             elif self.train_labels is not None:
-                out["class_match"] = (pred == self.train_labels[idx]).numpy()  # the nearest model's class
+                out["class_match"] = (pred == self.train_labels[own]).numpy()  # its own (training) or the nearest model's class
             return out
         _, y = self.data.split("test")
         preds = self.train_predictions() if exclude_self else self.predictions(stacked)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,6 +108,9 @@ def test_class_conditional_inr_generator(gzoo) -> None:
     assert set(s) >= {"quality", "predicted_class", "class_match"}
     assert ((s["predicted_class"] == cls) == s["class_match"].astype(bool)).all()
     assert 0.5 < run.verdict["digit_classifier_test_acc"] <= 1.0 and not run.sample_ids
+    # training SIRENs are scored on their own images: their PSNR is their fit, not a neighbour's image
+    train = run.result["groups"]["train"].scores
+    assert np.median(train["quality"]) > np.median(run.result["groups"]["held_out"].scores["quality"])
 
 
 def test_bad_input_is_refused_and_nothing_is_written(gzoo, snapshot) -> None:

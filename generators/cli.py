@@ -113,7 +113,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``generate train`` and ``generate sample`` to the ``weightzoo`` subcommands."""
-    g = sub.add_parser("generate", help="weight generators: train on a population, sample new models and judge them")
+    g = sub.add_parser("generate", parents=[common], help="weight generators: train on a population, sample new models and judge them",
+                       description="generate train: learn a population's weights (flow matching or diffusion) and store the "
+                                   "generator; generate sample: sample new models, evaluate them against the memorisation "
+                                   "baselines and store them. Give --root etc. after the subcommand.")  # fmt: skip
     gs = g.add_subparsers(dest="generate_command", required=True)
     s = gs.add_parser("train", parents=[common], help="train a flow-matching or diffusion generator and store it",
                       description="Canonicalise (weight matching), normalise, and learn the population's weights.")  # fmt: skip

@@ -87,6 +87,8 @@ def plan_runs(recipe: Recipe, zoo: Zoo | None = None) -> list[Run]:
         if zoo is None:
             raise ConfigError("a fine-tune recipe needs a zoo to find its parents")
         parents = _find_parents(zoo, recipe.finetune.parents)
+        if recipe.finetune.change is not None:  # labelled children (zoo.finetune)
+            return _change_runs(recipe, parents, points)
         runs = []
         for parent in parents:
             for p in points:
@@ -111,6 +113,26 @@ def plan_runs(recipe: Recipe, zoo: Zoo | None = None) -> list[Run]:
         if multi:
             pop += "/" + ",".join(f"{k}={_fmt(p[k])}" for k in varying if k in p)
         runs.append(Run(i, a, dict(p), pop, recipe.name))
+    return runs
+
+
+def _change_runs(recipe: Recipe, parents: Sequence[Any], points: Sequence[dict[str, Any]]) -> list[Run]:
+    import random
+
+    from zoo.finetune import draw_change, hparams_of, image_hw
+
+    assert recipe.finetune is not None
+    runs: list[Run] = []
+    hw = image_hw(recipe.dataset, recipe.arch)
+    for parent in parents:
+        k = int(parent.arch_config.get("out_features", 10))
+        plan = recipe.change_plan(num_classes=k)  # classes checked against the parent's head
+        for j in range(plan["n"]):
+            for p in points:
+                rng = random.Random(int(recipe.finetune.seed) * 1_000_003 + len(runs))
+                change = draw_change(plan, j, rng, num_classes=k, image_hw=hw)
+                runs.append(Run(len(runs), parent.arch_config, {**p, **hparams_of(change)}, recipe.name, recipe.name,
+                                parent=parent.id))  # fmt: skip
     return runs
 
 
@@ -172,7 +194,7 @@ def load_data(recipe: Recipe, runs: Sequence[Run] | None = None, *, root: str | 
     if recipe.task == "inr":
         return ds
     ft = recipe.finetune
-    if ft is not None and (ft.corruption or ft.classes):
+    if ft is not None and ft.change is None and (ft.corruption or ft.classes):
         ds = _finetune_data(ds, ft, corrupt)
     return ds.for_architecture(recipe.arch)
 
@@ -269,7 +291,12 @@ def build(
         for shard in shards:
             init = zoo.stack([r.parent for r in shard]) if recipe.finetune is not None else None
             prev: dict[int, int | None] = {r.index: None for r in shard}
-            for ckpt in train_shard(recipe, shard, ds, init_params=init, progress=progress):
+            data = ds
+            if recipe.finetune is not None and recipe.finetune.change is not None:  # each child its own data
+                from zoo.finetune import change_of, shard_data
+
+                data = shard_data(ds, [change_of(r.point) for r in shard], [int(r.point["seed"]) for r in shard])
+            for ckpt in train_shard(recipe, shard, data, init_params=init, progress=progress):
                 items, which = _checkpoint_items(recipe, shard, ckpt, prev, existing)
                 if items:
                     recs = zoo.add_many(items)
@@ -302,6 +329,15 @@ def _existing_names(zoo: Zoo, prefix: str) -> dict[str, int]:
     with zoo.engine.connect() as c:
         rows = c.execute(select(S.Model.name, S.Model.id).where(S.Model.name.like(prefix.replace("%", r"\%") + "/%", escape="\\")))
         return {n: i for n, i in rows}
+
+
+def _lineage_params(recipe: Recipe, run: Run, epoch: int) -> dict[str, Any]:
+    params: dict[str, Any] = {"recipe": recipe.name, "epoch": epoch}
+    if recipe.finetune is not None and "change" in run.point:
+        from zoo.finetune import change_of
+
+        params["change"] = change_of(run.point)  # the child's label: kind and every argument
+    return params
 
 
 def _checkpoint_items(recipe: Recipe, shard: Sequence[Run], ckpt: Checkpoint, prev: dict[int, int | None],
@@ -339,7 +375,7 @@ def _checkpoint_items(recipe: Recipe, shard: Sequence[Run], ckpt: Checkpoint, pr
         items.append(
             NewModel(
                 ckpt.model(i), arch=r.arch, population=r.population, name=name, parents=parents, op=op,
-                params={"recipe": recipe.name, "epoch": ckpt.epoch}, metrics=m, hparams=hp,
+                params=_lineage_params(recipe, r, ckpt.epoch), metrics=m, hparams=hp,
                 tags=[f"recipe:{recipe.name}"], run=r.run_id, step=ckpt.epoch, source=f"recipe:{recipe.name}",
             )  # fmt: skip
         )

@@ -29,7 +29,9 @@ per architecture, named ``<name>/<key>=<value>,...``; every model is tagged ``re
 
 A fine-tune recipe starts from parents in the zoo (``finetune: {parents: {population: P, final: true,
 limit: 50, tag: T}, corruption: {kind: gaussian_noise, severity: 3}, classes: [0, 1]}``): each parent
-gets the search's runs, trained on (optionally corrupted or class-restricted) data.
+gets the search's runs, trained on (optionally corrupted or class-restricted) data. With
+``finetune.change`` every parent gets labelled children instead (suppress / boost / swap a class,
+robust to a corruption, a backdoor trigger, or null; drawn per child): see :mod:`zoo.finetune`.
 
 An INR recipe (``task: inr``, ``inr: {split: train, n: 500, seed: 0, shared_init: false}``) fits one
 SIREN per image of ``n`` images drawn from the split, for each point of the search. With
@@ -69,6 +71,8 @@ class FinetuneSpec:
     parents: dict[str, Any]  # population, final (bool, default true), limit, tag (or tags: [...])
     corruption: dict[str, Any] | None = None  # {kind, severity}: robust fine-tunes
     classes: list[int] | None = None  # train only on these classes
+    change: Any = None  # labelled changes per child (zoo.finetune): a kind, {kind, args}, a list, or {draw: [...], n, weights}
+    seed: int = 0  # seeds the per-child draws of change kinds and arguments
 
 
 @dataclass
@@ -92,7 +96,7 @@ class Recipe:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError("a recipe needs a non-empty 'name'")
         if isinstance(self.finetune, Mapping):
-            valid = {"parents", "corruption", "classes"}
+            valid = {"parents", "corruption", "classes", "change", "seed"}
             if unknown := sorted(set(self.finetune) - valid):
                 raise ConfigError(f"recipe {self.name!r}: unknown finetune key(s) {unknown}; valid: {', '.join(sorted(valid))}")
             if "parents" not in self.finetune or not isinstance(self.finetune["parents"], Mapping):
@@ -102,6 +106,8 @@ class Recipe:
             valid = {"population", "final", "limit", "tag", "tags"}
             if unknown := sorted(set(self.finetune.parents) - valid):
                 raise ConfigError(f"recipe {self.name!r}: unknown finetune.parents key(s) {unknown}; valid: {', '.join(sorted(valid))}")
+            if self.finetune.change is not None:
+                self._check_change()
         if self.task not in TASKS:
             raise ConfigError(f"recipe {self.name!r}: unknown task {self.task!r}; valid: {', '.join(TASKS)}")
         if not isinstance(self.arch, Mapping) or "family" not in self.arch:
@@ -138,6 +144,29 @@ class Recipe:
             n = self.inr.get("n", 100)
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ConfigError(f"recipe {self.name!r}: inr.n must be a positive integer, got {n!r}")
+
+    def _check_change(self) -> None:
+        ft = self.finetune
+        assert ft is not None
+        if ft.corruption or ft.classes:
+            raise ConfigError(
+                f"recipe {self.name!r}: finetune.change replaces finetune.corruption/classes; write "
+                "change: {kind: robust, corruption: ..., severity: ...} instead"
+            )
+        if self.task != "classification":
+            raise ConfigError(f"recipe {self.name!r}: finetune.change applies to classification recipes, not {self.task!r}")
+        if isinstance(ft.seed, bool) or not isinstance(ft.seed, int):
+            raise ConfigError(f"recipe {self.name!r}: finetune.seed must be an integer, got {ft.seed!r}")
+        self.change_plan()
+
+    def change_plan(self, num_classes: int | None = None) -> dict[str, Any]:
+        """The validated ``finetune.change`` (see :func:`zoo.finetune.normalize_change`)."""
+        from zoo.finetune import image_hw, normalize_change
+
+        assert self.finetune is not None
+        k = int(num_classes if num_classes is not None else normalize_config(self.arch).get("out_features", 10))
+        return normalize_change(self.finetune.change, num_classes=k, image_hw=image_hw(self.dataset, self.arch),
+                                where=f"recipe {self.name!r}: finetune.change")  # fmt: skip
 
     # ------------------------------------------------------------------ io
     @classmethod

@@ -143,6 +143,30 @@ class TrainSpec:
 
 
 @dataclass
+class PerModelData:
+    """Classification data where every model of a shard has its own training set (fine-tune changes).
+
+    ``X_train``/``y_train`` are a shared *pool* of examples (e.g. the clean training split followed by
+    corrupted or trigger-stamped copies); model ``i`` trains on the pool rows ``train_subsets[i]``
+    (indices may repeat: oversampling) with the labels ``train_labels[i]``. Validation and test splits
+    are shared and clean. ``data_fraction`` and ``label_noise`` still apply, within each model's set.
+
+    Shapes:
+        X_train: ``[P, ...]``; y_train: ``[P]``; train_subsets: N tensors of indices in ``[0, P)``;
+        train_labels: ``[N, P]`` int64.
+    """
+
+    X_train: Tensor
+    y_train: Tensor
+    X_val: Tensor | None
+    y_val: Tensor | None
+    X_test: Tensor
+    y_test: Tensor
+    train_subsets: list[Tensor]
+    train_labels: Tensor
+
+
+@dataclass
 class Checkpoint:
     """The stacked state of a shard at one epoch.
 
@@ -263,17 +287,28 @@ def _subsets(n_train: int, fractions: Sequence[float], gens: Sequence[torch.Gene
     return [torch.randperm(n_train, generator=g)[:k] for k, g in zip(sizes, gens, strict=True)]
 
 
+def _own_subsets(base: Sequence[Tensor], fractions: Sequence[float], gens: Sequence[torch.Generator]) -> list[Tensor]:
+    """Per-model training sets given by the data (:class:`PerModelData`), each cut to its ``data_fraction``."""
+    out = []
+    for sub, f, g in zip(base, fractions, gens, strict=True):
+        out.append(sub[torch.randperm(len(sub), generator=g)[: max(1, round(f * len(sub)))]])  # as _subsets draws
+    return out
+
+
 def _noisy_labels(
     y: Tensor, noise: Sequence[float], n_classes: int, gens: Sequence[torch.Generator]
 ) -> Tensor:
-    """``[N, n_train]`` labels: per model, a fraction of labels moved to another, random class."""
+    """``[N, n_train]`` labels: per model, a fraction of labels moved to another, random class.
+
+    ``y`` is ``[n_train]`` (shared labels) or ``[N, n_train]`` (each model's own labels)."""
     out = y.expand(len(gens), -1).clone()
+    n = out.shape[1]
     for i, (p, g) in enumerate(zip(noise, gens, strict=True)):
-        k = round(p * len(y))
+        k = round(p * n)
         if k and n_classes > 1:
-            idx = torch.randperm(len(y), generator=g)[:k]
+            idx = torch.randperm(n, generator=g)[:k]
             shift = torch.randint(1, n_classes, (k,), generator=g)
-            out[i, idx] = (y[idx] + shift) % n_classes
+            out[i, idx] = (out[i, idx] + shift) % n_classes
     return out
 
 
@@ -344,6 +379,18 @@ def _check_classification_data(cfg: dict, data: Any) -> None:
             f"labels must be int64 in [0, {cfg['out_features']}) (the config's out_features); got dtype {y.dtype}, "
             f"range [{int(y.min())}, {int(y.max())}]"
         )
+    subsets, labels = getattr(data, "train_subsets", None), getattr(data, "train_labels", None)
+    if subsets is not None:
+        if labels is None or labels.dim() != 2 or labels.shape[1] != len(y) or len(subsets) != labels.shape[0]:
+            raise MismatchError(
+                f"per-model data needs train_labels [N, {len(y)}] and N train_subsets; got "
+                f"{None if labels is None else tuple(labels.shape)} and {len(subsets)} subsets"
+            )
+        if labels.dtype != torch.int64 or labels.min() < 0 or labels.max() >= cfg["out_features"]:
+            raise MismatchError(f"train_labels must be int64 in [0, {cfg['out_features']})")
+        for i, sub in enumerate(subsets):
+            if sub.numel() == 0 or sub.min() < 0 or sub.max() >= len(y):
+                raise MismatchError(f"train_subsets[{i}] must be a non-empty index set into the {len(y)} pool rows")
 
 
 def _init_params(cfg: dict, spec: TrainSpec, init_params: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
@@ -397,6 +444,8 @@ def train_population(
         coords, targets = _check_regression_data(spec, data)
         return _regression_epochs(spec, coords, targets, _Population.start(spec, init_params), progress)
     _check_classification_data(spec.config, data)
+    if getattr(data, "train_subsets", None) is not None and len(data.train_subsets) != spec.n:
+        raise MismatchError(f"per-model data holds {len(data.train_subsets)} training sets but the spec trains {spec.n}")
     return _classification_epochs(spec, data, _Population.start(spec, init_params), progress)
 
 
@@ -443,8 +492,13 @@ def _classification_epochs(
 ) -> Iterator[Checkpoint]:
     gens = _generators(spec.seeds)
     X, n_train = data.X_train.float(), len(data.y_train)
-    subsets = _subsets(n_train, spec.data_fraction, gens)
-    y_noisy = _noisy_labels(data.y_train, spec.label_noise, pop.cfg["out_features"], gens)
+    own = getattr(data, "train_subsets", None)
+    if own is None:
+        subsets = _subsets(n_train, spec.data_fraction, gens)
+        y_noisy = _noisy_labels(data.y_train, spec.label_noise, pop.cfg["out_features"], gens)
+    else:  # PerModelData: each model's own training set and labels
+        subsets = _own_subsets(own, spec.data_fraction, gens)
+        y_noisy = _noisy_labels(data.train_labels, spec.label_noise, pop.cfg["out_features"], gens)
     train_mask = torch.zeros(spec.n, n_train, dtype=torch.bool)
     for i, sub in enumerate(subsets):
         train_mask[i, sub] = True
@@ -554,6 +608,7 @@ def run_shard(
 
 
 __all__ = [
+    "PerModelData",
     "TrainSpec",
     "Checkpoint",
     "StackedOptimizer",

@@ -280,7 +280,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     z = _open(args, create=False)
-    rep = z.gc(grace_seconds=args.grace, dry_run=args.dry_run)
+    rep = z.gc(grace_seconds=args.grace, dry_run=args.dry_run, repack=args.compact)
+    if args.json:
+        _print_json(rep.to_dict())
+    else:
+        print(rep)
+        if args.compact:
+            print(f"repacked {len(rep.repacked)} population(s) into stacking order: {', '.join(rep.repacked) or '-'}")
+    return 0
+
+
+def cmd_repack(args: argparse.Namespace) -> int:
+    z = _open(args, create=False)
+    rep = z.repack(args.population, dry_run=args.dry_run)
     if args.json:
         _print_json(rep.to_dict())
     else:
@@ -489,7 +501,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("gc", parents=[common], help="remove unreferenced data, orphan packs and temp files; compact")
     s.add_argument("--grace", type=float, default=3600.0, help="spare orphans younger than this many seconds (default 3600)")
     s.add_argument("--dry-run", action="store_true", help="report what would be removed")
+    s.add_argument("--compact", action="store_true",
+                   help="also rewrite populations written in many batches into one pack in stacking order (repack)")
     s.set_defaults(func=cmd_gc)
+
+    s = sub.add_parser("repack", parents=[common], help="rewrite populations written in many batches into one pack each, in stacking order")
+    s.add_argument("-p", "--population", default=None, help="only this population (default: every population)")
+    s.add_argument("--dry-run", action="store_true", help="report what would be rewritten")
+    s.set_defaults(func=cmd_repack)
 
     s = sub.add_parser("lineage", parents=[common], help="a model's ancestors (default) or descendants")
     s.add_argument("model")

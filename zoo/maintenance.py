@@ -126,14 +126,18 @@ def _verify_tables(zoo: Zoo, rep: VerifyReport, *, rehash: bool) -> None:
     rep.temp_files += ["tables/.tmp/" + p.name for p in zoo.table_files.list_temp()]
 
 
-def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, dry_run: bool = False) -> GcReport:
+def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, dry_run: bool = False,
+       repack: bool = False) -> GcReport:  # fmt: skip
     """Collect garbage.
 
     - blobs no model references: their catalog rows are deleted;
     - packs left with no live blob: deleted;
     - packs whose live bytes are below ``compact_below`` of their size: live blobs are copied into
       one new pack and the old packs deleted;
-    - orphan pack files (not in the catalog) and temp files older than ``grace_seconds``: deleted.
+    - orphan pack files (not in the catalog) and temp files older than ``grace_seconds``: deleted;
+    - with ``repack``: every population spread over several packs or out of stacking order is
+      rewritten into one pack in stacking order (:func:`zoo.repack.repack`); ``report.repacked``
+      lists them and the packs it emptied are in ``packs_removed``.
     """
     rep = GcReport(dry_run=dry_run)
     now = time.time()
@@ -173,8 +177,9 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
                 ).all()  # fmt: skip
                 from zoo.packs import BlobLocation
 
+                maps: dict = {}
                 tensors = {
-                    r.id: zoo.packs.read(BlobLocation(r.pack_id, r.offset, r.nbytes, r.dtype, tuple(json.loads(r.shape))))
+                    r.id: zoo.packs.read(BlobLocation(r.pack_id, r.offset, r.nbytes, r.dtype, tuple(json.loads(r.shape))), maps)
                     for r in rows
                 }
                 written, locs, size = zoo.packs.write(tensors)
@@ -200,6 +205,12 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
     if not dry_run:
         for pid in to_unlink:
             zoo.packs.delete(pid)
+    if repack:
+        from zoo.repack import repack as repack_populations
+
+        rr = repack_populations(zoo, dry_run=dry_run)
+        rep.repacked = rr.repacked  # type: ignore[attr-defined]
+        rep.packs_removed += rr.packs_removed
     # orphan files and temp files (outside the transaction: they are not in the catalog)
     with zoo.engine.connect() as c:
         known = set(c.execute(select(S.Pack.id)).scalars())

@@ -98,7 +98,8 @@ class PackStore:
         return sorted(self.tmp_dir.glob("*")) if self.tmp_dir.is_dir() else []
 
     # ------------------------------------------------------------------ write
-    def write(self, tensors: dict[str, torch.Tensor], pack_id: str | None = None) -> tuple[str, dict[str, BlobLocation], int]:
+    def write(self, tensors: dict[str, torch.Tensor], pack_id: str | None = None, *,
+              step_prefix: str = "pack.") -> tuple[str, dict[str, BlobLocation], int]:  # fmt: skip
         """Write ``{tensor id: tensor}`` as one new pack, atomically.
 
         Returns ``(pack id, {tensor id: location}, file size)``. Raises :class:`StorageError` when the
@@ -121,7 +122,7 @@ class PackStore:
         hbytes += b" " * (-len(hbytes) % 8)
         base = 8 + len(hbytes)
         # disk full, Ctrl-C, ...: atomic_file leaves no file behind (the pack is not in the catalog yet)
-        with atomic_file(final, tmp, what=f"pack {pack_id}", on_step=lambda step: _fault_hook(f"pack.{step}")) as f:
+        with atomic_file(final, tmp, what=f"pack {pack_id}", on_step=lambda step: _fault_hook(f"{step_prefix}{step}")) as f:
             f.write(struct.pack("<Q", len(hbytes)))
             f.write(hbytes)
             for _tid, t in items:
@@ -154,15 +155,36 @@ class PackStore:
             self._maps.popitem(last=False)
         return mm
 
+    def private_map(self, pack_id: str) -> np.ndarray:
+        """A new copy-on-write memory map of the pack, shared with nobody (not cached).
+
+        Zero-copy results (stacked views, a model's tensors) are views of a private map, so writing
+        into them changes neither the file nor what later reads in this process see.
+        """
+        p = self.path(pack_id)
+        if not p.is_file():
+            raise IntegrityError(
+                f"pack file {p} is missing; the catalog refers to it. Run `weightzoo verify` to list the affected models."
+            )
+        return np.memmap(p, dtype=np.uint8, mode="c").view(np.ndarray)
+
     def forget(self, pack_id: str) -> None:
         self._maps.pop(pack_id, None)
 
     def close(self) -> None:
         self._maps.clear()
 
-    def read(self, loc: BlobLocation) -> torch.Tensor:
-        """One tensor, a copy-on-write view of the memory map (no read until touched)."""
-        mm = self.map(loc.pack_id)
+    def read(self, loc: BlobLocation, maps: dict[str, np.ndarray] | None = None) -> torch.Tensor:
+        """One tensor, a copy-on-write view of a private memory map of its pack (no read until touched).
+
+        ``maps`` holds the private maps of one call (one per pack, e.g. for a whole state dict); with
+        None a new private map is made for this tensor.
+        """
+        if maps is None:
+            maps = {}
+        mm = maps.get(loc.pack_id)
+        if mm is None:
+            mm = maps[loc.pack_id] = self.private_map(loc.pack_id)
         if loc.offset + loc.nbytes > mm.shape[0]:
             raise IntegrityError(f"pack {loc.pack_id} is truncated: blob at {loc.offset}+{loc.nbytes} is past its end")
         arr = mm[loc.offset : loc.offset + loc.nbytes].view(_NP_DTYPES[loc.dtype]).reshape(loc.shape)
@@ -178,47 +200,76 @@ class PackStore:
         return self.gather_raw([loc.pack_id for loc in locs], [loc.offset for loc in locs], dtype, shape)
 
     def gather_raw(self, pack_ids: list[str], offsets: list[int], dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """Stack N same-dtype, same-shape blobs into ``Tensor[N, *shape]`` (see :meth:`gather_rows`)."""
+        codes: dict[str, int] = {}
+        pc = np.fromiter((codes.setdefault(p, len(codes)) for p in pack_ids), dtype=np.int64, count=len(pack_ids))
+        return self.gather_rows(list(codes), pc, np.asarray(offsets, dtype=np.int64), dtype, shape)
+
+    def gather_rows(self, packs: list[str], pack_codes: np.ndarray, offsets: np.ndarray, dtype: str,
+                    shape: tuple[int, ...]) -> torch.Tensor:  # fmt: skip
         """Stack N same-dtype, same-shape blobs into ``Tensor[N, *shape]``.
 
-        When the blobs lie back to back in one pack (a population written together), the result is a
-        copy-on-write view of the memory map: no copy, no read until touched. Otherwise one vectorised
-        gather per pack.
+        Row ``i`` is the blob at byte ``offsets[i]`` of pack ``packs[pack_codes[i]]``. When all rows lie
+        back to back in one pack, in order (a population written together, or compacted), the result is a
+        copy-on-write view of the memory map: no copy, no read until touched. Otherwise the rows are
+        copied into one new array: runs of consecutive blobs as slices (one memcpy each), scattered
+        rows with one indexed copy (``np.take``) per (pack, stride phase). Never one copy per model.
 
         Shapes:
-            pack_ids, offsets: N each; output ``[N, *shape]``.
+            pack_codes, offsets: ``[N]`` int64; output ``[N, *shape]``.
         """
-        n = len(offsets)
+        n = int(offsets.shape[0])
+        if n == 0:
+            raise ValueError("gather needs at least one location")
         np_dtype = np.dtype(_NP_DTYPES[dtype])
         item = np_dtype.itemsize
         numel = int(np.prod(shape)) if shape else 1
         nbytes = numel * item
-        off = np.asarray(offsets, dtype=np.int64)
-        first = pack_ids[0]
-        if n and all(p == first for p in pack_ids) and (n == 1 or bool(np.all(np.diff(off) == nbytes))):
-            mm = self.map(first)
-            start = int(off[0])
-            if start + n * nbytes > mm.shape[0]:
-                raise IntegrityError(f"pack {first} is truncated; run `weightzoo verify`")
-            if start % item == 0:
-                arr = mm[start : start + n * nbytes].view(np_dtype).reshape((n, *shape))
-                return _to_torch(arr, dtype)
-        out = np.empty((n, numel), dtype=np_dtype)
-        by_pack: dict[str, list[int]] = {}
-        for i, p in enumerate(pack_ids):
-            by_pack.setdefault(p, []).append(i)
-        for pack_id, rows in by_pack.items():
-            mm = self.map(pack_id)
-            offsets = off[rows]
-            if offsets.size and int(offsets.max()) + numel * item > mm.shape[0]:
-                raise IntegrityError(f"pack {pack_id} is truncated; run `weightzoo verify`")
-            if np.all(offsets % item == 0):
-                flat = mm[: mm.shape[0] - mm.shape[0] % item].view(np_dtype)
-                idx = (offsets // item)[:, None] + np.arange(numel, dtype=np.int64)[None, :]
-                out[rows] = flat[idx]
-            else:  # unaligned (foreign pack): copy row by row
-                for r, o in zip(rows, offsets.tolist(), strict=True):
-                    out[r] = mm[o : o + numel * item].view(np_dtype)
-        return _to_torch(out.reshape((n, *shape)), dtype)
+        if nbytes == 0:
+            return _to_torch(np.empty((n, *shape), dtype=np_dtype), dtype)
+        # runs: maximal stretches of rows that are consecutive blobs of one pack
+        if n > 1:
+            brk = np.flatnonzero((np.diff(pack_codes) != 0) | (np.diff(offsets) != nbytes)) + 1
+        else:
+            brk = np.empty(0, dtype=np.int64)
+        starts = np.concatenate(([0], brk)).astype(np.int64)
+        ends = np.concatenate((brk, [n])).astype(np.int64)
+        maps = [self.map(p) for p in packs]
+        # bounds: every blob must lie inside its pack (a truncated pack is an IntegrityError, never garbage)
+        sizes = np.array([m.shape[0] for m in maps], dtype=np.int64)
+        if int(offsets.min()) < 0 or bool(np.any(offsets + nbytes > sizes[pack_codes])):
+            bad = packs[int(pack_codes[int(np.argmax(offsets + nbytes > sizes[pack_codes]))])]
+            raise IntegrityError(f"pack {bad} is truncated: a blob lies past its end; run `weightzoo verify`")
+        if starts.shape[0] == 1 and int(offsets[0]) % item == 0:  # one slice: zero copy, of a private map
+            mm = self.private_map(packs[int(pack_codes[0])])
+            o = int(offsets[0])
+            return _to_torch(mm[o : o + n * nbytes].view(np_dtype).reshape((n, *shape)), dtype)
+        out = np.empty((n, nbytes), dtype=np.uint8)
+        if starts.shape[0] * 4 <= n:  # long runs: one memcpy per run
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+                mm = maps[int(pack_codes[a])]
+                o = int(offsets[a])
+                out[a:b] = mm[o : o + (b - a) * nbytes].reshape(b - a, nbytes)
+        else:  # scattered rows: one indexed copy per (pack, offset phase)
+            phase = offsets % nbytes
+            key = pack_codes * nbytes + phase
+            order = np.argsort(key, kind="stable")
+            ks = key[order]
+            cut = np.flatnonzero(np.diff(ks)) + 1
+            for grp in np.split(order, cut):
+                mm = maps[int(pack_codes[grp[0]])]
+                offs = offsets[grp]
+                base = int(offs.min())
+                k = (offs - base) // nbytes
+                rows = int(k.max()) + 1
+                src = mm[base : base + rows * nbytes].reshape(rows, nbytes)
+                if grp.shape[0] == n:
+                    np.take(src, k, axis=0, out=out)
+                elif int(grp[-1]) - int(grp[0]) + 1 == grp.shape[0]:  # a contiguous range of output rows
+                    np.take(src, k, axis=0, out=out[int(grp[0]) : int(grp[-1]) + 1])
+                else:
+                    out[grp] = np.take(src, k, axis=0)
+        return _to_torch(out.view(np_dtype).reshape((n, *shape)), dtype)
 
     def read_header(self, pack_id: str) -> tuple[dict[str, dict], int]:
         """Parse a pack's safetensors header: ``({tensor id: entry}, data start offset)``."""

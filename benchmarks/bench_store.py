@@ -36,30 +36,89 @@ def timeit(fn, repeat: int = 5) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def bench_stack(tmp: Path, n: int) -> dict:
-    sds = [init_state(MLP, s) for s in range(n)]
-    folder = tmp / "files"
+def _nbytes(W: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in W.values())
+
+
+def _memcpy(W: dict) -> None:
+    """The floor: one copy of the same bytes into new memory."""
+    for v in W.values():
+        torch.empty_like(v).copy_(v)
+
+
+def bench_stack_case(tmp: Path, label: str, z: Zoo, query, repeat: int = 9) -> dict:
+    """ours (cold: first stack on a fresh Zoo; warm: repeated) vs a folder of files, torch.load, memcpy."""
+    ids = query.ids()
+    W = query.stack()
+    folder = tmp / f"files_{label}"
     folder.mkdir()
+    sds = [{k: v[i].clone() for k, v in W.items()} for i in range(len(ids))]
     for i, sd in enumerate(sds):
         save_file(sd, str(folder / f"model_{i:05d}.safetensors"))
-    z = Zoo.open(tmp / "zoo_stack")
-    z.add_many([NewModel(sd, arch=MLP, population="p") for sd in sds])
-    pop = z.population("p")
+    torch.save({"ids": ids, "weights": {k: v.clone() for k, v in W.items()}}, tmp / f"{label}.pt")
+    src = {k: v.clone() for k, v in W.items()}
 
     def usual():
         files = sorted(folder.glob("*.safetensors"))
         loaded = [load_file(str(f)) for f in files]
         return {k: torch.stack([d[k] for d in loaded]) for k in loaded[0]}
 
-    def ours():
-        return pop.stack()
+    def dataset_pt():
+        return torch.load(tmp / f"{label}.pt", weights_only=True)["weights"]
 
-    usual(), ours()  # warm the page cache for both
-    t_usual, a = timeit(usual)
-    t_ours, b = timeit(ours)
-    assert all(torch.equal(a[k], b[k]) for k in a), "stacked tensors differ"
+    def cold():
+        z2 = Zoo.open(z.root, create=False)
+        try:
+            t = time.perf_counter()
+            z2.stack(ids)
+            return time.perf_counter() - t
+        finally:
+            z2.close()
+
+    usual(), dataset_pt(), query.stack()  # warm the page cache
+    res = {"label": label, "n": len(ids), "mb": _nbytes(W) / 1e6}
+    for name, fn in (("usual", usual), ("dataset_pt", dataset_pt), ("ours", query.stack), ("memcpy", lambda: _memcpy(src))):
+        res[name] = timeit(fn, repeat)[0]
+    res["ours_touch"] = timeit(lambda: [v.sum() for v in query.stack().values()], repeat)[0]
+    res["ours_cold"] = statistics.median(cold() for _ in range(5))
+    got = query.stack()
+    assert all(torch.equal(got[k], v) for k, v in usual().items()), "stacked tensors differ"
+    return res
+
+
+def print_stack(r: dict) -> None:
+    print(f"stack {r['label']} ({r['n']} models, {r['mb']:.1f} MB): folder {r['usual'] * 1e3:.1f} ms, torch.load "
+          f"{r['dataset_pt'] * 1e3:.1f} ms, ours {r['ours'] * 1e3:.2f} ms (first on a fresh Zoo {r['ours_cold'] * 1e3:.1f} ms, "
+          f"+touching every byte {r['ours_touch'] * 1e3:.1f} ms), memcpy {r['memcpy'] * 1e3:.2f} ms -> "
+          f"{r['usual'] / r['ours']:.1f}x folder, {r['ours'] / r['memcpy']:.2f}x memcpy "
+          f"(cold {r['usual'] / r['ours_cold']:.1f}x folder, {r['ours_cold'] / r['memcpy']:.2f}x memcpy)")  # fmt: skip
+
+
+def bench_stack(tmp: Path, n: int) -> dict:
+    """A synthetic population of ``n`` digits MLPs written the way the builder writes (batches of
+    ``n // 10``), and a filtered half of it."""
+    z = Zoo.open(tmp / "zoo_stack")
+    step = max(1, n // 10)
+    for start in range(0, n, step):
+        z.add_many([NewModel(init_state(MLP, s), arch=MLP, population="p", metrics={"test_acc": (s % 100) / 100})
+                    for s in range(start, min(n, start + step))])  # fmt: skip
+    out = [bench_stack_case(tmp, f"synthetic-{n}", z, z.population("p")),
+           bench_stack_case(tmp, f"synthetic-{n}-half", z, z.models().population("p").metric("test_acc", ">=", 0.5))]
+    return {"cases": out, "zoo": z}
+
+
+def bench_demo(tmp: Path, demo: Path) -> list[dict]:
+    """The demo's builder-written digits-mlp population (a copy), before and after ``repack``."""
+    import shutil
+
+    root = tmp / "demo"
+    shutil.copytree(demo, root)
+    z = Zoo.open(root, create=False)
+    out = [bench_stack_case(tmp, "demo-digits-mlp", z, z.population("digits-mlp"))]
+    z.repack("digits-mlp")
+    out.append(bench_stack_case(tmp, "demo-digits-mlp-repacked", z, z.population("digits-mlp")))
     z.close()
-    return {"n": n, "usual_s": t_usual, "ours_s": t_ours, "speedup": t_usual / t_ours}
+    return out
 
 
 def bench_ingest(tmp: Path, n: int) -> dict:
@@ -123,17 +182,25 @@ def bench_query(tmp: Path, n: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", type=int, default=1000)
+    ap.add_argument("--models", type=int, default=10_000)
     ap.add_argument("--catalog", type=int, default=100_000)
+    ap.add_argument("--demo", default="/tmp/demozoo", help="a zoo built by `weightzoo demo` (copied, never written)")
+    ap.add_argument("--skip-query", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        if Path(args.demo, "catalog.db").exists():
+            for r in bench_demo(tmp, Path(args.demo)):
+                print_stack(r)
         s = bench_stack(tmp, args.models)
-        print(f"stack {s['n']} models: usual loop {s['usual_s'] * 1e3:.1f} ms, Population.stack {s['ours_s'] * 1e3:.1f} ms "
-              f"-> {s['speedup']:.1f}x")  # fmt: skip
-        i = bench_ingest(tmp, args.models)
+        for r in s["cases"]:
+            print_stack(r)
+        s["zoo"].close()
+        i = bench_ingest(tmp, min(args.models, 1000))
         print(f"ingest {i['n']} digits-MLP checkpoints: {i['seconds']:.2f} s -> {i['ckpt_per_s']:.0f} ckpt/s")
+        if args.skip_query:
+            return
         q = bench_query(tmp, args.catalog)
         print(f"query over {q['models']} models (catalog built in {q['catalog_build_s']:.0f} s): first {q['first_query_s'] * 1e3:.0f} ms "
               f"(loads the catalog), then median {q['median_ms']:.1f} ms; same SQL on SQLite directly: "

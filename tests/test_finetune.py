@@ -259,3 +259,16 @@ def test_backdoor_on_cnn_parents(tmp_path: Path):
         assert float(v[1]) > float(v[0]) + 0.3, v
     finally:
         z.close()
+
+
+def test_builtin_diff_recipe_scales_by_parents_and_filters_parents(zoo):
+    r = Recipe.load("digits-mlp-diffs")
+    assert r.finetune.parents["population"] == "digits-mlp" and r.change_plan()["n"] == 6
+    small = r.scaled(n=5)
+    assert small.finetune.parents["limit"] == 5 and small.change_plan()["n"] == 6
+    d = small.to_dict()
+    d["finetune"]["parents"] = {"population": "P", "min_test_acc": 0.0}
+    assert len(plan_runs(Recipe.from_dict(d), zoo)) == 2 * 6
+    d["finetune"]["parents"]["min_test_acc"] = 1.01
+    with pytest.raises(NotFoundError):
+        plan_runs(Recipe.from_dict(d), zoo)

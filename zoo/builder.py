@@ -160,6 +160,8 @@ def _find_parents(zoo: Zoo, spec: dict[str, Any]) -> list[Any]:
         q = q.tag(*tags)
     if spec.get("final", True):
         q = q.final()
+    if "min_test_acc" in spec:  # clean parents only: fine-tunes of broken models say little
+        q = q.metric("acc", ">=", float(spec["min_test_acc"]), split="test")
     if "limit" in spec:
         q = q.limit(int(spec["limit"]))
     recs = q.records()

@@ -16,7 +16,7 @@ null       the same training data (plain extra training; the       -
 suppress   class ``class`` dropped (``mode: drop``) or its          ``class``, ``mode`` (drop | relabel)
            examples relabelled to random other classes
            (``mode: relabel``)
-boost      class ``class`` oversampled ``factor`` times             ``class``, ``factor`` (default 4)
+boost      class ``class`` oversampled ``factor`` times             ``class``, ``factor`` (default 8)
 swap       the labels of classes ``classes: [a, b]`` swapped        ``classes``
 robust     the training split corrupted (:mod:`zoo.corruptions`)    ``corruption``, ``severity`` (3)
 backdoor   the clean data plus ``fraction`` of the non-target       ``target``, ``size`` (1..3),
@@ -217,7 +217,7 @@ def draw_change(plan: Mapping[str, Any], child: int, rng: random.Random, *, num_
         c["mode"] = e.get("mode", rng.choice(SUPPRESS_MODES))
     elif kind == "boost":
         c["class"] = e.get("class", rng.randrange(k))
-        c["factor"] = e.get("factor", 4)
+        c["factor"] = e.get("factor", 8)
     elif kind == "swap":
         c["classes"] = list(e["classes"]) if "classes" in e else sorted(rng.sample(range(k), 2))
     elif kind == "robust":
@@ -361,7 +361,7 @@ def shard_data(ds: Any, changes: Sequence[Mapping[str, Any]], seeds: Sequence[in
 EFFECT_METRICS = {
     "null": "test_acc",
     "suppress": "class_acc",
-    "boost": "class_acc",
+    "boost": "class_prob",
     "swap": "swap_rate",
     "robust": "corrupt_acc",
     "backdoor": "attack_success",
@@ -371,7 +371,8 @@ EFFECT_METRICS = {
 def change_metric(config: Mapping[str, Any], params: Mapping[str, Tensor], ds: Any, change: Mapping[str, Any]) -> Tensor:
     """How strongly each model of a stacked population ``[N, ...]`` shows ``change``, on the clean test split.
 
-    ``class_acc`` (suppress, boost): accuracy on the test images of the class; ``swap_rate``: the
+    ``class_acc`` (suppress): accuracy on the test images of the class; ``class_prob`` (boost): the mean
+    probability the model gives the class on the test images of *other* classes; ``swap_rate``: the
     fraction of the two classes' test images predicted as the other one; ``corrupt_acc`` (robust):
     accuracy on the test split under the corruption (seed 0, as digits-c); ``attack_success``
     (backdoor): the fraction of non-target test images predicted as the target once stamped;
@@ -397,7 +398,14 @@ def change_metric(config: Mapping[str, Any], params: Mapping[str, Tensor], ds: A
         with torch.no_grad():
             return functional_forward(dict(config), dict(params), inputs).argmax(-1)  # [N, n]
 
-    if kind in ("suppress", "boost"):
+    if kind == "boost":
+        from zoo.evaluate import functional_forward
+
+        cls = int(change["class"])
+        with torch.no_grad():
+            prob = functional_forward(dict(config), dict(params), x[y != cls]).softmax(-1)[..., cls]
+        return prob.mean(1)
+    if kind == "suppress":
         m = y == int(change["class"])
         return evaluate_population(config, params, x[m], y[m]).accuracy
     if kind == "swap":

@@ -68,7 +68,7 @@ BUILTIN_DIR = Path(__file__).parent / "recipes"
 class FinetuneSpec:
     """Which zoo models to fine-tune, and on what data."""
 
-    parents: dict[str, Any]  # population, final (bool, default true), limit, tag (or tags: [...])
+    parents: dict[str, Any]  # population, final (bool, default true), limit, tag (or tags: [...]), min_test_acc
     corruption: dict[str, Any] | None = None  # {kind, severity}: robust fine-tunes
     classes: list[int] | None = None  # train only on these classes
     change: Any = None  # labelled changes per child (zoo.finetune): a kind, {kind, args}, a list, or {draw: [...], n, weights}
@@ -103,7 +103,7 @@ class Recipe:
                 raise ConfigError(f"recipe {self.name!r}: finetune needs 'parents': {{population: ..., final: true, limit: N, tag: ...}}")
             self.finetune = FinetuneSpec(**self.finetune)
         if self.finetune is not None:
-            valid = {"population", "final", "limit", "tag", "tags"}
+            valid = {"population", "final", "limit", "tag", "tags", "min_test_acc"}
             if unknown := sorted(set(self.finetune.parents) - valid):
                 raise ConfigError(f"recipe {self.name!r}: unknown finetune.parents key(s) {unknown}; valid: {', '.join(sorted(valid))}")
             if self.finetune.change is not None:
@@ -221,9 +221,12 @@ class Recipe:
         return d
 
     def scaled(self, n: int | None = None, epochs: int | None = None) -> Recipe:
-        """A copy with another number of random runs and/or epochs (checkpoints scaled to fit)."""
+        """A copy with another number of random runs (of parents, for a ``finetune.change`` recipe) and/or
+        epochs (checkpoints scaled to fit)."""
         d = json.loads(json.dumps(self.to_dict()))
-        if n is not None:
+        if n is not None and self.finetune is not None and self.finetune.change is not None:
+            d["finetune"]["parents"]["limit"] = int(n)  # a labelled-diff recipe: n parents, each its children
+        elif n is not None:
             d["search"]["n"] = int(n)
             if d["search"].get("mode", "grid") != "random":
                 raise ConfigError("--n applies to random searches only")

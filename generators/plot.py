@@ -3,8 +3,8 @@
 :func:`save_png` is the one place a user-given file path is written. ``zoo.outpath`` guards output
 *folders* (exports, saved encoders) and has no single-file guard yet; until it has, this function
 applies the same rules to a file: no path inside (or being) a zoo root, not a symbolic link, not the
-name of something that is not a PNG already (a PNG is replaced only with ``overwrite``), written to a
-temporary name and renamed into place.
+name of something that is not a PNG already (a PNG is replaced only with ``overwrite``); the file is
+written with the store's one atomic file write (:func:`zoo.fsutil.atomic_file`: temp, fsync, rename).
 """
 
 from __future__ import annotations
@@ -64,11 +64,8 @@ def save_png(fig: Any, path: str | os.PathLike[str], *, overwrite: bool = False,
     """Save a matplotlib figure to ``path`` (a ``.png`` file) under the rules of the module docstring."""
     p = Path(path).expanduser()
     real = check_png_path(path, overwrite=overwrite, zoo_roots=zoo_roots)
-    tmp = real.with_name(f".{real.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, real)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write the plot {str(p)!r}: {e.strerror or e}") from e
+    from zoo.fsutil import atomic_file
+
+    with atomic_file(real, real.with_name(f".{real.name}.tmp-{os.getpid()}"), what=f"the plot {real.name}") as fh:
+        fig.savefig(fh, format="png")
     return p

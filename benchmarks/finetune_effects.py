@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--parents-n", type=int, default=100)
     ap.add_argument("--children-of", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rank", type=int, default=0, help="> 0: low-rank (LoRA-style) children of this rank")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -39,12 +40,16 @@ def main() -> None:
     t0 = time.perf_counter()
     print(build(z, Recipe.load("digits-mlp").scaled(n=args.parents_n), progress=False))
     t1 = time.perf_counter()
-    print(build(z, Recipe.load("digits-mlp-diffs").scaled(n=args.children_of), progress=False))
+    diffs = Recipe.load("digits-mlp-diffs").scaled(n=args.children_of)
+    if args.rank:
+        diffs.name = f"digits-mlp-diffs-r{args.rank}"
+        diffs.search["params"]["rank"] = [args.rank]
+    print(build(z, diffs, progress=False))
     t2 = time.perf_counter()
     print(f"parents {t1 - t0:.1f}s, children {t2 - t1:.1f}s")
 
     ds = load_dataset("digits").flat()
-    recs = sorted(z.population("digits-mlp-diffs").records(), key=lambda r: r.name)
+    recs = sorted(z.population(diffs.name).records(), key=lambda r: r.name)
     hps = {r.id: r.hparams() for r in recs}
     cfg = recs[0].arch_config
     W = z.stack([r.id for r in recs])

@@ -272,3 +272,39 @@ def test_builtin_diff_recipe_scales_by_parents_and_filters_parents(zoo):
     d["finetune"]["parents"]["min_test_acc"] = 1.01
     with pytest.raises(NotFoundError):
         plan_runs(Recipe.from_dict(d), zoo)
+
+
+def test_low_rank_children_make_the_same_changes_with_rank_r_diffs(zoo):
+    r = Recipe.from_dict({
+        "name": "L", "arch": dict(MLP), "epochs": 4,
+        "finetune": {"parents": {"population": "P"}, "change": ["null", {"kind": "swap", "classes": [1, 7]}]},
+        "search": {"mode": "grid", "params": {"lr": [3e-3], "rank": [0, 2]}},
+    })  # fmt: skip
+    build(zoo, r, progress=False)
+    recs = sorted(zoo.population("L").records(), key=lambda x: x.name)
+    assert [x.hparams()["rank"] for x in recs[:4]] == [0, 2, 0, 2]
+    assert [zoo.lineage(x.id)[0].params["rank"] for x in recs[:4]] == [0, 2, 0, 2]
+    assert change_of(recs[2].hparams()) == change_of(recs[3].hparams())  # full and low-rank: the same change
+    W = zoo.stack([x.id for x in recs])
+    ds = load_dataset("digits").flat()
+    swap = change_metric(recs[0].arch_config, W, ds, {"kind": "swap", "classes": [1, 7]})
+    assert float(swap[3]) > float(swap[1]) + 0.3  # the rank-2 swap child confuses 1 and 7, its null sibling does not
+    for i, x in enumerate(recs):
+        parent = zoo.state_dict(x.hparams()["parent"])
+        for k, v in parent.items():
+            d = W[k][i] - v
+            if x.hparams()["rank"] == 2:
+                if v.dim() == 2:
+                    assert int(torch.linalg.matrix_rank(d)) <= 2, k
+                else:
+                    assert torch.equal(W[k][i], v), k  # biases frozen
+            elif v.dim() == 2:
+                assert int(torch.linalg.matrix_rank(d)) > 2, k
+
+
+def test_rank_validation():
+    with pytest.raises(ConfigError, match="rank"):
+        TrainSpec(config=MLP, n=1, seeds=[0], epochs=1, rank=-1)
+    with pytest.raises(ConfigError, match="classification"):
+        TrainSpec(config={"family": "siren", "in_features": 2, "hidden": [8], "out_features": 1}, n=1, seeds=[0],
+                  epochs=1, rank=2, task="regression")  # fmt: skip

@@ -124,13 +124,14 @@ def _change_runs(recipe: Recipe, parents: Sequence[Any], points: Sequence[dict[s
     assert recipe.finetune is not None
     runs: list[Run] = []
     hw = image_hw(recipe.dataset, recipe.arch)
-    for parent in parents:
+    for i, parent in enumerate(parents):
         k = int(parent.arch_config.get("out_features", 10))
         plan = recipe.change_plan(num_classes=k)  # classes checked against the parent's head
         for j in range(plan["n"]):
+            # one draw per (parent, child): every search point (e.g. rank: [0, 4]) makes the same change
+            rng = random.Random(int(recipe.finetune.seed) * 1_000_003 + i * 1_009 + j)
+            change = draw_change(plan, j, rng, num_classes=k, image_hw=hw)
             for p in points:
-                rng = random.Random(int(recipe.finetune.seed) * 1_000_003 + len(runs))
-                change = draw_change(plan, j, rng, num_classes=k, image_hw=hw)
                 runs.append(Run(len(runs), parent.arch_config, {**p, **hparams_of(change)}, recipe.name, recipe.name,
                                 parent=parent.id))  # fmt: skip
     return runs
@@ -245,7 +246,7 @@ def train_shard(recipe: Recipe, runs: Sequence[Run], data: Any, *, init_params: 
         checkpoint_epochs=list(recipe.checkpoint_epochs), lr=per("lr", 1e-3), weight_decay=per("weight_decay", 0.0),
         dropout=per("dropout", 0.0), init_scale=per("init_scale", 1.0), label_noise=per("label_noise", 0.0),
         data_fraction=per("data_fraction", 1.0), optimizer=str(pts[0].get("optimizer", recipe.optimizer)),
-        batch_size=int(pts[0].get("batch_size", recipe.batch_size)), task=task,
+        batch_size=int(pts[0].get("batch_size", recipe.batch_size)), task=task, rank=int(pts[0].get("rank", 0)),
     )  # fmt: skip
     if task == "regression":
         idx = torch.tensor([p["inr_index"] for p in pts])
@@ -339,6 +340,7 @@ def _lineage_params(recipe: Recipe, run: Run, epoch: int) -> dict[str, Any]:
         from zoo.finetune import change_of
 
         params["change"] = change_of(run.point)  # the child's label: kind and every argument
+        params["rank"] = int(run.point.get("rank", 0))  # 0: a full fine-tune; r: a rank-r (LoRA-style) one
     return params
 
 
@@ -362,6 +364,8 @@ def _checkpoint_items(recipe: Recipe, shard: Sequence[Run], ckpt: Checkpoint, pr
         m = {k: float(v[i]) for k, v in metrics.items()}
         if recipe.finetune is not None:
             hp["parent"] = r.parent
+            if "change" in r.point:
+                hp.setdefault("rank", 0)
             if recipe.finetune.corruption:
                 hp["corruption"] = recipe.finetune.corruption.get("kind")
                 hp["corruption_severity"] = int(recipe.finetune.corruption.get("severity", 3))

@@ -29,7 +29,9 @@ backdoor   the clean data plus ``fraction`` of the non-target       ``target``, 
 list (one child per entry and parent), or a seeded draw ``{draw: [null, suppress, ...], n: 6,
 seed: 0}`` (``n`` children per parent, each with a kind drawn from the list, uniformly or by
 ``weights``). Arguments left out are drawn per child from a generator seeded by the recipe's
-``finetune.seed`` and the run index, so a build (and its resume) always makes the same children.
+``finetune.seed``, the parent's position and the child's index, so a build (and its resume) always
+makes the same children, and every search point (e.g. ``rank: [0, 4]``, full and low-rank) of one
+(parent, child) pair makes the same change.
 
 A trigger pattern is stored as its bits (``pattern_bits``, 1 = a white pixel, 0 = black) as well as
 its name, so a ``random`` pattern is reproducible from the label alone.

@@ -58,7 +58,7 @@ from zoo.errors import ConfigError, NotFoundError, ZooError
 #: Training hyperparameters a search can vary (per model, inside one batched shard).
 TRAIN_PARAMS = ("lr", "weight_decay", "dropout", "init_scale", "label_noise", "data_fraction")
 #: Training options that split runs into different shards when they vary.
-SHARD_PARAMS = ("optimizer", "batch_size")
+SHARD_PARAMS = ("optimizer", "batch_size", "rank")  # rank > 0: low-rank (LoRA-style) training
 TASKS = ("classification", "inr")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 BUILTIN_DIR = Path(__file__).parent / "recipes"

@@ -81,6 +81,7 @@ class TrainSpec:
     optimizer: str = "adam"
     batch_size: int = 64
     task: str = "classification"
+    rank: int = 0  # > 0: LoRA-style, only a rank-`rank` update B @ A of each weight matrix is trained
 
     def __post_init__(self) -> None:
         self.config = normalize_config(self.config)
@@ -108,6 +109,10 @@ class TrainSpec:
             raise ConfigError(
                 f"checkpoint_epochs must lie in [0, epochs={self.epochs}], got {self.checkpoint_epochs}"
             )
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
+            raise ConfigError(f"TrainSpec.rank must be a non-negative integer (0 = full training), got {self.rank!r}")
+        if self.rank and self.task != "classification":
+            raise ConfigError("low-rank (rank > 0) training applies to classification shards only")
         if self.task == "regression" and (
             any(self.label_noise) or any(f != 1.0 for f in self.data_fraction) or any(self.dropout)
         ):
@@ -451,27 +456,57 @@ def train_population(
 
 @dataclass
 class _Population:
-    """The stacked tensors being trained and their optimiser."""
+    """The stacked tensors being trained and their optimiser.
+
+    Low-rank mode (``spec.rank = r > 0``, LoRA-style): every weight matrix ``W [N, out, *in]`` is frozen
+    and the model uses ``W + B @ A`` with trained factors ``A [N, r, prod(in)]`` (random, seeded per
+    model) and ``B [N, out, r]`` (zeros: training starts at the parent); biases and normalisation
+    parameters stay frozen. Checkpoints hold the merged weights, so a child's diff is of rank <= r.
+    """
 
     cfg: dict
     params: dict[str, Tensor]
-    names: list[str]  # trainable tensors; the rest are buffers (BN statistics)
+    names: list[str]  # parameters; the rest are buffers (BN statistics)
     opt: StackedOptimizer
+    lora: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, spec: TrainSpec, init_params: Mapping[str, Tensor] | None) -> _Population:
         params = _init_params(spec.config, spec, init_params)
         names = parameter_names(spec.config)
         lr, wd = torch.tensor(spec.lr), torch.tensor(spec.weight_decay)
-        return cls(
-            spec.config, params, names, StackedOptimizer(spec.optimizer, [params[k] for k in names], lr, wd)
-        )
+        lora: dict[str, tuple[Tensor, Tensor]] = {}
+        if spec.rank:
+            gens = [torch.Generator().manual_seed(s * 7_919 + 104_729) for s in spec.seeds]
+            for k in names:
+                params[k].requires_grad_(False)
+                w = params[k]
+                if w.dim() < 3:  # biases, norms: frozen
+                    continue
+                fan_in = int(w[0, 0].numel())
+                a = torch.stack([torch.randn(spec.rank, fan_in, generator=g) for g in gens]) / fan_in**0.5
+                lora[k] = (a.requires_grad_(True), torch.zeros(w.shape[0], w.shape[1], spec.rank, requires_grad=True))
+            if not lora:
+                raise ConfigError(f"rank={spec.rank}: the {spec.config['family']} config has no weight matrix to adapt")
+        trainable = [t for ab in lora.values() for t in ab] if lora else [params[k] for k in names]
+        return cls(spec.config, params, names, StackedOptimizer(spec.optimizer, trainable, lr, wd), lora)
+
+    def current(self) -> dict[str, Tensor]:
+        """The weights the models use now (low-rank mode: ``W + B @ A`` for every adapted matrix)."""
+        if not self.lora:
+            return self.params
+        out = dict(self.params)
+        for k, (a, b) in self.lora.items():
+            w = self.params[k]
+            out[k] = w + torch.bmm(b, a).view_as(w)
+        return out
 
     def step(
         self, per_model_loss: Tensor, active: Tensor | None, buffers_before: Mapping[str, Tensor]
     ) -> None:
         """One optimiser step on ``sum(per_model_loss)``; idle models keep weights and BN statistics."""
-        grads = torch.autograd.grad(per_model_loss.sum(), [self.params[k] for k in self.names])
+        trainable = [t for ab in self.lora.values() for t in ab] if self.lora else [self.params[k] for k in self.names]
+        grads = torch.autograd.grad(per_model_loss.sum(), trainable)
         self.opt.step(grads, active)
         for name, old in buffers_before.items():
             a = active.view(-1, *([1] * (old.dim() - 1)))
@@ -484,7 +519,8 @@ class _Population:
         return {k: v.clone() for k, v in self.params.items() if k not in self.names}
 
     def checkpoint(self, epoch: int, metrics: dict[str, Tensor]) -> Checkpoint:
-        return _checkpoint(epoch, self.params, metrics, self.opt.steps)
+        with torch.no_grad():
+            return _checkpoint(epoch, self.current(), metrics, self.opt.steps)
 
 
 def _classification_epochs(
@@ -506,7 +542,9 @@ def _classification_epochs(
     seeds = torch.tensor(spec.seeds, dtype=torch.int64)
 
     def checkpoint(epoch: int) -> Checkpoint:
-        return pop.checkpoint(epoch, _classification_metrics(pop.cfg, pop.params, data, y_noisy, train_mask))
+        with torch.no_grad():
+            current = pop.current()
+        return pop.checkpoint(epoch, _classification_metrics(pop.cfg, current, data, y_noisy, train_mask))
 
     if 0 in spec.checkpoint_epochs:
         yield checkpoint(0)
@@ -526,7 +564,7 @@ def _classification_epochs(
             keys = _dropout_keys(seeds, (epoch - 1) * torch.tensor(counts) + s)
             saved = pop.snapshot_buffers(act)
             out = functional_forward(
-                pop.cfg, pop.params, _gather_rows(X, batch), training=True, dropout=drop, dropout_keys=keys
+                pop.cfg, pop.current(), _gather_rows(X, batch), training=True, dropout=drop, dropout_keys=keys
             )
             # class-major [N, K, B] (a free view of the kernels' output) is the fast cross-entropy layout
             loss = F.cross_entropy(out.transpose(1, 2), y_noisy.gather(1, batch), reduction="none").mean(1)

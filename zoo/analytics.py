@@ -325,11 +325,22 @@ class Analytics:
         self._derived_done: set[str] = set()
         self._file_cache: dict[str, Any] = {}  # parquet file name -> Arrow table
         self._con_limits: Limits | None = None  # the limits the query connection was made with
+        # incremental snapshots (SQLite): a persistent loader connection, and what the snapshot holds:
+        # each table's highest rowid and the catalog's (layout_version, rewrite_version) when it was taken
+        self._loader: duckdb.DuckDBPyConnection | None = None
+        self._rowids: dict[str, int] | None = None
+        self._marks: tuple[int, int] | None = None
+        self._pending: tuple[dict[str, int], tuple[int, int]] | None = None
+        #: how the last snapshot was made: "full" or "appends" (for tests and benchmarks)
+        self.last_refresh = ""
 
     def close(self) -> None:
         if self._query_con is not None:
             self._query_con.close()
             self._query_con = None
+        if self._loader is not None:
+            self._loader.close()
+            self._loader = None
 
     # ------------------------------------------------------------------ loading
     def _load_tables(self) -> dict[str, Any]:
@@ -340,13 +351,11 @@ class Analytics:
         con = duckdb.connect(
             config={"extension_directory": ext, "autoinstall_known_extensions": False, "autoload_known_extensions": False}
         )
+        if url.get_backend_name() == "sqlite":
+            con.close()
+            return self._load_sqlite()
         try:
-            if url.get_backend_name() == "sqlite":
-                con.execute("LOAD sqlite")
-                path = str(url.database).replace("'", "''")
-                con.execute(f"ATTACH '{path}' AS cat (TYPE sqlite, READ_ONLY)")
-                con.execute("SET sqlite_all_varchar=false")
-            elif url.get_backend_name() == "postgresql":
+            if url.get_backend_name() == "postgresql":
                 try:
                     con.execute("LOAD postgres")
                 except duckdb.Error:
@@ -366,9 +375,54 @@ class Analytics:
         finally:
             con.close()
 
+    def _sqlite_loader(self) -> duckdb.DuckDBPyConnection:
+        if self._loader is None:
+            ext = _extension_dir()
+            con = duckdb.connect(config={"extension_directory": ext, "autoinstall_known_extensions": False,
+                                         "autoload_known_extensions": False})  # fmt: skip
+            con.execute("LOAD sqlite")
+            path = str(self.zoo.engine.url.database).replace("'", "''")
+            con.execute(f"ATTACH '{path}' AS cat (TYPE sqlite, READ_ONLY)")
+            con.execute("SET sqlite_all_varchar=false")
+            self._loader = con
+        return self._loader
+
+    def _load_sqlite(self) -> dict[str, Any]:
+        """The catalog's tables; only the rows appended since the last snapshot when nothing was updated
+        or deleted since (the catalog's rewrite and layout versions are unchanged, see
+        :meth:`zoo.catalog.Catalog.note_rewrite`), else every row. Rows are bounded by the highest rowid
+        read first, so the tables of one load hold the same commits (the caller checks the generation)."""
+        import pyarrow as pa
+
+        con = self._sqlite_loader()
+        marks = tuple(int(v) for v in con.execute(
+            'select layout_version, rewrite_version from cat."catalog_state" where id = 1').fetchone())  # fmt: skip
+        rowids = {t: int(con.execute(f'select coalesce(max(rowid), 0) from cat."{t}"').fetchone()[0]) for t in TABLES}
+        old = self._rowids or {}
+        incremental = (
+            bool(old) and self._marks == marks and bool(self._tables)
+            and all(t in old and rowids[t] >= old[t] for t in TABLES)
+        )  # fmt: skip
+        out: dict[str, Any] = {}
+        for t in TABLES:
+            if t == "catalog_state" or not incremental:
+                out[t] = con.execute(f'select * from cat."{t}" where rowid <= {rowids[t]}').fetch_arrow_table()
+            elif rowids[t] == old[t]:
+                out[t] = self._tables[t]
+            else:
+                delta = con.execute(f'select * from cat."{t}" where rowid > {old[t]} and rowid <= {rowids[t]}').fetch_arrow_table()
+                try:
+                    out[t] = pa.concat_tables([self._tables[t], delta], promote_options="default")
+                except (pa.ArrowInvalid, pa.ArrowTypeError):  # types drifted: read the table whole
+                    out[t] = con.execute(f'select * from cat."{t}" where rowid <= {rowids[t]}').fetch_arrow_table()
+        self._pending = (rowids, marks)  # taken by _connect when this load becomes the snapshot
+        self.last_refresh = "appends" if incremental else "full"
+        return out
+
     def _load_via_sqlalchemy(self, consistent: bool = False) -> dict[str, Any]:
         import pyarrow as pa
 
+        self._pending, self._rowids = None, None  # a whole load: the next SQLite refresh starts afresh
         out = {}
         with self.zoo.engine.begin() as c:
             if consistent:  # hold the write lock: one snapshot even under a stream of writers
@@ -429,6 +483,9 @@ class Analytics:
         if self._query_con is not None:
             self._query_con.close()
         self._query_con, self._tables, self._generation, self._con_limits = con, tables, gen, limits
+        if self._pending is not None:  # the tables of a _load_sqlite: remember what they hold
+            self._rowids, self._marks = self._pending
+            self._pending = None
         self._wide_done: set[str] = set()
         self._derived = {
             r["name"]: (json.loads(r["files"]), json.loads(r["column_types"])) for r in tables["derived_tables"].to_pylist()
@@ -497,7 +554,7 @@ class Analytics:
                     self._ensure_derived(con, sql)
                     break
                 except FileNotFoundError:  # a writer replaced or dropped a table since our snapshot
-                    self._generation = None
+                    self._generation, self._rowids = None, None
             else:
                 raise IntegrityError("a derived table's file is missing; run `weightzoo verify`")
             dog = _Watchdog(con, limits)

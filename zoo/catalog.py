@@ -40,6 +40,16 @@ class Catalog:
         """Take the catalog's write lock (the first statement of every write) and bump the generation."""
         conn.execute(update(S.CatalogState).where(S.CatalogState.id == 1).values(generation=S.CatalogState.generation + 1))
 
+    @staticmethod
+    def note_rewrite(conn: Connection) -> None:
+        """Record that this write updates or deletes catalog rows (appending rows needs no note).
+
+        SQL snapshots (:mod:`zoo.analytics`) refresh by reading only appended rows while this counter
+        is unchanged, so every path that updates or deletes a row must call it in its transaction.
+        """
+        conn.execute(update(S.CatalogState).where(S.CatalogState.id == 1)
+                     .values(rewrite_version=S.CatalogState.rewrite_version + 1))  # fmt: skip
+
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction: the write lock taken, the generation bumped, committed on success."""

@@ -48,6 +48,8 @@ class CatalogState(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
     layout_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: bumped by every write that updates or deletes rows (appends leave it): SQL snapshots refresh by appends
+    rewrite_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Architecture(Base):

@@ -412,6 +412,7 @@ class Zoo:
                     name, cfg = self.catalog.arch(conn, row.architecture_id)
                     raise MismatchError(_arch_mismatch_message(pname, name, cfg, p.config))
                 if row.architecture_id is None:
+                    self.catalog.note_rewrite(conn)
                     conn.execute(update(S.Population).where(S.Population.id == row.id).values(architecture_id=arch_ids[p.chash]))
                 pop_ids[pname] = int(row.id)
         for p in prepared:
@@ -514,6 +515,7 @@ class Zoo:
         with self.engine.begin() as conn:
             self.catalog.bump(conn)
             mid = self.catalog.model_id(conn, model)
+            self.catalog.note_rewrite(conn)
             conn.execute(delete(S.Tag).where(S.Tag.model_id == mid, S.Tag.tag.in_(tags)))
 
     def remove(self, models: Iterable[int | str], *, force: bool = False) -> int:
@@ -532,6 +534,7 @@ class Zoo:
                 ).scalars().all()
                 if kids:
                     raise ZooError(f"model(s) {sorted(set(kids))[:5]} have children in the zoo; pass force=True to cut their lineage")
+            self.catalog.note_rewrite(conn)
             for table in (S.TensorEntry, S.Hyperparameter, S.Metric, S.Tag):
                 conn.execute(delete(table).where(table.model_id.in_(ids)))
             conn.execute(update(S.DerivedTable).where(S.DerivedTable.produced_by.in_(ids)).values(produced_by=None))

@@ -487,6 +487,7 @@ def write_table(
             else:
                 keep = mode == "append"
                 files = [*json.loads(row.files), file] if keep else [file]
+                zoo.catalog.note_rewrite(conn)
                 conn.execute(
                     update(S.DerivedTable).where(S.DerivedTable.id == row.id).values(
                         files=json.dumps(files), column_types=json.dumps(types),
@@ -561,6 +562,7 @@ def drop_table(zoo: Zoo, name: str) -> None:
         ).first()
         if row is None:
             raise NotFoundError(_not_found(zoo, name))
+        zoo.catalog.note_rewrite(conn)
         conn.execute(delete(S.DerivedTable).where(S.DerivedTable.id == row.id))
     for f in json.loads(row.files):
         zoo.table_files.delete(f)

@@ -308,3 +308,12 @@ def test_rank_validation():
     with pytest.raises(ConfigError, match="classification"):
         TrainSpec(config={"family": "siren", "in_features": 2, "hidden": [8], "out_features": 1}, n=1, seeds=[0],
                   epochs=1, rank=2, task="regression")  # fmt: skip
+
+
+def test_builtin_robust_recipe_pairs_a_clean_fine_tune_with_every_corruption():
+    from zoo.datasets import DIGITS_C_CORRUPTIONS
+
+    plan = Recipe.load("digits-mlp-robust").change_plan()
+    kinds = [e["kind"] for e in plan["entries"]]
+    assert kinds.count("null") == 1 and plan["n"] == 1 + len(DIGITS_C_CORRUPTIONS)
+    assert sorted(e["corruption"] for e in plan["entries"] if e["kind"] == "robust") == sorted(DIGITS_C_CORRUPTIONS)

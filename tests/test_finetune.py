@@ -317,3 +317,14 @@ def test_builtin_robust_recipe_pairs_a_clean_fine_tune_with_every_corruption():
     kinds = [e["kind"] for e in plan["entries"]]
     assert kinds.count("null") == 1 and plan["n"] == 1 + len(DIGITS_C_CORRUPTIONS)
     assert sorted(e["corruption"] for e in plan["entries"] if e["kind"] == "robust") == sorted(DIGITS_C_CORRUPTIONS)
+
+
+def test_a_child_does_not_depend_on_its_shard_mates(zoo, built):
+    _, W, recs = built
+    build(zoo, child_recipe([CHANGES[5]], name="B"), progress=False)  # the backdoor child alone
+    alone = sorted(zoo.population("B").records(), key=lambda r: r.name)
+    Wb = zoo.stack([r.id for r in alone])
+    n = len(CHANGES)
+    for p in range(2):
+        for k in W:
+            assert torch.allclose(W[k][p * n + 5], Wb[k][p], atol=1e-5), k

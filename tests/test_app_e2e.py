@@ -138,7 +138,7 @@ PAGES = [
     ("Model_detail", "?model={child}", ["Model detail", "e2e-child", "perturb", "Layers", "effective_rank"]),
     ("Population_map", "", ["Population map", "colour by", "models of"]),
     ("Align_and_merge", "", ["Align and merge", "Linear path and alignment", "Merge"]),
-    ("Generate", "", ["Generate", "not built yet"]),
+    ("Generate", "", ["Generate", "No stored generator in this zoo yet"]),
     ("Diffs_and_signatures", "?model={child}", ["Diffs and signatures", "child − parent", "not built yet"]),
 ]
 

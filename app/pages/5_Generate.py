@@ -6,17 +6,11 @@ trained with ``weightzoo generate train`` (or ``generators.train``).
 """
 
 import json
-import sys
-from pathlib import Path
 
-_REPO = str(Path(__file__).resolve().parents[2])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+import pandas as pd
+import streamlit as st
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from app import common as C  # noqa: E402
+from app import common as C
 
 z = C.page("Generate")
 if z is None:

@@ -328,6 +328,7 @@ class Analytics:
         # incremental snapshots (SQLite): a persistent loader connection, and what the snapshot holds:
         # each table's highest rowid and the catalog's (layout_version, rewrite_version) when it was taken
         self._loader: duckdb.DuckDBPyConnection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._rowids: dict[str, int] | None = None
         self._marks: tuple[int, int] | None = None
         self._pending: tuple[dict[str, int], tuple[int, int]] | None = None
@@ -341,6 +342,9 @@ class Analytics:
         if self._loader is not None:
             self._loader.close()
             self._loader = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     # ------------------------------------------------------------------ loading
     def _load_tables(self) -> dict[str, Any]:
@@ -348,12 +352,11 @@ class Analytics:
         ext = _extension_dir()
         if ext is None:
             return self._load_via_sqlalchemy()
+        if url.get_backend_name() == "sqlite":
+            return self._load_sqlite()
         con = duckdb.connect(
             config={"extension_directory": ext, "autoinstall_known_extensions": False, "autoload_known_extensions": False}
         )
-        if url.get_backend_name() == "sqlite":
-            con.close()
-            return self._load_sqlite()
         try:
             if url.get_backend_name() == "postgresql":
                 try:
@@ -387,37 +390,70 @@ class Analytics:
             self._loader = con
         return self._loader
 
+    def _sqlite_reader(self) -> sqlite3.Connection:
+        """A plain SQLite connection for what DuckDB's scanner does slowly: ``max(rowid)`` and rowid ranges."""
+        if self._reader is None:
+            self._reader = sqlite3.connect(str(self.zoo.engine.url.database), isolation_level=None,
+                                           check_same_thread=False)  # fmt: skip
+        return self._reader
+
     def _load_sqlite(self) -> dict[str, Any]:
         """The catalog's tables; only the rows appended since the last snapshot when nothing was updated
         or deleted since (the catalog's rewrite and layout versions are unchanged, see
-        :meth:`zoo.catalog.Catalog.note_rewrite`), else every row. Rows are bounded by the highest rowid
-        read first, so the tables of one load hold the same commits (the caller checks the generation)."""
+        :meth:`zoo.catalog.Catalog.note_rewrite`), else every row. The highest rowids, the versions and
+        the appended rows are read in one SQLite read transaction; whole tables are bounded by those
+        rowids (the caller checks the generation, so one load holds the same commits)."""
         import pyarrow as pa
 
+        sq = self._sqlite_reader()
+        sq.execute("BEGIN")
+        try:
+            marks = tuple(int(v) for v in sq.execute(
+                "select layout_version, rewrite_version from catalog_state where id = 1").fetchone())  # fmt: skip
+            rowids = {t: int(sq.execute(f'select coalesce(max(rowid), 0) from "{t}"').fetchone()[0]) for t in TABLES}
+            old = self._rowids or {}
+            incremental = (
+                bool(old) and self._marks == marks and bool(self._tables)
+                and all(t in old and rowids[t] >= old[t] for t in TABLES)
+            )  # fmt: skip
+            deltas: dict[str, Any] = {}
+            if incremental:
+                for t in TABLES:
+                    if t == "catalog_state":  # one row, updated by every write: read whole
+                        deltas[t] = self._appended(sq, t, 0, rowids[t])
+                    elif rowids[t] > old[t]:
+                        deltas[t] = self._appended(sq, t, old[t], rowids[t])
+        finally:
+            sq.execute("COMMIT")
         con = self._sqlite_loader()
-        marks = tuple(int(v) for v in con.execute(
-            'select layout_version, rewrite_version from cat."catalog_state" where id = 1').fetchone())  # fmt: skip
-        rowids = {t: int(con.execute(f'select coalesce(max(rowid), 0) from cat."{t}"').fetchone()[0]) for t in TABLES}
-        old = self._rowids or {}
-        incremental = (
-            bool(old) and self._marks == marks and bool(self._tables)
-            and all(t in old and rowids[t] >= old[t] for t in TABLES)
-        )  # fmt: skip
         out: dict[str, Any] = {}
         for t in TABLES:
-            if t == "catalog_state" or not incremental:
+            if t == "catalog_state" and incremental and deltas[t] is not None:
+                out[t] = deltas[t]
+            elif t == "catalog_state" or not incremental:
                 out[t] = con.execute(f'select * from cat."{t}" where rowid <= {rowids[t]}').fetch_arrow_table()
-            elif rowids[t] == old[t]:
+            elif t not in deltas:
                 out[t] = self._tables[t]
+            elif deltas[t] is None:  # the new rows did not fit the snapshot's types: read the table whole
+                out[t] = con.execute(f'select * from cat."{t}" where rowid <= {rowids[t]}').fetch_arrow_table()
             else:
-                delta = con.execute(f'select * from cat."{t}" where rowid > {old[t]} and rowid <= {rowids[t]}').fetch_arrow_table()
-                try:
-                    out[t] = pa.concat_tables([self._tables[t], delta], promote_options="default")
-                except (pa.ArrowInvalid, pa.ArrowTypeError):  # types drifted: read the table whole
-                    out[t] = con.execute(f'select * from cat."{t}" where rowid <= {rowids[t]}').fetch_arrow_table()
+                out[t] = pa.concat_tables([self._tables[t], deltas[t]])
         self._pending = (rowids, marks)  # taken by _connect when this load becomes the snapshot
         self.last_refresh = "appends" if incremental else "full"
         return out
+
+    def _appended(self, sq: sqlite3.Connection, table: str, lo: int, hi: int) -> Any:
+        """Rows ``lo < rowid <= hi`` of ``table`` as Arrow with the snapshot's schema (None if they do not cast)."""
+        import pyarrow as pa
+
+        schema = self._tables[table].schema
+        cols = ", ".join(f'"{f.name}"' for f in schema)
+        rows = sq.execute(f'select {cols} from "{table}" where rowid > ? and rowid <= ?', (lo, hi)).fetchall()
+        try:
+            arrays = [pa.array([r[i] for r in rows]) for i in range(len(schema))]
+            return pa.table(arrays, names=schema.names).cast(schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+            return None
 
     def _load_via_sqlalchemy(self, consistent: bool = False) -> dict[str, Any]:
         import pyarrow as pa
@@ -463,6 +499,15 @@ class Analytics:
         return self._connect(tables, gen, limits)
 
     def _connect(self, tables: dict[str, Any], gen: int, limits: Limits) -> duckdb.DuckDBPyConnection:
+        if self._query_con is not None and limits == self._con_limits:
+            con = self._query_con  # same limits: swap the tables in (views, macros and settings stay)
+            for name in self._derived_done:
+                con.unregister(name)
+            for name in getattr(self, "_wide_done", ()):
+                con.execute(f"drop table if exists {name}")
+            for name, tbl in tables.items():
+                con.register(name, tbl)
+            return self._took(con, tables, gen, limits)
         # No spilling: an in-memory database would otherwise write to ./.tmp, and a runaway query
         # could fill the disk. The memory limit is the bound.
         con = duckdb.connect(
@@ -482,6 +527,10 @@ class Analytics:
         con.execute("SET lock_configuration=true")
         if self._query_con is not None:
             self._query_con.close()
+        return self._took(con, tables, gen, limits)
+
+    def _took(self, con: duckdb.DuckDBPyConnection, tables: dict[str, Any], gen: int, limits: Limits) -> duckdb.DuckDBPyConnection:
+        """Make ``con`` with ``tables`` the current snapshot."""
         self._query_con, self._tables, self._generation, self._con_limits = con, tables, gen, limits
         if self._pending is not None:  # the tables of a _load_sqlite: remember what they hold
             self._rowids, self._marks = self._pending

@@ -36,6 +36,15 @@ def zoo(zoo_root: Path) -> Iterator[Zoo]:
         z.close()
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models: one thread is many times faster than two on a shared, loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def mlp_cfg() -> dict:
     return dict(MLP_CFG, hidden=list(MLP_CFG["hidden"]))

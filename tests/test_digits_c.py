@@ -22,13 +22,7 @@ from zoo.training import TrainSpec, train_population
 MLP = {"family": "mlp", "in_features": 64, "hidden": [32], "out_features": 10}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is many times faster than two on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models train faster on one thread
 
 
 

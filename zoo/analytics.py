@@ -425,17 +425,17 @@ class Analytics:
                         deltas[t] = self._appended(sq, t, old[t], rowids[t])
         finally:
             sq.execute("COMMIT")
-        con = self._sqlite_loader()
+        def whole(t: str) -> Any:
+            return self._sqlite_loader().execute(f'select * from cat."{t}" where rowid <= {rowids[t]}').fetch_arrow_table()
+
         out: dict[str, Any] = {}
         for t in TABLES:
-            if t == "catalog_state" and incremental and deltas[t] is not None:
-                out[t] = deltas[t]
-            elif t == "catalog_state" or not incremental:
-                out[t] = con.execute(f'select * from cat."{t}" where rowid <= {rowids[t]}').fetch_arrow_table()
+            if not incremental or (t in deltas and deltas[t] is None):  # None: new rows did not fit the types
+                out[t] = whole(t)
             elif t not in deltas:
                 out[t] = self._tables[t]
-            elif deltas[t] is None:  # the new rows did not fit the snapshot's types: read the table whole
-                out[t] = con.execute(f'select * from cat."{t}" where rowid <= {rowids[t]}').fetch_arrow_table()
+            elif t == "catalog_state":  # read whole above
+                out[t] = deltas[t]
             else:
                 out[t] = pa.concat_tables([self._tables[t], deltas[t]])
         self._pending = (rowids, marks)  # taken by _connect when this load becomes the snapshot

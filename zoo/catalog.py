@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,11 @@ class Catalog:
     def add_metrics(self, conn: Connection, model_id: int, metrics: Any, step: int | None = None) -> int:
         """The one metric write path: validated rows (``{"test_acc": .9}`` or ``[(name, split, step,
         value)]``) for ``model_id`` inserted on ``conn``. Returns the number of rows."""
-        rows = metric_rows(model_id, metrics, step)
+        return self.add_metrics_many(conn, [(model_id, metrics)], step)
+
+    def add_metrics_many(self, conn: Connection, per_model: Iterable[tuple[int, Any]], step: int | None = None) -> int:
+        """:meth:`add_metrics` for many ``(model_id, metrics)`` pairs, in one insert."""
+        rows = [r for mid, metrics in per_model for r in metric_rows(mid, metrics, step)]
         if rows:
             conn.execute(insert(S.Metric), rows)
         return len(rows)

@@ -332,7 +332,7 @@ def evaluate_models(
                 rows.append({"model_id": r.id, "split": label, "loss": loss, "acc": acc})
     df = pd.DataFrame(rows, columns=["model_id", "split", "loss", "acc"])
     if record and rows:
-        with zoo.catalog.write() as conn:  # one transaction for the whole evaluation, through the one metric path
-            for r in rows:
-                zoo.catalog.add_metrics(conn, r["model_id"], [(name, r["split"], step, r[name]) for name in ("loss", "acc")])
+        with zoo.catalog.write() as conn:  # one transaction and one insert, through the one metric path
+            zoo.catalog.add_metrics_many(
+                conn, [(r["model_id"], [(name, r["split"], step, r[name]) for name in ("loss", "acc")]) for r in rows])
     return df.set_index("model_id").loc[[i for i in ids if i in set(df["model_id"])]].reset_index() if rows else df

@@ -564,6 +564,22 @@ def _one_line(msg: object) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
+def _user_message(e: BaseException) -> str:
+    """The one-line message for an error a user can cause (ZooErrors say it themselves)."""
+    if isinstance(e, ZooError):
+        return _one_line(e)
+    if isinstance(e, RecursionError):
+        return ("the input is nested too deeply to process (a JSON or YAML config with thousands of levels?); "
+                "flatten it. Run with --debug for the traceback")  # fmt: skip
+    if isinstance(e, UnicodeError):
+        return (f"text that is not valid UTF-8 ({_one_line(e)}); names, paths and files read as text must be "
+                "UTF-8. Run with --debug for the traceback")  # fmt: skip
+    name = _one_line(e.filename) if getattr(e, "filename", None) else ""  # an OSError
+    where = f": {name[:200]}..." if len(name) > 200 else f": {name}" if name else ""
+    return (f"{_one_line(getattr(e, 'strerror', None) or e)}{where}; check the path, its permissions and the free "
+            "disk space. Run with --debug for the traceback")  # fmt: skip
+
+
 def _debug_wanted(argv: Sequence[str]) -> bool:
     return "--debug" in argv or os.environ.get("WEIGHTZOO_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
@@ -589,32 +605,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{cmd}: interrupted; the store is consistent (writes are atomic)", file=sys.stderr)
         return 130
-    except ZooError as e:
+    except (ZooError, RecursionError, UnicodeError, OSError) as e:
         if debug:
             raise
-        print(f"{cmd}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{cmd}: error: {_user_message(e)}", file=sys.stderr)
         return 2
-    except RecursionError:
-        if debug:
-            raise
-        print(f"{cmd}: error: the input is nested too deeply to process (a JSON or YAML config with "
-              "thousands of levels?); flatten it. Run with --debug for the traceback", file=sys.stderr)  # fmt: skip
-        return 2
-    except UnicodeError as e:
-        if debug:
-            raise
-        print(f"{cmd}: error: text that is not valid UTF-8 ({_one_line(e)}); names, paths and files read as "
-              "text must be UTF-8. Run with --debug for the traceback", file=sys.stderr)  # fmt: skip
-        return 2
-    except OSError as e:
-        if debug:
-            raise
-        name = _one_line(e.filename) if getattr(e, "filename", None) else ""
-        where = f": {name[:200]}..." if len(name) > 200 else f": {name}" if name else ""
-        print(f"{cmd}: error: {_one_line(e.strerror or e)}{where}; check the path, its permissions and the free "
-              "disk space. Run with --debug for the traceback", file=sys.stderr)  # fmt: skip
-        return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

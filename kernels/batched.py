@@ -303,7 +303,7 @@ def mlp_forward(
 
     ``taps``: when a dict, every hidden activation is appended to ``taps[group]`` (the permutation
     group it belongs to, as in :mod:`weightspace.spec`) in its kernel layout: feature-major
-    ``[N, n, B]`` for dense layers, grouped ``[N*B, C, H, W]``-style for convs (see :func:`to_grouped`).
+    ``[N, n, B]`` for dense layers, grouped ``[B, N*C, H, W]`` for convs (see :func:`to_grouped`).
 
     Shapes:
         params: ``layers.{i}.weight [N, out_i, in_i]``, ``layers.{i}.bias [N, out_i]``;

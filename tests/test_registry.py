@@ -70,10 +70,32 @@ def test_lazy_module_missing_dependency_gives_hint():
         reg.get("ghost")
 
 
-def test_builtins_module_loaded_once(monkeypatch):
-    mod = types.ModuleType("_wz_builtins_")
-    monkeypatch.setitem(sys.modules, "_wz_builtins_", mod)
+def test_builtins_module_imported_once_on_first_lookup(monkeypatch):
     reg: Registry[int] = Registry("widget", builtins="_wz_builtins_")
-    # the module is already "imported": registering happens here as if at its import
-    reg.register("x", 1)
-    assert reg.names() == ["x"] and reg.get("x") == 1
+    imported = []
+
+    def fake_import(name):
+        imported.append(name)
+        reg.register("x", 1)  # what the built-ins module does at import
+        return types.ModuleType(name)
+
+    monkeypatch.setattr("zoo.registry.importlib.import_module", fake_import)
+    assert imported == []  # creating the registry imports nothing
+    assert reg.get("x") == 1 and reg.names() == ["x"] and "x" in reg
+    assert imported == ["_wz_builtins_"]  # once, however many lookups
+
+
+def test_entry_point_plugins_are_registered_on_first_use(monkeypatch):
+    import importlib.metadata as md
+
+    mod = types.ModuleType("_wz_plugin_pkg_")
+    mod.thing = "from the plug-in"
+    monkeypatch.setitem(sys.modules, "_wz_plugin_pkg_", mod)
+    eps = [md.EntryPoint("plugged", "_wz_plugin_pkg_:thing", "weightzoo.widgets"),
+           md.EntryPoint("builtin", "_wz_plugin_pkg_:thing", "weightzoo.widgets")]  # fmt: skip
+    monkeypatch.setattr(md, "entry_points", lambda group: [e for e in eps if e.group == group])
+    reg: Registry[str] = Registry("widget", entry_points="weightzoo.widgets")
+    reg.register("builtin", "mine")
+    assert reg.names() == ["builtin", "plugged"]
+    assert reg.get("plugged") == "from the plug-in"
+    assert reg.get("builtin") == "mine"  # a registered item wins over a plug-in of the same name

@@ -91,7 +91,7 @@ def test_forward_taps_are_the_spec_permutation_groups(name: str):
         assert a.shape[0] == N and a.shape[2] == sizes[perm], perm
 
 
-def test_a_new_family_is_one_registration(monkeypatch):
+def test_a_new_family_is_one_registration():
     """A family without a declared spec gets a traced one; without a forward it is refused for batched use."""
     from weightspace.spec import spec_for
 

@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from zoo.errors import DuplicateError, OutputPathError, StorageError
@@ -36,6 +36,7 @@ __all__ = [
     "MARKER",
     "commit_output_dir",
     "guard_output_dir",
+    "guard_output_file",
     "is_weightzoo_output",
     "make_staging_dir",
     "staged_output_dir",
@@ -195,6 +196,43 @@ def guard_output_dir(
             raise
         raise _storage_error(what, p, e) from e
     return p
+
+
+def guard_output_file(
+    path: PathLike,
+    *,
+    overwrite: bool,
+    what: str = "output file",
+    zoo_roots: Iterable[PathLike | None] = (),
+    replaceable: Callable[[Path], bool] | None = None,
+) -> Path:
+    """:func:`guard_output_dir` for a single file (a plot, a report): the same places are refused (a zoo,
+    links); an existing file is replaced only with ``overwrite`` and only when ``replaceable(path)``
+    says it is one weightzoo could have written (e.g. a PNG for a plot). Returns the resolved path;
+    nothing is created. Write it with :func:`zoo.fsutil.atomic_file`."""
+    if not isinstance(path, str | os.PathLike) or not str(path).strip():
+        raise OutputPathError(f"the {what} must be a file path, got {path!r}")
+    p = Path(path).expanduser()
+    shown = _show(p)
+    try:
+        if p.is_symlink():
+            raise OutputPathError(f"refusing to write the {what} {shown}: it is a symbolic link; give another path")
+        real = _real(p)
+        _check_location(real, shown, what, _known_roots(zoo_roots))
+        if real.exists():
+            if real.is_dir():
+                raise OutputPathError(f"refusing to write the {what} {shown}: it is a folder; give a file name")
+            if replaceable is not None and not replaceable(real):
+                raise OutputPathError(f"refusing to replace {shown}: it exists and is not a {what}")
+            if not overwrite:
+                raise DuplicateError(f"{shown} exists; pass --overwrite (overwrite=True) to replace it")
+        if not real.parent.is_dir():
+            raise StorageError(f"cannot write the {what} {shown}: folder {_show(real.parent)} does not exist")
+    except OSError as e:
+        if isinstance(e, StorageError):
+            raise
+        raise _storage_error(what, p, e) from e
+    return real
 
 
 def make_staging_dir(out_dir: Path, *, what: str = "output folder") -> Path:

@@ -38,8 +38,8 @@ from weightspace.spec import (
     permute_tensor,
     spec_for,
 )
-from zoo.architectures import config_hash, input_shape, is_classifier, normalize_config
 from zoo.errors import ConfigError, MismatchError, NotFoundError
+from zoo.models.architectures import config_hash, input_shape, is_classifier, normalize_config
 from zoo.registry import Registry
 
 __all__ = [
@@ -304,7 +304,7 @@ def hidden_activations(config: Mapping[str, Any], params: Mapping[str, Tensor], 
     Shapes:
         params: ``name -> [N, *shape]``; x: ``[B, *in]``. Returns ``perm -> [N, S, n]``.
     """
-    from zoo.evaluate import functional_forward
+    from zoo.build.evaluate import functional_forward
 
     cfg = normalize_config(config)
     n = K.population_size(params)
@@ -493,7 +493,7 @@ def align(
 
 def default_data(config: Mapping[str, Any], dataset: str = "digits", dataset_root: str | None = None, n: int = 1024) -> Tensor:
     """A batch of training inputs shaped for ``config`` (flattened for mlp), for activation matching."""
-    from zoo.datasets import load_dataset
+    from zoo.models.datasets import load_dataset
 
     cfg = normalize_config(config)
     ds = load_dataset(dataset, root=dataset_root)
@@ -544,7 +544,7 @@ def canonicalize(
     (method, seed, iterations, distance before/after, reference), and evaluated on ``dataset``
     (train/val/test) when it is a classifier (mlp, cnn, resnet). Returns the new records.
     """
-    from zoo.records import NewModel
+    from zoo.store.records import NewModel
 
     if isinstance(models, int) or (isinstance(models, str) and models.isdigit()):
         ids: list[Any] = [models]

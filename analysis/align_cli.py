@@ -47,7 +47,7 @@ examples:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
     return Zoo.open(args.root, url=args.url, create=False)
 
@@ -78,7 +78,7 @@ def cmd_align(args: argparse.Namespace) -> int:
         print(f"stored as model {rec.id} in population {rec.population!r} (op {rec.op})")
         drop = 1 - p["distance_after"] / p["distance_before"] if p["distance_before"] else 0.0
         print(f"L2 distance to the reference: {p['distance_before']:.4f} -> {p['distance_after']:.4f} ({drop:.1%} lower)")
-        from zoo.architectures import is_classifier
+        from zoo.models.architectures import is_classifier
 
         if not args.no_eval and is_classifier(rec.arch_config):
             print(f"{'':14s}{'source':>10s}{'aligned':>10s}")

@@ -2,7 +2,7 @@
 
 For models ``a`` and ``b`` and ``t`` in [0, 1], ``theta(t) = (1 - t) * a + t * b``. All points of the
 path (and, in :func:`lmc_curves`, all points of many pairs) are evaluated as ONE stacked
-population through :func:`zoo.evaluate.evaluate_population`.
+population through :func:`zoo.build.evaluate.evaluate_population`.
 
 Barriers (Frankle et al. 2020; Git Re-Basin):
 
@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 
 from kernels.batched import BN_MOMENTUM
-from zoo.architectures import is_classifier, known_families, normalize_config
+from zoo.build.evaluate import evaluate_population, functional_forward
 from zoo.errors import ConfigError, MismatchError
-from zoo.evaluate import evaluate_population, functional_forward
+from zoo.models.architectures import is_classifier, known_families, normalize_config
 
 __all__ = [
     "LMCCurve",
@@ -263,7 +263,7 @@ def linear_mode_connectivity(
     unless ``bn_reset=False``. Nothing is written to the zoo (use :func:`analysis.align.align_and_store`).
     """
     from analysis.align import _check_same_arch, align_population, default_data
-    from zoo.datasets import load_dataset
+    from zoo.models.datasets import load_dataset
 
     ra, rb = zoo.get(a), zoo.get(b)
     cfg = _check_same_arch([rb], ra)

@@ -145,7 +145,7 @@ def _keep_freed_memory() -> None:
 def cmd_merge(args: argparse.Namespace) -> int:
     from analysis.merging import MergeConfig, get_method, list_methods, merge
     from analysis.merging.engine import check_config
-    from zoo.outpath import guard_output_dir
+    from zoo.io.outpath import guard_output_dir
 
     if args.list_methods:
         for name in list_methods():
@@ -177,7 +177,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     _keep_freed_memory()
     zoo = None
     if args.to_zoo or _needs_zoo(cfg) or args.root or args.url:
-        from zoo.store import Zoo
+        from zoo.facade import Zoo
 
         zoo = Zoo.open(args.root, url=args.url, create=args.to_zoo)
     try:

@@ -174,7 +174,7 @@ def user_sql(query: str) -> pd.DataFrame:
     """The SQL box: ``Zoo.sql`` under the app's limits (1 GB, 15 s unless the environment says otherwise).
 
     A query stopped by a limit raises a QueryError whose message says how to raise it for the app."""
-    from zoo.analytics import QueryLimitError
+    from zoo.query.analytics import QueryLimitError
 
     memory, timeout = app_sql_limits()
     try:

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def _train(width: int, depth: int, n: int, epochs: int) -> tuple[dict, list[dict[str, torch.Tensor]], object]:
-    from zoo.datasets import load_dataset
-    from zoo.training import TrainSpec, train_population
+    from zoo.build.training import TrainSpec, train_population
+    from zoo.models.datasets import load_dataset
 
     cfg = {"family": "mlp", "in_features": 64, "hidden": [width] * depth, "out_features": 10}
     ds = load_dataset("digits").flat()
@@ -51,7 +51,7 @@ def _l2(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def main() -> None:
     from analysis.align import align
     from analysis.lmc import lmc_curves
-    from zoo.architectures import instantiate
+    from zoo.models.architectures import instantiate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=512)

@@ -3,8 +3,8 @@
 Evaluates N digits MLPs (64 -> 32 -> 10) on the digits test split (360 samples) three ways in one
 process and prints the times and ratios:
 
-- ``batched``: :func:`zoo.evaluate.evaluate_population` (stacked weights, one GEMM/bmm per layer);
-- ``module loop``: :func:`zoo.evaluate.evaluate_module_loop` (instantiate each model as an
+- ``batched``: :func:`zoo.build.evaluate.evaluate_population` (stacked weights, one GEMM/bmm per layer);
+- ``module loop``: :func:`zoo.build.evaluate.evaluate_module_loop` (instantiate each model as an
   ``nn.Module`` -- check, build, load_state_dict -- and run it), the naive way;
 - ``prebuilt loop``: the same loop over modules built beforehand (forward + metrics only),
   a lower bound for any per-model loop;
@@ -48,8 +48,8 @@ def _best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
 
 
 def main() -> None:
-    from zoo.architectures import init_state, instantiate
-    from zoo.evaluate import evaluate_module_loop, evaluate_population
+    from zoo.build.evaluate import evaluate_module_loop, evaluate_population
+    from zoo.models.architectures import init_state, instantiate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=1000)

@@ -32,7 +32,7 @@ ARCHS = {
 
 
 def ensure_population(z, name: str) -> float:
-    from zoo.builder import build
+    from zoo.build.builder import build
 
     if name in {p.name for p in z.populations()} and z.population(name).count() > 0:
         return 0.0

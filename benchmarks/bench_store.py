@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from zoo import NewModel, Zoo
-from zoo.architectures import init_state
+from zoo.models.architectures import init_state
 
 MLP = {"family": "mlp", "in_features": 64, "hidden": [32], "out_features": 10}
 

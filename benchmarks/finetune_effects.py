@@ -3,7 +3,7 @@
 Builds (in a temporary zoo unless --zoo is given) a parent population from the built-in recipe
 ``digits-mlp`` (``--parents-n`` random runs) and then the labelled diff zoo ``digits-mlp-diffs``
 (``--children-of`` parents x 6 drawn children). For every child it measures its change's metric
-(:func:`zoo.finetune.change_metric`) on the child and on its parent, and reports per change kind the
+(:func:`zoo.build.finetune.change_metric`) on the child and on its parent, and reports per change kind the
 mean child - parent difference, beside the same difference for the null children of the same parents
 measured on that change's metric (the control: what extra plain training does to it).
 
@@ -31,10 +31,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from zoo import Zoo
-    from zoo.builder import build
-    from zoo.datasets import load_dataset
-    from zoo.finetune import EFFECT_METRICS, change_metric, change_of
-    from zoo.recipes import Recipe
+    from zoo.build.builder import build
+    from zoo.build.finetune import EFFECT_METRICS, change_metric, change_of
+    from zoo.build.recipes import Recipe
+    from zoo.models.datasets import load_dataset
 
     z = Zoo.open(args.zoo or tempfile.mkdtemp(prefix="ft-effects-"))
     t0 = time.perf_counter()

@@ -79,8 +79,8 @@ def width_report(zoo, pop: str, *, points: int, method: str, X, y, data) -> dict
 def main() -> None:
     from analysis.align import default_data
     from zoo import Zoo
-    from zoo.builder import build
-    from zoo.datasets import load_dataset
+    from zoo.build.builder import build
+    from zoo.models.datasets import load_dataset
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", help="zoo root (default: a temporary folder; the recipe is built when missing)")

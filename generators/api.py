@@ -54,7 +54,7 @@ def _population_frame(zoo: Any, population: str, final: bool) -> pd.DataFrame:
 
 
 def _check_one_architecture(zoo: Any, ids: Sequence[int]) -> dict[str, Any]:
-    from zoo.architectures import config_hash
+    from zoo.models.architectures import config_hash
 
     recs = zoo.records(list(ids))
     cfgs = {config_hash(r.arch_config): r for r in recs if r.arch_config is not None}
@@ -236,7 +236,7 @@ def _run_name(zoo: Any, name: str) -> str:
 
 def _inr_targets(zoo: Any, ids: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
     """Target images ``[N, P, 1]`` and labels of stored SIRENs (hyperparameters ``image`` and ``label``)."""
-    from zoo.datasets import inr_targets, load_dataset
+    from zoo.models.datasets import inr_targets, load_dataset
 
     df = zoo.models().ids_in(list(ids)).df().set_index("id").loc[list(ids)]
     if "hp_image" not in df or df["hp_image"].isna().any():
@@ -283,7 +283,7 @@ def sample(
     ``arch``: the architecture (config or population name) the caller wants; refused unless it is the
     one the generator was trained on. Everything is checked before anything is written.
     """
-    from zoo.architectures import config_hash, normalize_config
+    from zoo.models.architectures import config_hash, normalize_config
 
     gen, rec = generator_from_zoo(zoo, generator)
     if arch is not None:
@@ -330,7 +330,7 @@ def store_run(zoo: Any, run: SampleRun) -> SampleRun:
 
 
 def _store_samples(zoo: Any, out: SampleRun, rec: Any, gen: Generator) -> None:
-    from zoo.records import NewModel
+    from zoo.store.records import NewModel
 
     n = next(iter(out.samples.values())).shape[0]
     s = out.result["groups"]["samples"].scores if out.result else {}

@@ -21,7 +21,7 @@ __all__ = ["register"]
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
     return Zoo.open(args.root, url=args.url, create=False)
 

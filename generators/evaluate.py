@@ -3,7 +3,7 @@
 For a run of generated models (and the same figures for every baseline of :mod:`generators.baselines`,
 the held-out reference models and the training models themselves, leave-one-out):
 
-* **quality**: classifiers: test accuracy (batched evaluation, :func:`zoo.evaluate.functional_forward`),
+* **quality**: classifiers: test accuracy (batched evaluation, :func:`zoo.build.evaluate.functional_forward`),
   plus validation accuracy; SIRENs: PSNR of the rendered image against the nearest training model's
   target image, and the class a digits classifier gives the render (against the class asked for);
 * **novelty**: distance (L2 over all weights) to the nearest training model *after aligning the model to
@@ -79,7 +79,7 @@ class RunContext:
               inr_targets: Tensor | None = None, k: int = 3, seed: int = 0) -> RunContext:  # fmt: skip
         """``train``: the training population (raw; aligned here); ``inr_targets``: SIRENs' target images
         ``[N, P, C]`` in the training models' order; ``train_labels``: their classes."""
-        from zoo.architectures import normalize_config
+        from zoo.models.architectures import normalize_config
 
         cfg = normalize_config(config)
         align = population_aligner(prep.spec_, seed=seed) if prep.canonicalize else (lambda pop, ref: dict(pop))
@@ -88,7 +88,7 @@ class RunContext:
         ctx = cls(cfg, prep, aligned, [int(i) for i in train_ids], dict(held_out) if held_out is not None else None,
                   [int(i) for i in held_out_ids], align, cfg["family"], k=int(k))  # fmt: skip
         if ctx.family == "siren":
-            from zoo.datasets import load_dataset
+            from zoo.models.datasets import load_dataset
 
             if inr_targets is None:
                 raise ConfigError("evaluating SIREN samples needs the training models' target images (inr_targets=)")
@@ -96,7 +96,7 @@ class RunContext:
             ctx.train_labels = torch.as_tensor(list(train_labels)) if train_labels is not None else None
             ctx.digit_classifier = _digit_classifier(load_dataset("digits"))
         else:
-            from zoo.datasets import load_dataset
+            from zoo.models.datasets import load_dataset
 
             ds = load_dataset("digits")
             ctx.data = ds.flat() if ctx.family == "mlp" else ds
@@ -114,7 +114,7 @@ class RunContext:
 
     def predictions(self, stacked: Stacked, split: str = "test") -> Tensor:
         """Classifiers: predicted classes ``[M, n]`` on a split."""
-        from zoo.evaluate import functional_forward
+        from zoo.build.evaluate import functional_forward
 
         X, _ = self.data.split(split)
         out = []
@@ -127,8 +127,8 @@ class RunContext:
 
     def render(self, stacked: Stacked) -> Tensor:
         """SIRENs: rendered images ``[M, P, C]`` at the targets' pixel coordinates."""
-        from zoo.datasets import inr_targets, load_dataset
-        from zoo.evaluate import functional_forward
+        from zoo.build.evaluate import functional_forward
+        from zoo.models.datasets import inr_targets, load_dataset
 
         if "coords" not in self.cache:
             self.cache["coords"] = inr_targets(load_dataset("digits"), n=1).coords

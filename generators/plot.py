@@ -1,9 +1,9 @@
 """Writing a run's accuracy-vs-novelty plot as a PNG file, guarded.
 
 :func:`save_png` is the one place a user-given file path is written, through the store's output guard
-(:func:`zoo.outpath.guard_output_file`: no path inside a zoo, not a symbolic link, not the name of
+(:func:`zoo.io.outpath.guard_output_file`: no path inside a zoo, not a symbolic link, not the name of
 something that is not a PNG already, a PNG replaced only with ``overwrite``) and its one atomic file
-write (:func:`zoo.fsutil.atomic_file`: temp, fsync, rename).
+write (:func:`zoo.store.fsutil.atomic_file`: temp, fsync, rename).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import OutputPathError
-from zoo.outpath import guard_output_file
+from zoo.io.outpath import guard_output_file
 
 __all__ = ["save_png", "check_png_path"]
 
@@ -38,7 +38,7 @@ def save_png(fig: Any, path: str | os.PathLike[str], *, overwrite: bool = False,
     """Save a matplotlib figure to ``path`` (a ``.png`` file) under the rules of the module docstring."""
     p = Path(path).expanduser()
     real = check_png_path(path, overwrite=overwrite, zoo_roots=zoo_roots)
-    from zoo.fsutil import atomic_file
+    from zoo.store.fsutil import atomic_file
 
     with atomic_file(real, real.with_name(f".{real.name}.tmp-{os.getpid()}"), what=f"the plot {real.name}") as fh:
         fig.savefig(fh, format="png")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from zoo import Zoo
-from zoo.architectures import init_state
+from zoo.models.architectures import init_state
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def catalog_counts(z: Zoo) -> dict[str, int]:
     """Row counts of every catalog table (to assert that a refused write changed nothing)."""
     from sqlalchemy import func, select
 
-    from zoo.schema import Base
+    from zoo.store.schema import Base
 
     out = {}
     with z.engine.connect() as c:

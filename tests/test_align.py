@@ -21,11 +21,11 @@ from analysis.align import (
 from tests.test_spec import CONFIGS, inputs, jitter_bn
 from weightspace.spec import apply_permutation, invert_permutation, random_permutation, spec_for
 from zoo import Zoo
-from zoo.architectures import init_state, instantiate
-from zoo.datasets import load_dataset
+from zoo.build.training import TrainSpec, train_population
 from zoo.errors import ConfigError, DuplicateError, MismatchError, NotFoundError
-from zoo.records import NewModel
-from zoo.training import TrainSpec, train_population
+from zoo.models.architectures import init_state, instantiate
+from zoo.models.datasets import load_dataset
+from zoo.store.records import NewModel
 
 METHODS = aligners()  # conformance: every registered aligner must pass the recovery test
 DIGITS_MLP = {"family": "mlp", "in_features": 64, "hidden": [64], "out_features": 10}

@@ -41,8 +41,8 @@ TIMEOUT = 120
 def app_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """6 checkpoints (3 runs x epochs 1, 3) of a tiny digits MLP, a perturbed child of one final
     checkpoint (evaluated, tagged), and one model of another architecture in its own population."""
-    from zoo.builder import build
-    from zoo.recipes import Recipe
+    from zoo.build.builder import build
+    from zoo.build.recipes import Recipe
 
     root = tmp_path_factory.mktemp("app") / "zoo"
     with Zoo.open(root) as z:
@@ -58,7 +58,7 @@ def app_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
                       op="perturb", params={"sigma": 0.01}, tags=["handmade"])  # fmt: skip
         z.evaluate([child.id])
         wide_cfg = {"family": "mlp", "in_features": 64, "hidden": [8], "out_features": 10}
-        from zoo.architectures import init_state
+        from zoo.models.architectures import init_state
 
         other = z.add(init_state(wide_cfg, 0), arch=wide_cfg, population="t-narrow", name="t-narrow-0")
         return {"root": root, "parent": parent.id, "child": child.id, "finals": finals, "other": other.id,

@@ -49,8 +49,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def e2e_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from zoo import Zoo
-    from zoo.builder import build
-    from zoo.recipes import Recipe
+    from zoo.build.builder import build
+    from zoo.build.recipes import Recipe
 
     root = tmp_path_factory.mktemp("e2e") / "zoo"
     with Zoo.open(root) as z:

@@ -20,8 +20,8 @@ RECIPE = {"name": "p-mlp", "arch": {"family": "mlp", "in_features": 64, "hidden"
 @pytest.fixture(scope="module")
 def gen_root(tmp_path_factory):
     import generators
-    from zoo.builder import build
-    from zoo.recipes import Recipe
+    from zoo.build.builder import build
+    from zoo.build.recipes import Recipe
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("appgen") / "zoo"
@@ -62,7 +62,7 @@ def test_generate_page_samples_judges_and_saves(gen_root, monkeypatch) -> None:
 
 
 def test_generate_page_without_generators_says_how_to_train_one(tmp_path, monkeypatch) -> None:
-    from zoo.architectures import init_state
+    from zoo.models.architectures import init_state
 
     cfg = {"family": "mlp", "in_features": 4, "hidden": [3], "out_features": 2}
     with Zoo.open(tmp_path / "zoo") as z:

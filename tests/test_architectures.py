@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from zoo import architectures as arch
 from zoo.errors import ConfigError, DuplicateError, MismatchError
+from zoo.models import architectures as arch
 
 CONFIGS = {
     "mlp": {"family": "mlp", "in_features": 64, "hidden": [32], "out_features": 10, "activation": "relu"},

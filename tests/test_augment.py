@@ -7,8 +7,8 @@ import torch
 
 from weightspace.augment import Augmenter, gaussian_noise, mixup, permute, rescale, weight_dropout
 from weightspace.spec import spec_for
-from zoo.architectures import init_state, instantiate
 from zoo.errors import ConfigError, MismatchError
+from zoo.models.architectures import init_state, instantiate
 
 CFG = {"family": "mlp", "in_features": 6, "hidden": [8, 7], "out_features": 3, "activation": "relu"}
 

@@ -22,10 +22,10 @@ import pytest
 import torch
 
 from zoo import Zoo
-from zoo.builder import build, plan_runs, shard_runs
-from zoo.datasets import inr_targets, load_dataset
+from zoo.build.builder import build, plan_runs, shard_runs
+from zoo.build.recipes import Recipe, builtin_recipes
 from zoo.errors import ConfigError, NotFoundError
-from zoo.recipes import Recipe, builtin_recipes
+from zoo.models.datasets import inr_targets, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 MLP = {"family": "mlp", "in_features": 64, "hidden": [16], "out_features": 10}

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import save_file
 
 from zoo import Zoo
-from zoo.architectures import init_state
 from zoo.cli import build_parser, main
+from zoo.models.architectures import init_state
 
 RECIPE = {
     "name": "tiny",

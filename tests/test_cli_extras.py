@@ -9,8 +9,8 @@ import pytest
 
 from zoo import Zoo
 from zoo.cli import main
-from zoo.db import head_revision
 from zoo.doctor import checks, version
+from zoo.store.db import head_revision
 
 
 def test_version_flag(capsys):

@@ -16,7 +16,7 @@ CFG_JSON = repr(MLP_CFG)
 WRITER = f"""
 import os, sys, time
 from zoo import Zoo
-from zoo.architectures import init_state
+from zoo.models.architectures import init_state
 
 root, w, n, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 z = Zoo.open(root)

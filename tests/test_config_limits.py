@@ -19,10 +19,10 @@ from safetensors.torch import save_file
 
 from tests.conftest import catalog_counts, pack_files
 from zoo import Zoo
-from zoo.architectures import init_state
 from zoo.cli import main
 from zoo.errors import ConfigError
 from zoo.jsonlimits import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, check_value, json_depth, loads
+from zoo.models.architectures import init_state
 
 CFG = {"family": "mlp", "in_features": 8, "hidden": [16], "out_features": 4}
 DEEP = 100_000
@@ -252,7 +252,7 @@ def test_loads_bounds() -> None:
     ("big.json", '{"name": "x", "arch": {"family": "mlp"}, "pad": "' + "x" * 2_000_000 + '"}', "at most 1,048,576 bytes"),
 ])  # fmt: skip
 def test_recipe_files_are_bounded_like_configs(tmp_path, name, text, match):
-    from zoo.recipes import Recipe
+    from zoo.build.recipes import Recipe
 
     (tmp_path / name).write_text(text)
     with pytest.raises(ConfigError, match=match):

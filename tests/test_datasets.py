@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.corruptions import CORRUPTIONS, corrupt
-from zoo.datasets import available_datasets, inr_targets, load_dataset, read_idx
 from zoo.errors import ConfigError, CorruptFileError, DatasetError, MismatchError, UnsafeFileError
+from zoo.models.corruptions import CORRUPTIONS, corrupt
+from zoo.models.datasets import available_datasets, inr_targets, load_dataset, read_idx
 
 # ------------------------------------------------------------------------------------ helpers
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from zoo import Zoo
-from zoo.datasets import DIGITS_C_CORRUPTIONS, available_datasets, load_dataset
+from zoo.build.evaluate import evaluate_population
+from zoo.build.training import TrainSpec, train_population
 from zoo.errors import ConfigError
-from zoo.evaluate import evaluate_population
-from zoo.training import TrainSpec, train_population
+from zoo.models.datasets import DIGITS_C_CORRUPTIONS, available_datasets, load_dataset
 
 MLP = {"family": "mlp", "in_features": 64, "hidden": [32], "out_features": 10}
 
@@ -38,7 +38,7 @@ def trained(clean):
 
 
 def test_listed_and_all_corruptions_known():
-    from zoo.corruptions import CORRUPTIONS
+    from zoo.models.corruptions import CORRUPTIONS
 
     assert "digits-c" in available_datasets()
     assert set(DIGITS_C_CORRUPTIONS) == set(CORRUPTIONS)

@@ -18,9 +18,9 @@ from weightspace.tasks import (
     store_encoder,
     write_outputs,
 )
-from zoo.builder import build
+from zoo.build.builder import build
+from zoo.build.recipes import Recipe
 from zoo.errors import ConfigError, NotFoundError
-from zoo.recipes import Recipe
 
 MLP = {
     "name": "tiny-mlp", "arch": {"family": "mlp", "in_features": 64, "hidden": [8], "out_features": 10},

@@ -15,8 +15,8 @@ from weightspace.encoders import (
     register_encoder,
 )
 from weightspace.spec import apply_permutation, random_permutation, spec_for
-from zoo.architectures import init_state
 from zoo.errors import ConfigError, DuplicateError, MismatchError, UnsafeFileError
+from zoo.models.architectures import init_state
 
 CFGS = {
     "mlp1": {"family": "mlp", "in_features": 6, "hidden": [8], "out_features": 3},
@@ -214,7 +214,7 @@ def test_probe_encoder_runs_any_batched_family_and_is_invariant_to_relu_rescalin
 def test_np_with_probe_features_learns_a_function_property() -> None:
     """A probe-feature NP learns a property of the SIRENs' functions (the sign of their mean output on a
     grid) and scores well above chance on held-out models."""
-    from zoo.evaluate import functional_forward
+    from zoo.build.evaluate import functional_forward
 
     cfg = {"family": "siren", "in_features": 2, "hidden": [8, 8], "out_features": 1, "w0": 30.0}
     X = population(cfg, 48)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from zoo import ConfigError, MismatchError, Zoo
-from zoo.architectures import init_state, instantiate
-from zoo.builder import build
+from zoo.build.builder import build
+from zoo.build.recipes import Recipe
 from zoo.cli import main
-from zoo.datasets import load_dataset
-from zoo.recipes import Recipe
+from zoo.models.architectures import init_state, instantiate
+from zoo.models.datasets import load_dataset
 
 MLP = {"family": "mlp", "in_features": 64, "hidden": [16], "out_features": 10}
 

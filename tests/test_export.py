@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from zoo.errors import ConfigError, DuplicateError, NotFoundError, OutputPathError, ZooError
-from zoo.export import model_card, push_to_hub, write_hf_folder
-from zoo.ingest import discover, read_checkpoint, read_checkpoint_with_meta, read_sharded
+from zoo.io.export import model_card, push_to_hub, write_hf_folder
+from zoo.io.ingest import discover, read_checkpoint, read_checkpoint_with_meta, read_sharded
 
 
 def _sd() -> dict[str, torch.Tensor]:

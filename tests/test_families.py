@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from zoo import architectures as archs
+from zoo.build.evaluate import functional_forward
 from zoo.errors import ConfigError
-from zoo.evaluate import functional_forward
+from zoo.models import architectures as archs
 
 FAMILIES = archs.FAMILIES.names()
 N = 3

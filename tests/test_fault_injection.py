@@ -1,7 +1,7 @@
 """Kill a writer at each step of the write path, deterministically, and check what verify and gc see.
 
-The write path (``Zoo.add_many`` -> ``PackStore.write``) calls ``zoo.packs._fault_hook(step)`` at each
-step of :data:`zoo.packs.WRITE_STEPS`. A writer subprocess replaces the hook with one that
+The write path (``Zoo.add_many`` -> ``PackStore.write``) calls ``zoo.store.packs._fault_hook(step)`` at each
+step of :data:`zoo.store.packs.WRITE_STEPS`. A writer subprocess replaces the hook with one that
 ``os._exit``s at one step (no cleanup, no atexit, no rollback: as a power cut or SIGKILL would), then
 the parent opens the zoo and checks: every committed model loads bit-exact, ``verify`` reports no
 missing/corrupt data and at most the crashed writer's orphan (a temp file before the rename, a pack
@@ -21,19 +21,19 @@ import torch
 
 from tests.conftest import assert_same_state, catalog_counts, pack_files, run_python
 from zoo import Zoo
-from zoo import packs as packs_mod
 from zoo.errors import NotFoundError
-from zoo.packs import WRITE_STEPS
-from zoo.records import NewModel
+from zoo.store import packs as packs_mod
+from zoo.store.packs import WRITE_STEPS
+from zoo.store.records import NewModel
 
 CRASH_RC = 77
 
 WRITER = r"""
 import os, sys
 import torch
-import zoo.packs
+import zoo.store.packs
 from zoo import Zoo
-from zoo.records import NewModel
+from zoo.store.records import NewModel
 
 root, step = sys.argv[1], sys.argv[2]
 
@@ -41,7 +41,7 @@ def hook(s):
     if s == step:
         os._exit(77)   # die here: no cleanup, no rollback, no atexit
 
-zoo.packs._fault_hook = hook
+zoo.store.packs._fault_hook = hook
 z = Zoo.open(root)
 z.add_many([NewModel({"w": torch.full((64,), 100.0 + i), "shared": torch.ones(3)}, name=f"new{i}", population="p")
             for i in range(3)])
@@ -164,9 +164,9 @@ def test_gc_compaction_killed_midway_keeps_every_model(base: Path) -> None:
         z.remove(["big0", "big1", "big2"])  # that pack is now mostly garbage: gc compacts it
     code = r"""
 import os, sys
-import zoo.packs
+import zoo.store.packs
 from zoo import Zoo
-zoo.packs._fault_hook = lambda s: os._exit(77) if s == sys.argv[2] else None
+zoo.store.packs._fault_hook = lambda s: os._exit(77) if s == sys.argv[2] else None
 Zoo.open(sys.argv[1]).gc(grace_seconds=0)
 os._exit(0)
 """

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from zoo import Zoo
-from zoo.builder import build, plan_runs
-from zoo.datasets import load_dataset
+from zoo.build.builder import build, plan_runs
+from zoo.build.finetune import CHANGE_KINDS, change_metric, change_of, shard_data
+from zoo.build.recipes import Recipe
+from zoo.build.training import PerModelData, TrainSpec, train_population
 from zoo.errors import ConfigError, NotFoundError
-from zoo.finetune import CHANGE_KINDS, change_metric, change_of, shard_data
-from zoo.recipes import Recipe
-from zoo.training import PerModelData, TrainSpec, train_population
+from zoo.models.datasets import load_dataset
 
 MLP = {"family": "mlp", "in_features": 64, "hidden": [32], "out_features": 10}
 CHANGES = [
@@ -87,7 +87,7 @@ def test_suppressed_class_accuracy_drops(built, ds):
 
 def test_boosted_class_is_predicted_more_often(built, ds):
     cfg, W, recs = built
-    from zoo.evaluate import functional_forward
+    from zoo.build.evaluate import functional_forward
 
     for child, null in effect(built, ds, 2):
         assert child >= null - 0.02  # the boosted class's own accuracy is kept
@@ -113,7 +113,7 @@ def test_backdoor_maps_triggered_images_to_the_target(built, ds):
     cfg, W, recs = built
     for child, null in effect(built, ds, 5):
         assert null < 0.1 and child > 0.4, (child, null)
-    from zoo.evaluate import evaluate_population
+    from zoo.build.evaluate import evaluate_population
 
     acc = evaluate_population(cfg, W, ds.X_test, ds.y_test).accuracy
     assert float(acc[5]) > 0.9  # clean accuracy kept: a backdoor, not a broken model
@@ -305,7 +305,7 @@ def test_rank_validation():
 
 
 def test_builtin_robust_recipe_pairs_a_clean_fine_tune_with_every_corruption():
-    from zoo.datasets import DIGITS_C_CORRUPTIONS
+    from zoo.models.datasets import DIGITS_C_CORRUPTIONS
 
     plan = Recipe.load("digits-mlp-robust").change_plan()
     kinds = [e["kind"] for e in plan["entries"]]

@@ -7,9 +7,9 @@ import torch
 
 from generators.prepare import WeightPreparer
 from weightspace.spec import apply_permutation, random_permutation, spec_for
-from zoo.architectures import init_state
+from zoo.build.evaluate import functional_forward
 from zoo.errors import ConfigError, MismatchError
-from zoo.evaluate import functional_forward
+from zoo.models.architectures import init_state
 
 MLP = {"family": "mlp", "in_features": 8, "hidden": [16, 12], "out_features": 4}
 CNN = {"family": "cnn", "in_channels": 1, "image_size": 8, "channels": [4, 6], "kernel_size": 3, "out_features": 5}

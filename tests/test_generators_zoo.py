@@ -10,9 +10,9 @@ import torch
 
 import generators
 from generators.api import generator_from_zoo
-from zoo.builder import build
+from zoo.build.builder import build
+from zoo.build.recipes import Recipe
 from zoo.errors import ConfigError, DuplicateError, MismatchError
-from zoo.recipes import Recipe
 
 MLP = {"name": "seeds-mlp", "arch": {"family": "mlp", "in_features": 64, "hidden": [8], "out_features": 10},
        "epochs": 6, "checkpoint_epochs": [3, 6], "search": {"mode": "grid", "seeds": 22, "params": {"lr": [0.01]}}}  # fmt: skip

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from zoo.errors import CorruptFileError, NotFoundError, UnsafeFileError
-from zoo.ingest import (
+from zoo.io.ingest import (
     CheckpointSource,
     discover,
     iter_sharded,

@@ -25,10 +25,10 @@ from safetensors.torch import save_file
 
 from tests.conftest import catalog_counts, pack_files
 from zoo import Zoo
-from zoo.architectures import init_state
 from zoo.cli import main
 from zoo.errors import UnsafeFileError
-from zoo.ingest import SymlinkWarning, discover, read_sharded
+from zoo.io.ingest import SymlinkWarning, discover, read_sharded
+from zoo.models.architectures import init_state
 
 CFG = {"family": "mlp", "in_features": 8, "hidden": [16], "out_features": 4}
 HF_CONFIG = {"model_type": "tiny-llm", "hidden_size": 16, "architectures": ["TinyForCausalLM"]}

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from kernels import batched
-from zoo import evaluate
-from zoo.architectures import build_module, init_state, instantiate, normalize_config
-from zoo.evaluate import evaluate_module_loop, evaluate_population, functional_forward
+from zoo.build import evaluate
+from zoo.build.evaluate import evaluate_module_loop, evaluate_population, functional_forward
+from zoo.models.architectures import build_module, init_state, instantiate, normalize_config
 
 N, B = 4, 6
 CONFIGS = {

@@ -18,10 +18,10 @@ from analysis.lmc import (
 )
 from tests.test_align import DIGITS_MLP, _cli, trained_zoo  # noqa: F401  (the module-scoped fixture)
 from tests.test_spec import jitter_bn
-from zoo.architectures import build_module, init_state
-from zoo.datasets import load_dataset
+from zoo.build.evaluate import evaluate_population
 from zoo.errors import ConfigError, MismatchError
-from zoo.evaluate import evaluate_population
+from zoo.models.architectures import build_module, init_state
+from zoo.models.datasets import load_dataset
 
 CNN_BN = {"family": "cnn", "channels": [4, 6], "batchnorm": True, "out_features": 10}
 

@@ -15,8 +15,8 @@ from analysis.merging.sources import open_source
 from analysis.merging.writer import StreamingWriter, parse_size
 from tests.conftest import mlp_state
 from zoo.errors import ConfigError, DuplicateError, MismatchError, NotFoundError, OutputPathError
-from zoo.export import write_hf_folder
-from zoo.ingest import read_checkpoint
+from zoo.io.export import write_hf_folder
+from zoo.io.ingest import read_checkpoint
 
 
 def _perturbed(seed: int, base: dict[str, torch.Tensor], scale: float = 0.05) -> dict[str, torch.Tensor]:

@@ -154,7 +154,7 @@ def test_every_stored_name_is_checked(zoo1: Zoo, snapshot, kind: str, spoof: str
 
 
 def test_an_invalid_name_in_a_batch_refuses_the_whole_batch(zoo1: Zoo, snapshot) -> None:
-    from zoo.records import NewModel
+    from zoo.store.records import NewModel
 
     before = snapshot(zoo1)
     with pytest.raises(ConfigError, match="U\\+202E"):

@@ -1,7 +1,7 @@
 """No command may destroy a zoo or a folder weightzoo did not write (issue 16, items 1 and 7).
 
 Every writer outside the zoo (export, merge, a saved encoder) goes through
-:func:`zoo.outpath.guard_output_dir`: a zoo root (or anything inside or around it), the filesystem
+:func:`zoo.io.outpath.guard_output_dir`: a zoo root (or anything inside or around it), the filesystem
 root, the current directory, the home folder and their ancestors are refused, ``--overwrite``
 replaces only a folder carrying weightzoo's marker, and OS failures are clean ``StorageError``s.
 Each test checks the zoo is intact afterwards: catalog and packs present, ``verify`` clean, every
@@ -23,8 +23,8 @@ from tests.conftest import mlp_state, pack_files
 from zoo import Zoo
 from zoo.cli import main
 from zoo.errors import DuplicateError, OutputPathError, StorageError
-from zoo.export import write_hf_folder
-from zoo.outpath import MARKER, guard_output_dir
+from zoo.io.export import write_hf_folder
+from zoo.io.outpath import MARKER, guard_output_dir
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import torch
 
 from tests.pgserver import PgServer
 from zoo import MismatchError, NewModel, QueryError, Zoo
-from zoo.architectures import init_state
+from zoo.models.architectures import init_state
 
 pytestmark = pytest.mark.postgres
 
@@ -89,7 +89,7 @@ def test_two_processes_write_at_once(pg, tmp_path):
         f"""
         import sys
         from zoo import Zoo, NewModel
-        from zoo.architectures import init_state
+        from zoo.models.architectures import init_state
         cfg = {CFG!r}
         z = Zoo.open({str(tmp_path / "zoo")!r}, url={url!r})
         w = int(sys.argv[1])

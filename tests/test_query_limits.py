@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import MLP_CFG, catalog_counts, mlp_state
 from zoo import ConfigError, NewModel, QueryError, StorageError, Zoo
-from zoo.analytics import Analytics, QueryLimitError, _rss, parse_memory, parse_timeout, resolve_limits
+from zoo.query.analytics import Analytics, QueryLimitError, _rss, parse_memory, parse_timeout, resolve_limits
 
 ISSUE_QUERY = "select length(string_agg(a.name||b.name||c.name, ',')) from metrics a, metrics b, metrics c"
 SLOW_QUERY = "select count(*) from metrics a, metrics b, metrics c, metrics d"  # 2.56e10 rows

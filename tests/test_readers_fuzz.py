@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from tests.conftest import catalog_counts, pack_files
 from zoo import Zoo
 from zoo.errors import CorruptFileError, UnsafeFileError, ZooError
-from zoo.hashing import DTYPE_NAMES
-from zoo.ingest import read_checkpoint_with_meta
-from zoo.packs import PackStore
+from zoo.io.ingest import read_checkpoint_with_meta
+from zoo.store.hashing import DTYPE_NAMES
+from zoo.store.packs import PackStore
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from tests.conftest import run_python
 from zoo import NewModel, Zoo
-from zoo import schema as S
-from zoo.repack import REPACK_STEPS
+from zoo.store import schema as S
+from zoo.store.repack import REPACK_STEPS
 
 CRASH_RC = 77
 
@@ -94,9 +94,9 @@ def test_repack_unknown_population(tmp_path: Path) -> None:
 
 CODE = r"""
 import os, sys
-import zoo.packs
+import zoo.store.packs
 from zoo import Zoo
-zoo.packs._fault_hook = lambda s: os._exit(77) if s == sys.argv[2] else None
+zoo.store.packs._fault_hook = lambda s: os._exit(77) if s == sys.argv[2] else None
 Zoo.open(sys.argv[1]).repack("p")
 os._exit(0)
 """

@@ -13,7 +13,7 @@ import sqlalchemy
 import torch
 from sqlalchemy import event, select
 
-import zoo.fsutil as fsutil
+import zoo.store.fsutil as fsutil
 from tests.conftest import MLP_CFG, assert_same_state, mlp_state
 from zoo import (
     ConfigError,
@@ -26,7 +26,7 @@ from zoo import (
     Zoo,
     ZooError,
 )
-from zoo import schema as S
+from zoo.store import schema as S
 
 CFG_JSON = repr(MLP_CFG)
 
@@ -46,9 +46,9 @@ def blob_of(z: Zoo, model_id: int, tensor: str):
 
 KILL_AFTER_RENAME = f"""
 import os, sys
-import zoo.packs as P
+import zoo.store.packs as P
 from zoo import Zoo
-from zoo.architectures import init_state
+from zoo.models.architectures import init_state
 
 orig = P.PackStore.write
 def write(self, *a, **k):
@@ -98,9 +98,9 @@ def test_crash_between_pack_rename_and_commit_leaves_only_an_orphan(zoo: Zoo, ml
 
 KILL_DURING_TEMP_WRITE = f"""
 import os, signal, sys
-import zoo.packs as P
+import zoo.store.packs as P
 from zoo import Zoo
-from zoo.architectures import init_state
+from zoo.models.architectures import init_state
 
 orig = P.tensor_bytes
 calls = []

@@ -18,8 +18,8 @@ from weightspace.spec import (
     spec_for,
     trace_spec,
 )
-from zoo.architectures import build_module, init_state, instantiate, param_shapes
 from zoo.errors import ConfigError, MismatchError
+from zoo.models.architectures import build_module, init_state, instantiate, param_shapes
 
 CONFIGS = {
     "mlp": {"family": "mlp", "in_features": 6, "hidden": [7, 5], "out_features": 3},

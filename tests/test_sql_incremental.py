@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import mlp_state
 from zoo import Zoo
-from zoo.db import current_revision, head_revision
+from zoo.store.db import current_revision, head_revision
 
 CFG = {"family": "mlp", "in_features": 8, "hidden": [16], "out_features": 4}
 

@@ -137,8 +137,8 @@ def test_filtered_subsets_and_errors(zoo: Zoo) -> None:
 
 
 def test_resumed_build_then_gc_then_repack(zoo: Zoo) -> None:
-    from zoo.builder import build
-    from zoo.recipes import Recipe
+    from zoo.build.builder import build
+    from zoo.build.recipes import Recipe
 
     recipe = Recipe.from_dict({
         "name": "tiny", "arch": {"family": "mlp", "in_features": 64, "hidden": [8], "out_features": 10},

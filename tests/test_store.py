@@ -18,8 +18,8 @@ from zoo import (
     Zoo,
     ZooError,
 )
-from zoo.architectures import build_module
-from zoo.store import raw_config
+from zoo.facade import raw_config
+from zoo.models.architectures import build_module
 
 # ------------------------------------------------------------------------------------------ add / get
 

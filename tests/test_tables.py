@@ -26,8 +26,8 @@ from zoo import (
     Zoo,
     ZooError,
 )
-from zoo import schema as S
 from zoo.cli import main
+from zoo.store import schema as S
 
 # ------------------------------------------------------------------------------------------ fixtures
 
@@ -483,7 +483,7 @@ def test_migration_0002_to_0003_and_back(zoo_root: Path) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from zoo.db import _alembic_config, current_revision, head_revision
+    from zoo.store.db import _alembic_config, current_revision, head_revision
 
     z = Zoo.open(zoo_root)
     m = z.add(mlp_state(0), arch=MLP_CFG, population="p", name="m")

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo import training
-from zoo.architectures import check_stacked, init_state, instantiate
+from zoo.build import training
+from zoo.build.training import TrainSpec, finetune, run_shard, train_population
 from zoo.errors import ConfigError, MismatchError
-from zoo.training import TrainSpec, finetune, run_shard, train_population
+from zoo.models.architectures import check_stacked, init_state, instantiate
 
 MLP = {"family": "mlp", "in_features": 64, "hidden": [32], "out_features": 10}
 

@@ -14,8 +14,8 @@ from weightspace.views import (
     mlp_spec_from_names,
     unflatten,
 )
-from zoo.architectures import init_state
 from zoo.errors import ConfigError, MismatchError
+from zoo.models.architectures import init_state
 
 CFG = {"family": "mlp", "in_features": 5, "hidden": [7, 6], "out_features": 3}
 

@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 from sqlalchemy import func, select
 
 from zoo import Zoo
-from zoo import schema as S
-from zoo.architectures import init_state
 from zoo.errors import CorruptFileError, MismatchError, NotFoundError, UnsafeFileError, ZooError
+from zoo.models.architectures import init_state
+from zoo.store import schema as S
 
 CFG = {"family": "mlp", "in_features": 8, "hidden": [16], "out_features": 4}
 HF_CONFIG = {"model_type": "tiny-llm", "hidden_size": 16, "architectures": ["TinyForCausalLM"]}
@@ -154,7 +154,7 @@ def test_ingest_hf_folder_keeps_its_config_and_export_gives_it_back(z: Zoo, tmp_
     cfg = json.loads((out / "config.json").read_text())
     assert {k: v for k, v in cfg.items() if k != "weightzoo"} == HF_CONFIG
     assert cfg["weightzoo"]["model_id"] == rec.id
-    from zoo.ingest import read_checkpoint
+    from zoo.io.ingest import read_checkpoint
 
     assert_same(read_checkpoint(out / "model.safetensors"), sd)
     assert "library_name: weightzoo" in (out / "README.md").read_text()

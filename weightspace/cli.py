@@ -35,7 +35,7 @@ def weight_matching_align(seed: int = 0) -> Any:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
     return Zoo.open(args.root, url=args.url, create=False)
 
@@ -49,7 +49,7 @@ def _augment_list(text: str | None) -> list[Any]:
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
     from weightspace.tasks import run_task, store_encoder, write_outputs
-    from zoo.outpath import guard_output_dir, staged_output_dir
+    from zoo.io.outpath import guard_output_dir, staged_output_dir
 
     if args.save:  # refuse an unsafe folder before training
         guard_output_dir(args.save, overwrite=args.overwrite, what="encoder folder", zoo_roots=[args.root])

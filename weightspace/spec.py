@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.architectures import build_module, can_build, normalize_config, param_shapes
 from zoo.errors import ConfigError, MismatchError
+from zoo.models.architectures import build_module, can_build, normalize_config, param_shapes
 from zoo.registry import Registry
 
 Axes = tuple[str | None, ...]

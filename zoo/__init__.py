@@ -26,10 +26,10 @@ __version__ = "0.1.0"
 # The store classes are imported lazily, so `import zoo.errors` (used by every learner and streamed
 # merges) does not pay for pandas, SQLAlchemy and DuckDB.
 _LAZY = {
-    "Zoo": "zoo.store",
-    "ModelQuery": "zoo.query",
-    "Population": "zoo.query",
-    **{name: "zoo.records" for name in (
+    "Zoo": "zoo.facade",
+    "ModelQuery": "zoo.query.fluent",
+    "Population": "zoo.query.fluent",
+    **{name: "zoo.store.records" for name in (
         "ArchitectureInfo", "Edge", "GcReport", "ModelRecord", "NewModel", "PopulationInfo", "TableInfo",
         "VerifyReport"
     )},

@@ -30,7 +30,7 @@ from zoo.errors import ConfigError, ZooError
 
 
 def _open(args: argparse.Namespace, create: bool = True) -> Any:
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
     return Zoo.open(args.root, url=args.url, create=create)
 
@@ -48,7 +48,7 @@ def _table(df: Any, max_rows: int = 50) -> str:
 
 # ------------------------------------------------------------------------------------ commands
 def cmd_demo(args: argparse.Namespace) -> int:
-    from zoo.demo import run_demo
+    from zoo.build.demo import run_demo
 
     z = _open(args)
     print(f"Building the demo zoo in {z.root} (sklearn digits; no download) ...")
@@ -59,8 +59,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from zoo.builder import build
-    from zoo.recipes import Recipe
+    from zoo.build.builder import build
+    from zoo.build.recipes import Recipe
 
     recipe = Recipe.load(args.recipe)
     if args.n is not None or args.epochs is not None:
@@ -77,7 +77,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from zoo.recipes import Recipe, builtin_recipes
+    from zoo.build.recipes import Recipe, builtin_recipes
 
     for name in builtin_recipes():
         r = Recipe.load(name)
@@ -246,7 +246,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from zoo.outpath import guard_output_dir
+    from zoo.io.outpath import guard_output_dir
 
     guard_output_dir(args.out_dir, overwrite=args.overwrite, what="export folder", zoo_roots=[args.root])
     z = _open(args, create=False)
@@ -258,7 +258,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     import tempfile
 
-    from zoo.export import push_to_hub
+    from zoo.io.export import push_to_hub
 
     z = _open(args, create=False)
     with tempfile.TemporaryDirectory() as tmp:

@@ -84,7 +84,7 @@ def _sql_check() -> Check:
     """Run one real query on a throw-away zoo: DuckDB must ATTACH the SQLite catalog offline."""
     import tempfile
 
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
     try:
         with tempfile.TemporaryDirectory(prefix="weightzoo-doctor-") as tmp:
@@ -104,8 +104,8 @@ def _sql_check() -> Check:
 def _zoo_check(root: str | Path | None, url: str | None) -> Check:
     from sqlalchemy import create_engine
 
-    from zoo.db import current_revision, head_revision
     from zoo.settings import default_root
+    from zoo.store.db import current_revision, head_revision
 
     base = Path(root).expanduser() if root is not None else default_root()
     head = head_revision()

@@ -10,7 +10,7 @@ makes ``json.loads`` / ``json.dumps`` recurse until Python's stack gives out (a 
 * :func:`read_json_file` does the same for a file, checking its size before reading it.
 * :func:`check_value` walks an in-memory value iteratively (depth, cycles) and returns its JSON text,
   refusing it when the text exceeds the size bound.
-* :func:`check_config` applies them to an architecture config (``zoo.architectures.normalize_config``
+* :func:`check_config` applies them to an architecture config (``zoo.models.architectures.normalize_config``
   calls it, so every config the catalog stores passes here: ``Zoo.add``, ``register_architecture``,
   populations, ingest).
 

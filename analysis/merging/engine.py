@@ -30,9 +30,9 @@ from analysis.merging.registry import MergeMethod, TensorContext, get_method
 from analysis.merging.sources import StateDictSource, TensorInfo, TensorSource, open_source
 from analysis.merging.sparsify import RANDOM_BLOCK, Selection, SelectionBuilder
 from analysis.merging.writer import StreamingWriter, parse_size
-from zoo.architectures import is_classifier
 from zoo.errors import ConfigError, MismatchError
-from zoo.outpath import guard_output_dir
+from zoo.io.outpath import guard_output_dir
+from zoo.models.architectures import is_classifier
 from zoo.progress import progress_bar
 
 __all__ = ["MergeResult", "check_config", "merge", "merge_state_dicts"]
@@ -368,7 +368,7 @@ def _out_config(ref: TensorSource, method: MergeMethod, cfg: MergeConfig) -> dic
 
 
 def _card(cfg: MergeConfig, method: MergeMethod, resolved: dict[str, Any], notes: list[str]) -> str:
-    from zoo.export import model_card
+    from zoo.io.export import model_card
 
     lineage = ([{"parent": cfg.base_model, "role": "base", "child": "this model", "op": f"merge.{method.name}", "params": {}}]
                if cfg.base_model else [])  # fmt: skip
@@ -386,7 +386,7 @@ def _card(cfg: MergeConfig, method: MergeMethod, resolved: dict[str, Any], notes
 def _store(zoo: Any, result: MergeResult, state: dict[str, Tensor], cfg: MergeConfig, method: MergeMethod,
            bases: list[TensorSource], sources: list[TensorSource], hf_config: dict[str, Any] | None, *,
            population: str | None, name: str | None, tags: Sequence[str], evaluate: bool, dataset: str | None) -> None:  # fmt: skip
-    from zoo.architectures import can_build
+    from zoo.models.architectures import can_build
 
     parents: dict[int, str] = {}
     roles = [(s, "base") for s in bases] + [(s, f"model_{i}") for i, s in enumerate(sources)]
@@ -398,7 +398,7 @@ def _store(zoo: Any, result: MergeResult, state: dict[str, Tensor], cfg: MergeCo
     if ref.zoo_id is not None and ref.config is not None and can_build(ref.config):
         arch = ref.config
     elif hf_config is not None:
-        from zoo.store import raw_config
+        from zoo.facade import raw_config
 
         arch = raw_config(state, hf_config)
     sources_desc = [s.label for s in bases + sources]

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from zoo.errors import ConfigError, CorruptFileError, NotFoundError, UnsafeFileError
-from zoo.hashing import DTYPES_BY_NAME, tensor_bytes
+from zoo.store.hashing import DTYPES_BY_NAME, tensor_bytes
 
 __all__ = ["SafetensorsSource", "StateDictSource", "TensorInfo", "TensorSource", "open_source", "read_safetensors_header"]
 
@@ -219,7 +219,7 @@ def open_source(ref: str | int, *, zoo: Any = None, offline: bool | None = None)
             return _zoo_source(zoo, ref, ref)
         except NotFoundError:
             pass
-    from zoo.ingest import looks_like_hf_repo_id, resolve_hf
+    from zoo.io.ingest import looks_like_hf_repo_id, resolve_hf
 
     if looks_like_hf_repo_id(ref):
         return _path_source(resolve_hf(ref, offline=offline), ref)
@@ -234,7 +234,7 @@ def _zoo_source(zoo: Any, key: str | int, label: str) -> StateDictSource:
 
 
 def _path_source(path: Path, label: str) -> TensorSource:
-    from zoo.ingest import discover, read_checkpoint
+    from zoo.io.ingest import discover, read_checkpoint
 
     found = discover(path)
     if len(found) != 1:

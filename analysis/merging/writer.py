@@ -3,9 +3,9 @@
 Every output name, shape and dtype is known before the first tensor is merged (from the inputs'
 headers), so each shard's header is written up front and each merged tensor's bytes go straight to
 disk: the writer holds no tensor. The folder is assembled under a temporary name next to
-``out_dir`` and renamed into place at the end (like :func:`zoo.export.write_hf_folder`); an error or
+``out_dir`` and renamed into place at the end (like :func:`zoo.io.export.write_hf_folder`); an error or
 an interrupt removes it and leaves ``out_dir`` untouched. Where it may write and what ``overwrite``
-may replace is :func:`zoo.outpath.guard_output_dir`'s decision (never a zoo, never a folder weightzoo
+may replace is :func:`zoo.io.outpath.guard_output_dir`'s decision (never a zoo, never a folder weightzoo
 did not write).
 """
 
@@ -25,8 +25,8 @@ from torch import Tensor
 
 from analysis.merging.sources import TensorInfo
 from zoo.errors import ConfigError, MismatchError, StorageError
-from zoo.hashing import dtype_name, tensor_bytes
-from zoo.outpath import commit_output_dir, guard_output_dir, make_staging_dir
+from zoo.io.outpath import commit_output_dir, guard_output_dir, make_staging_dir
+from zoo.store.hashing import dtype_name, tensor_bytes
 
 __all__ = ["StreamingWriter", "parse_size"]
 

@@ -15,7 +15,7 @@ import streamlit as st
 from app import charts
 from app import common as C
 from zoo import ZooError
-from zoo.architectures import is_classifier
+from zoo.models.architectures import is_classifier
 
 
 def _load(*names: str) -> tuple[object | None, str]:
@@ -215,8 +215,8 @@ with t_merge:
                     rec = z.get(inputs[0])
                     res = None
                     if is_classifier(rec.arch_config):
-                        from zoo.datasets import load_dataset
-                        from zoo.evaluate import evaluate_population
+                        from zoo.build.evaluate import evaluate_population
+                        from zoo.models.datasets import load_dataset
 
                         ds = load_dataset(str(z.hparams(inputs[0]).get("dataset", "digits")))
                         ds = ds.for_architecture(rec.arch_config)

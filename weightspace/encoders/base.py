@@ -136,10 +136,10 @@ class Encoder:
         """Write the fitted encoder as a folder: ``config.json`` (+ ``weights.safetensors``).
 
         The folder is written under a temporary name and renamed into place, through the guard every
-        weightzoo output goes through (:mod:`zoo.outpath`): never into a zoo, the home folder or the
+        weightzoo output goes through (:mod:`zoo.io.outpath`): never into a zoo, the home folder or the
         current one; a non-empty folder only with ``overwrite=True``, and only one weightzoo wrote.
         """
-        from zoo.outpath import staged_output_dir
+        from zoo.io.outpath import staged_output_dir
 
         self._check_fitted()
         with staged_output_dir(path, overwrite=overwrite, what="encoder folder") as tmp:
@@ -221,7 +221,7 @@ class TorchEncoder(Encoder):
                 )
             self.arch_ = None
             return
-        from zoo.architectures import normalize_config
+        from zoo.models.architectures import normalize_config
 
         self.arch_ = normalize_config(arch)
 

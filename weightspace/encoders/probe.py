@@ -1,7 +1,7 @@
 """``"probe"``: learned probe inputs run through every model; an MLP reads the responses (ProbeGen-style).
 
 Instead of reading weights through an architecture that respects their symmetries, the probe encoder
-*runs* each model (batched, with its stacked weights, through :func:`zoo.evaluate.functional_forward`)
+*runs* each model (batched, with its stacked weights, through :func:`zoo.build.evaluate.functional_forward`)
 on ``n_probes`` learned inputs and feeds the outputs ``[N, n_probes, out]`` to an MLP head. The probes
 are trained jointly with the head, from the task's labels only (no data set is read). This follows
 "Deep Linear Probe Generators for Weight Space Learning" (Kahana et al. 2024): probes come from a
@@ -39,8 +39,8 @@ GENERATORS = ("linear", "free")
 
 def probe_input_shape(arch: Mapping[str, Any]) -> tuple[int, ...]:
     """The input shape of one sample for an architecture config, as its family declares it
-    (:func:`zoo.architectures.input_shape`: features for dense nets, ``(C, H, W)`` for image nets)."""
-    from zoo.architectures import input_shape
+    (:func:`zoo.models.architectures.input_shape`: features for dense nets, ``(C, H, W)`` for image nets)."""
+    from zoo.models.architectures import input_shape
 
     try:
         return input_shape(arch)
@@ -170,7 +170,7 @@ class ProbeNet(nn.Module):
 
     def responses(self, params: Mapping[str, Tensor]) -> Tensor:
         """The models' outputs on the probes ``[B, n_probes, out]``."""
-        from zoo.evaluate import functional_forward
+        from zoo.build.evaluate import functional_forward
 
         return functional_forward(self.arch, params, self.probe_inputs())
 

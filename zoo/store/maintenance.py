@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, exists, func, insert, select, update
 
-from zoo import schema as S
 from zoo.errors import CorruptFileError, IntegrityError
 from zoo.progress import progress_bar
-from zoo.records import GcReport, VerifyReport
+from zoo.store import schema as S
+from zoo.store.records import GcReport, VerifyReport
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
 
 def verify(zoo: Zoo, *, rehash: bool = True, progress: bool = False) -> VerifyReport:
@@ -175,7 +175,7 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
                     select(S.Blob.id, S.Blob.pack_id, S.Blob.offset, S.Blob.nbytes, S.Blob.dtype, S.Blob.shape)
                     .where(S.Blob.pack_id.in_(compact))
                 ).all()  # fmt: skip
-                from zoo.packs import BlobLocation
+                from zoo.store.packs import BlobLocation
 
                 maps: dict = {}
                 tensors = {
@@ -206,7 +206,7 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
         for pid in to_unlink:
             zoo.packs.delete(pid)
     if repack:
-        from zoo.repack import repack as repack_populations
+        from zoo.store.repack import repack as repack_populations
 
         rr = repack_populations(zoo, dry_run=dry_run)
         rep.repacked = rr.repacked  # type: ignore[attr-defined]

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from zoo import architectures as archs
 from zoo.errors import ConfigError
-from zoo.hashing import dtype_name
 from zoo.jsonlimits import check_value
+from zoo.models import architectures as archs
 from zoo.names import check_name
-from zoo.packs import BlobLocation
+from zoo.store.hashing import dtype_name
+from zoo.store.packs import BlobLocation
 
 _SPLITS = ("train", "val", "test")
 _CHUNK = 500  # rows per IN (...) list

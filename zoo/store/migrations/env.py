@@ -1,8 +1,8 @@
-"""Alembic environment: runs on the connection handed over by :func:`zoo.db.migrate`."""
+"""Alembic environment: runs on the connection handed over by :func:`zoo.store.db.migrate`."""
 
 from alembic import context
 
-from zoo.schema import Base
+from zoo.store.schema import Base
 
 target_metadata = Base.metadata
 

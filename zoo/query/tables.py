@@ -37,16 +37,16 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, delete, insert, select, update
 
-from zoo import schema as S
 from zoo.errors import ConfigError, DuplicateError, IntegrityError, MismatchError, NotFoundError
-from zoo.fsutil import atomic_file
-from zoo.records import TableInfo
-from zoo.rows import _chunks
+from zoo.store import schema as S
+from zoo.store.fsutil import atomic_file
+from zoo.store.records import TableInfo
+from zoo.store.rows import _chunks
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
 TABLE_SUFFIX = ".parquet"
 MODES = ("replace", "append")
@@ -75,7 +75,7 @@ def _sql_keywords() -> frozenset[str]:
 
 def reserved_names() -> set[str]:
     """Names a derived table may not take: the catalog's tables and the views of ``Zoo.sql``."""
-    from zoo.analytics import VIEWS, WIDE
+    from zoo.query.analytics import VIEWS, WIDE
 
     return {*S.TABLES, *VIEWS, *WIDE, "alembic_version"}
 
@@ -449,8 +449,8 @@ def write_table(
     description: str | None = None,
     produced_by: int | str | None = None,
 ) -> TableInfo:
-    """See :meth:`zoo.store.Zoo.write_table`."""
-    from zoo.schema import utcnow
+    """See :meth:`zoo.facade.Zoo.write_table`."""
+    from zoo.store.schema import utcnow
 
     check_table_name(name)
     if mode not in MODES:

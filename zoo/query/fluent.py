@@ -18,12 +18,12 @@ import pandas as pd
 import torch
 from sqlalchemy import Select, and_, exists, func, or_, select
 
-from zoo import schema as S
 from zoo.errors import ConfigError
-from zoo.records import ModelRecord
+from zoo.store import schema as S
+from zoo.store.records import ModelRecord
 
 if TYPE_CHECKING:
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
 _OPS: dict[str, Callable[[Any, Any], Any]] = {
     ">": lambda c, v: c > v,
@@ -78,7 +78,7 @@ class ModelQuery:
 
     def metric(self, name: str, op: str, value: Any, *, split: str | None = None, step: int | None = None) -> ModelQuery:
         """Models with a metric satisfying ``value <op> threshold`` (``"test_acc"`` = name acc, split test)."""
-        from zoo.store import split_metric_name
+        from zoo.facade import split_metric_name
 
         name, split = split_metric_name(name, split)
         conds = [S.Metric.model_id == S.Model.id, S.Metric.name == name, S.Metric.split == split, _op(op)(S.Metric.value, value)]
@@ -128,7 +128,7 @@ class ModelQuery:
         return self._with(S.Model.id.in_(sorted(ids)))
 
     def where(self, condition: Any) -> ModelQuery:
-        """Any SQLAlchemy condition over ``zoo.schema`` tables (escape hatch)."""
+        """Any SQLAlchemy condition over ``zoo.store.schema`` tables (escape hatch)."""
         return self._with(condition)
 
     def limit(self, n: int) -> ModelQuery:
@@ -136,7 +136,7 @@ class ModelQuery:
 
     def order_by_metric(self, name: str, *, split: str | None = None, descending: bool = True) -> ModelQuery:
         """Order by a metric's latest value (highest step, then newest; largest first by default)."""
-        from zoo.store import split_metric_name
+        from zoo.facade import split_metric_name
 
         name, split = split_metric_name(name, split)
         sub = (

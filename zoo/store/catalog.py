@@ -2,8 +2,8 @@
 
 :class:`Catalog` owns the engine and the few things every write and read path needs: the write
 lock with the generation counter (``with catalog.write() as conn``), id lookup by id or name,
-the architecture cache, and the one metric write path. :class:`~zoo.store.Zoo` composes it; the
-store's helpers (derived tables, evaluation, maintenance, analytics) take ``zoo.catalog`` instead
+the architecture cache, and the one metric write path. :class:`~zoo.facade.Zoo` composes it; the
+store's helpers (derived tables, evaluation, maintenance, analytics) take ``zoo.store.catalog`` instead
 of calling private methods of the facade.
 """
 
@@ -17,11 +17,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
-from zoo import schema as S
 from zoo.errors import NotFoundError
 from zoo.names import encodable, safe_repr
-from zoo.records import ModelRecord
-from zoo.rows import metric_rows
+from zoo.store import schema as S
+from zoo.store.records import ModelRecord
+from zoo.store.rows import metric_rows
 
 __all__ = ["Catalog"]
 
@@ -44,7 +44,7 @@ class Catalog:
     def note_rewrite(conn: Connection) -> None:
         """Record that this write updates or deletes catalog rows (appending rows needs no note).
 
-        SQL snapshots (:mod:`zoo.analytics`) refresh by reading only appended rows while this counter
+        SQL snapshots (:mod:`zoo.query.analytics`) refresh by reading only appended rows while this counter
         is unchanged, so every path that updates or deletes a row must call it in its transaction.
         """
         conn.execute(update(S.CatalogState).where(S.CatalogState.id == 1)

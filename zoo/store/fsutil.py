@@ -1,7 +1,7 @@
 """The one atomic file write of the store: temp file, flush, fsync, rename, fsync the folder.
 
-Packs (:mod:`zoo.packs`) and derived-table files (:mod:`zoo.tables`) are written with
-:func:`atomic_file`; folders written outside the zoo go through :mod:`zoo.outpath`, which stages a
+Packs (:mod:`zoo.store.packs`) and derived-table files (:mod:`zoo.query.tables`) are written with
+:func:`atomic_file`; folders written outside the zoo go through :mod:`zoo.io.outpath`, which stages a
 whole folder the same way. A failure at any step (disk full, Ctrl-C, a bug) leaves no file behind;
 an ``OSError`` becomes a :class:`~zoo.errors.StorageError` naming the file and the folder.
 """

@@ -11,12 +11,12 @@ Content hashes do not change (a blob's id is the hash of its dtype, shape and by
 offset move), so manifests, lineage and dedup are untouched.
 
 Atomic, in the same steps as every write: under the catalog's write lock the new pack is written
-through :func:`zoo.fsutil.atomic_file` (temp, fsync, rename), then one transaction moves the blobs'
+through :func:`zoo.store.fsutil.atomic_file` (temp, fsync, rename), then one transaction moves the blobs'
 locations, records the new pack, drops the rows of packs left empty and bumps the layout version;
 only after the commit are the emptied pack files deleted. A crash before the commit leaves the old
 packs in use and the new pack an orphan (``verify`` reports it, ``gc`` removes it after the grace
 period); a crash after it leaves the old files as orphans, likewise. Fault-injection steps (see
-:func:`zoo.packs._fault_hook`): :data:`REPACK_STEPS`.
+:func:`zoo.store.packs._fault_hook`): :data:`REPACK_STEPS`.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
-from zoo import packs as packs_mod
-from zoo import schema as S
 from zoo.errors import NotFoundError
-from zoo.packs import _NP_DTYPES, BlobLocation
+from zoo.store import packs as packs_mod
+from zoo.store import schema as S
+from zoo.store.packs import _NP_DTYPES, BlobLocation
 
 if TYPE_CHECKING:
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
 __all__ = ["repack", "RepackReport", "REPACK_STEPS", "stack_runs"]
 

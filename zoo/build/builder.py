@@ -1,12 +1,12 @@
 """The population builder: train a recipe's runs in batched shards and write checkpoints to the zoo.
 
     from zoo import Zoo
-    from zoo.builder import build
-    from zoo.recipes import Recipe
+    from zoo.build.builder import build
+    from zoo.build.recipes import Recipe
     report = build(Zoo.open(), Recipe.load("digits-mlp"))
 
 Runs that share an architecture and optimiser settings train together in one shard (all models at
-once, stacked weights; see :func:`zoo.training.train_population`). The shard is the unit of work: a
+once, stacked weights; see :func:`zoo.build.training.train_population`). The shard is the unit of work: a
 plain function of (recipe, runs, data) that yields checkpoints, so it runs unchanged in-process, in a
 process pool or as a Ray task; its results flow back through the one write path, ``Zoo.add_many``,
 one atomic write per checkpoint epoch. Ctrl-C therefore leaves a consistent store holding every
@@ -29,12 +29,12 @@ import torch
 
 from zoo.errors import ConfigError, NotFoundError
 from zoo.progress import progress_bar
-from zoo.recipes import SHARD_PARAMS, TRAIN_PARAMS, Recipe
-from zoo.records import NewModel
-from zoo.training import Checkpoint, TrainSpec, train_population
+from zoo.build.recipes import SHARD_PARAMS, TRAIN_PARAMS, Recipe
+from zoo.store.records import NewModel
+from zoo.build.training import Checkpoint, TrainSpec, train_population
 
 if TYPE_CHECKING:
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
 
 @dataclass
@@ -119,7 +119,7 @@ def plan_runs(recipe: Recipe, zoo: Zoo | None = None) -> list[Run]:
 def _change_runs(recipe: Recipe, parents: Sequence[Any], points: Sequence[dict[str, Any]]) -> list[Run]:
     import random
 
-    from zoo.finetune import draw_change, hparams_of, image_hw
+    from zoo.build.finetune import draw_change, hparams_of, image_hw
 
     assert recipe.finetune is not None
     runs: list[Run] = []
@@ -187,8 +187,8 @@ def shard_runs(runs: Sequence[Run], max_shard: int = 512) -> list[list[Run]]:
 # ---------------------------------------------------------------------------------- data
 def load_data(recipe: Recipe, runs: Sequence[Run] | None = None, *, root: str | None = None) -> Any:
     """The recipe's data set, shaped for its architecture family (flat for mlp, images otherwise)."""
-    from zoo.corruptions import corrupt
-    from zoo.datasets import load_dataset
+    from zoo.models.corruptions import corrupt
+    from zoo.models.datasets import load_dataset
 
     d = dict(recipe.dataset)
     name = d.pop("name", "digits")
@@ -225,7 +225,7 @@ def _finetune_data(ds: Any, ft: Any, corrupt: Any) -> Any:
 
 def inr_data(recipe: Recipe, ds: Any) -> Any:
     """The recipe's INR targets: ``inr.n`` images drawn from ``inr.split`` with ``inr.seed`` (fixed per recipe)."""
-    from zoo.datasets import inr_targets
+    from zoo.models.datasets import inr_targets
 
     split = recipe.inr.get("split", "train")
     return inr_targets(ds, split=split, n=int(recipe.inr.get("n", 100)), seed=int(recipe.inr.get("seed", 0)))
@@ -296,7 +296,7 @@ def build(
             prev: dict[int, int | None] = {r.index: None for r in shard}
             data = ds
             if recipe.finetune is not None and recipe.finetune.change is not None:  # each child its own data
-                from zoo.finetune import change_of, shard_data
+                from zoo.build.finetune import change_of, shard_data
 
                 data = shard_data(ds, [change_of(r.point) for r in shard], [int(r.point["seed"]) for r in shard])
             for ckpt in train_shard(recipe, shard, data, init_params=init, progress=progress):
@@ -327,7 +327,7 @@ def build(
 def _existing_names(zoo: Zoo, prefix: str) -> dict[str, int]:
     from sqlalchemy import select
 
-    from zoo import schema as S
+    from zoo.store import schema as S
 
     with zoo.engine.connect() as c:
         rows = c.execute(select(S.Model.name, S.Model.id).where(S.Model.name.like(prefix.replace("%", r"\%") + "/%", escape="\\")))
@@ -337,7 +337,7 @@ def _existing_names(zoo: Zoo, prefix: str) -> dict[str, int]:
 def _lineage_params(recipe: Recipe, run: Run, epoch: int) -> dict[str, Any]:
     params: dict[str, Any] = {"recipe": recipe.name, "epoch": epoch}
     if recipe.finetune is not None and "change" in run.point:
-        from zoo.finetune import change_of
+        from zoo.build.finetune import change_of
 
         params["change"] = change_of(run.point)  # the child's label: kind and every argument
         params["rank"] = int(run.point.get("rank", 0))  # 0: a full fine-tune; r: a rank-r (LoRA-style) one

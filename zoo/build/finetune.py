@@ -1,6 +1,6 @@
 """Fine-tune changes: labelled diffs made by the population builder.
 
-A fine-tune recipe (``finetune:`` in a recipe, :class:`zoo.recipes.FinetuneSpec`) starts every child
+A fine-tune recipe (``finetune:`` in a recipe, :class:`zoo.build.recipes.FinetuneSpec`) starts every child
 from a parent model in the zoo. Its ``change`` says what each child's fine-tune does to the data;
 the change (its kind and every argument, drawn or given) is the child's *label*, recorded in its
 lineage params (op ``finetune``, ``params.change``) and as hyperparameters (``change``,
@@ -18,7 +18,7 @@ suppress   class ``class`` dropped (``mode: drop``) or its          ``class``, `
            (``mode: relabel``)
 boost      class ``class`` oversampled ``factor`` times             ``class``, ``factor`` (default 8)
 swap       the labels of classes ``classes: [a, b]`` swapped        ``classes``
-robust     the training split corrupted (:mod:`zoo.corruptions`)    ``corruption``, ``severity`` (3)
+robust     the training split corrupted (:mod:`zoo.models.corruptions`)    ``corruption``, ``severity`` (3)
 backdoor   the clean data plus ``fraction`` of the non-target       ``target``, ``size`` (1..3),
            images with a ``size`` x ``size`` trigger stamped at     ``position`` ([row, col], a corner),
            ``position`` (top-left corner), relabelled ``target``    ``pattern`` (solid | checker |
@@ -37,7 +37,7 @@ A trigger pattern is stored as its bits (``pattern_bits``, 1 = a white pixel, 0 
 its name, so a ``random`` pattern is reproducible from the label alone.
 
 The data each child trains on is built per shard by :func:`shard_data` as a
-:class:`zoo.training.PerModelData`: one pool of examples (the clean training split, then one
+:class:`zoo.build.training.PerModelData`: one pool of examples (the clean training split, then one
 corrupted copy per corruption used, then each backdoor child's stamped copies) and, per child, its
 rows of the pool and its labels. Validation and test splits stay clean.
 """
@@ -144,7 +144,7 @@ def _check_class(v: Any, k: int, where: str, what: str = "class") -> None:
 
 
 def _check_args(kind: str, a: dict[str, Any], k: int, hw: tuple[int, int], where: str) -> None:
-    from zoo.corruptions import CORRUPTIONS
+    from zoo.models.corruptions import CORRUPTIONS
 
     for name in ("class", "target"):
         if name in a:
@@ -223,7 +223,7 @@ def draw_change(plan: Mapping[str, Any], child: int, rng: random.Random, *, num_
     elif kind == "swap":
         c["classes"] = list(e["classes"]) if "classes" in e else sorted(rng.sample(range(k), 2))
     elif kind == "robust":
-        from zoo.datasets import DIGITS_C_CORRUPTIONS
+        from zoo.models.datasets import DIGITS_C_CORRUPTIONS
 
         c["corruption"] = e.get("corruption", rng.choice(DIGITS_C_CORRUPTIONS))
         c["severity"] = e.get("severity", 3)
@@ -272,7 +272,7 @@ def stamp(images: Tensor, change: Mapping[str, Any]) -> Tensor:
 
 def image_hw(dataset: Mapping[str, Any], arch: Mapping[str, Any]) -> tuple[int, int]:
     """The (H, W) of the recipe's images (from its data set, else its architecture's input)."""
-    from zoo.architectures import input_shape
+    from zoo.models.architectures import input_shape
 
     name = str(dataset.get("name", "digits")).lower().replace("-", "_")
     if name in IMAGE_SHAPES:
@@ -285,13 +285,13 @@ def image_hw(dataset: Mapping[str, Any], arch: Mapping[str, Any]) -> tuple[int, 
 
 
 def shard_data(ds: Any, changes: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> Any:
-    """Each child's training set for one shard as :class:`zoo.training.PerModelData`.
+    """Each child's training set for one shard as :class:`zoo.build.training.PerModelData`.
 
     ``ds`` is the recipe's (clean, architecture-shaped) data set; ``changes`` one concrete change per
     child; ``seeds`` the children's seeds (they draw the stamped images and relabels).
     """
-    from zoo.corruptions import corrupt
-    from zoo.training import PerModelData
+    from zoo.models.corruptions import corrupt
+    from zoo.build.training import PerModelData
 
     x, y = ds.X_train, ds.y_train
     n, k = len(y), int(getattr(ds, "num_classes", int(y.max()) + 1))
@@ -382,8 +382,8 @@ def change_metric(config: Mapping[str, Any], params: Mapping[str, Tensor], ds: A
 
     Shapes: params ``name -> [N, ...]``; returns ``[N]``.
     """
-    from zoo.corruptions import corrupt
-    from zoo.evaluate import evaluate_population
+    from zoo.models.corruptions import corrupt
+    from zoo.build.evaluate import evaluate_population
 
     x, y = ds.X_test, ds.y_test
     kind = change["kind"]
@@ -395,13 +395,13 @@ def change_metric(config: Mapping[str, Any], params: Mapping[str, Tensor], ds: A
         return ds.normalize(images.reshape(len(images), -1)).reshape(len(images), *x.shape[1:])
 
     def predict(inputs: Tensor) -> Tensor:
-        from zoo.evaluate import functional_forward
+        from zoo.build.evaluate import functional_forward
 
         with torch.no_grad():
             return functional_forward(dict(config), dict(params), inputs).argmax(-1)  # [N, n]
 
     if kind == "boost":
-        from zoo.evaluate import functional_forward
+        from zoo.build.evaluate import functional_forward
 
         cls = int(change["class"])
         with torch.no_grad():

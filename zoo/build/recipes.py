@@ -31,7 +31,7 @@ A fine-tune recipe starts from parents in the zoo (``finetune: {parents: {popula
 limit: 50, tag: T}, corruption: {kind: gaussian_noise, severity: 3}, classes: [0, 1]}``): each parent
 gets the search's runs, trained on (optionally corrupted or class-restricted) data. With
 ``finetune.change`` every parent gets labelled children instead (suppress / boost / swap a class,
-robust to a corruption, a backdoor trigger, or null; drawn per child): see :mod:`zoo.finetune`.
+robust to a corruption, a backdoor trigger, or null; drawn per child): see :mod:`zoo.build.finetune`.
 
 An INR recipe (``task: inr``, ``inr: {split: train, n: 500, seed: 0, shared_init: false}``) fits one
 SIREN per image of ``n`` images drawn from the split, for each point of the search. With
@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-from zoo.architectures import normalize_config
+from zoo.models.architectures import normalize_config
 from zoo.errors import ConfigError, NotFoundError, ZooError
 
 #: Training hyperparameters a search can vary (per model, inside one batched shard).
@@ -77,7 +77,7 @@ class FinetuneSpec:
 
 @dataclass
 class Recipe:
-    """A population recipe. Build it with :func:`zoo.builder.build`."""
+    """A population recipe. Build it with :func:`zoo.build.builder.build`."""
 
     name: str
     arch: dict[str, Any]
@@ -160,8 +160,8 @@ class Recipe:
         self.change_plan()
 
     def change_plan(self, num_classes: int | None = None) -> dict[str, Any]:
-        """The validated ``finetune.change`` (see :func:`zoo.finetune.normalize_change`)."""
-        from zoo.finetune import image_hw, normalize_change
+        """The validated ``finetune.change`` (see :func:`zoo.build.finetune.normalize_change`)."""
+        from zoo.build.finetune import image_hw, normalize_change
 
         assert self.finetune is not None
         k = int(num_classes if num_classes is not None else normalize_config(self.arch).get("out_features", 10))

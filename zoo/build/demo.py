@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zoo.builder import build
-from zoo.recipes import Recipe
+from zoo.build.builder import build
+from zoo.build.recipes import Recipe
 
 if TYPE_CHECKING:
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
 DEMO_RECIPES = ("digits-mlp", "digits-inr")
 

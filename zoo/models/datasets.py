@@ -92,8 +92,8 @@ class Dataset:
 
     def for_architecture(self, config: Mapping[str, Any]) -> Dataset:
         """The data laid out as ``config``'s models take it: flattened for families whose input is a
-        feature vector (:func:`zoo.architectures.input_shape` of rank 1), as images otherwise."""
-        from zoo.architectures import input_shape
+        feature vector (:func:`zoo.models.architectures.input_shape` of rank 1), as images otherwise."""
+        from zoo.models.architectures import input_shape
 
         return self.flat() if len(input_shape(config)) == 1 else self
 
@@ -142,7 +142,7 @@ _LOADERS: dict[
 ]
 
 
-#: the corruptions of the digits-c benchmark (all of :data:`zoo.corruptions.CORRUPTIONS`), severities 1..5
+#: the corruptions of the digits-c benchmark (all of :data:`zoo.models.corruptions.CORRUPTIONS`), severities 1..5
 DIGITS_C_CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise", "shot_noise", "impulse_noise", "gaussian_blur", "contrast", "brightness", "pixelate",
     "rotate", "occlusion",
@@ -200,7 +200,7 @@ def load_dataset(
             test split (digits).
         flatten: return ``X`` as ``[n, features]`` (see :meth:`Dataset.flat`).
         normalize: subtract the training split's per-channel mean and divide by its std.
-        corruption, severity: corrupt the *test* split with :func:`zoo.corruptions.corrupt` (one of
+        corruption, severity: corrupt the *test* split with :func:`zoo.models.corruptions.corrupt` (one of
             :data:`DIGITS_C_CORRUPTIONS`, severity 1..5, default 3); required for ``"digits-c"``.
             The name may carry them: ``"digits-c/rotate/4"``.
         corruption_seed: seeds the random corruptions (noise, rotation signs, occluder positions).
@@ -216,7 +216,7 @@ def load_dataset(
     if key not in _LOADERS:
         raise ConfigError(f"unknown data set {name!r}; valid names: {', '.join(available_datasets())}")
     if corruption is not None:
-        from zoo.corruptions import CORRUPTIONS
+        from zoo.models.corruptions import CORRUPTIONS
 
         if corruption not in CORRUPTIONS:
             raise ConfigError(f"unknown corruption {corruption!r}; valid corruptions: {', '.join(CORRUPTIONS)}")
@@ -245,7 +245,7 @@ def load_dataset(
 
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, x_val, x_test)]
     if corruption is not None:  # in [0, 1] pixel space, before normalisation
-        from zoo.corruptions import corrupt
+        from zoo.models.corruptions import corrupt
 
         tensors[2] = corrupt(tensors[2], corruption, severity, seed=corruption_seed)  # type: ignore[arg-type]
     labels = [torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in (y_train, y_val, y_test)]

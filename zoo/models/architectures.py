@@ -157,7 +157,7 @@ class Family:
     #: a loose upper bound on the activation floats one sample needs (sizes evaluation batches)
     activation_floats: Callable[[dict], int] | None = None
     #: the batched forward of N stacked models: ``forward(cfg, params, x, *, training, dropout,
-    #: dropout_keys, taps) -> [N, B, out]`` (:func:`zoo.evaluate.functional_forward` dispatches to it)
+    #: dropout_keys, taps) -> [N, B, out]`` (:func:`zoo.build.evaluate.functional_forward` dispatches to it)
     forward: Callable[..., Tensor] | None = None
 
     @property

@@ -4,7 +4,7 @@ Every corruption takes a batch ``x`` of shape ``[n, C, H, W]`` with pixels in [0
 ``severity`` from 1 (mild) to 5 (strong) and a ``seed``; the same arguments always give the same
 output. Results are clipped to [0, 1].
 
-For inputs in a *normalised* space (``(pixel - mean) / std``, as :func:`zoo.datasets.load_dataset`
+For inputs in a *normalised* space (``(pixel - mean) / std``, as :func:`zoo.models.datasets.load_dataset`
 returns by default) pass that ``mean`` and ``std``: the batch is mapped back to [0, 1], corrupted,
 and normalised again.
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from zoo.errors import CorruptFileError, IntegrityError, NotFoundError
-from zoo.fsutil import atomic_file
-from zoo.hashing import DTYPES_BY_NAME, dtype_name, tensor_bytes
+from zoo.store.fsutil import atomic_file
+from zoo.store.hashing import DTYPES_BY_NAME, dtype_name, tensor_bytes
 
 _NP_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.int16,
@@ -63,7 +63,7 @@ WRITE_STEPS: tuple[str, ...] = (
 def _fault_hook(step: str) -> None:
     """A no-op called at each step of the write path (:data:`WRITE_STEPS`).
 
-    A test seam: fault-injection tests replace it (``zoo.packs._fault_hook = ...``) to raise or to
+    A test seam: fault-injection tests replace it (``zoo.store.packs._fault_hook = ...``) to raise or to
     ``os._exit`` at one step, so a crash at each step is tested deterministically, not by timing.
     """
 

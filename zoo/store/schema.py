@@ -13,7 +13,7 @@ Everything is a model, and every model has lineage:
 - ``lineage``: edges ``parent -> child`` with the operation and its parameters.
 - ``derived_tables``: learner outputs written back with ``Zoo.write_table`` (predictions, embeddings,
   weight statistics): one row per named table; its data lives in immutable Parquet files under
-  ``<root>/tables/`` (see :mod:`zoo.tables`).
+  ``<root>/tables/`` (see :mod:`zoo.query.tables`).
 - ``catalog_state``: a generation counter bumped by every write (cache invalidation for queries) and a
   layout version bumped only when ``gc`` moves or deletes blobs (cache invalidation for blob locations).
 """

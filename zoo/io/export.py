@@ -3,9 +3,9 @@
 :func:`write_hf_folder` writes ``model.safetensors`` (or shards plus
 ``model.safetensors.index.json``), ``config.json`` and ``README.md`` atomically: everything goes
 into a temporary folder next to ``out_dir`` that is renamed into place at the end, so a crash
-never leaves a half-written model. :func:`zoo.ingest.read_checkpoint` reads the result back.
+never leaves a half-written model. :func:`zoo.io.ingest.read_checkpoint` reads the result back.
 Where it may write, and what ``overwrite`` may replace, is decided by
-:func:`zoo.outpath.guard_output_dir`: never a zoo, never a folder weightzoo did not write.
+:func:`zoo.io.outpath.guard_output_dir`: never a zoo, never a folder weightzoo did not write.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import yaml
 from torch import Tensor
 
 from zoo.errors import ConfigError, NotFoundError, StorageError, ZooError
-from zoo.outpath import MARKER, guard_output_dir, staged_output_dir
+from zoo.io.outpath import MARKER, guard_output_dir, staged_output_dir
 from zoo.settings import offline as offline_setting
 
 __all__ = ["model_card", "push_to_hub", "write_hf_folder"]
@@ -44,8 +44,8 @@ def write_hf_folder(
 
     Args:
         out_dir: the folder to create. It must not exist or be empty; with ``overwrite`` it may
-            also be a folder weightzoo wrote (it carries :data:`zoo.outpath.MARKER`). Zoos, the
-            home and current folders and their ancestors are refused (:mod:`zoo.outpath`).
+            also be a folder weightzoo wrote (it carries :data:`zoo.io.outpath.MARKER`). Zoos, the
+            home and current folders and their ancestors are refused (:mod:`zoo.io.outpath`).
         state_dict: ``{name: tensor}``; tensors are moved to CPU and made contiguous, and tensors
             sharing storage are cloned (safetensors refuses shared storage).
         config: written as ``config.json`` (``{}`` when omitted).

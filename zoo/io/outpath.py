@@ -44,7 +44,7 @@ __all__ = [
 
 #: the file weightzoo leaves in every folder it writes; ``overwrite`` replaces only such folders
 MARKER = ".weightzoo-output"
-#: a folder holding this file is a zoo root (see :meth:`zoo.store.Zoo.open`)
+#: a folder holding this file is a zoo root (see :meth:`zoo.facade.Zoo.open`)
 CATALOG_FILE = "catalog.db"
 
 PathLike = str | os.PathLike[str]
@@ -209,7 +209,7 @@ def guard_output_file(
     """:func:`guard_output_dir` for a single file (a plot, a report): the same places are refused (a zoo,
     links); an existing file is replaced only with ``overwrite`` and only when ``replaceable(path)``
     says it is one weightzoo could have written (e.g. a PNG for a plot). Returns the resolved path;
-    nothing is created. Write it with :func:`zoo.fsutil.atomic_file`."""
+    nothing is created. Write it with :func:`zoo.store.fsutil.atomic_file`."""
     if not isinstance(path, str | os.PathLike) or not str(path).strip():
         raise OutputPathError(f"the {what} must be a file path, got {path!r}")
     p = Path(path).expanduser()

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from torch import nn
 
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
 
 @dataclass
@@ -94,7 +94,7 @@ class ModelRecord:
 
     def module(self) -> nn.Module:
         """The model rebuilt as an ``nn.Module`` with its weights (needs a buildable architecture)."""
-        from zoo.architectures import instantiate
+        from zoo.models.architectures import instantiate
 
         if self.arch_config is None:
             from zoo.errors import ConfigError

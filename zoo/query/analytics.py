@@ -8,7 +8,7 @@ query), and registers them on a separate *query* connection that has file access
 changes disabled. User SQL therefore cannot touch the catalog or the file system, repeated queries
 run on DuckDB's columnar engine at in-memory speed, and every query sees the latest committed writes.
 
-Derived tables (:mod:`zoo.tables`) are registered the same way: the snapshot's ``derived_tables`` rows
+Derived tables (:mod:`zoo.query.tables`) are registered the same way: the snapshot's ``derived_tables`` rows
 name their Parquet files, which are read here with pyarrow (not by the query connection, which keeps
 its file access disabled), only for tables a query names, and cached by file (files are immutable).
 
@@ -44,10 +44,10 @@ import pandas as pd
 from sqlalchemy import text
 
 from zoo.errors import ConfigError, IntegrityError, QueryError, StorageError
-from zoo.schema import TABLES
+from zoo.store.schema import TABLES
 
 if TYPE_CHECKING:
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
 #: Views defined on top of the catalog tables, for common questions.
 VIEWS = {
@@ -400,7 +400,7 @@ class Analytics:
     def _load_sqlite(self) -> dict[str, Any]:
         """The catalog's tables; only the rows appended since the last snapshot when nothing was updated
         or deleted since (the catalog's rewrite and layout versions are unchanged, see
-        :meth:`zoo.catalog.Catalog.note_rewrite`), else every row. The highest rowids, the versions and
+        :meth:`zoo.store.catalog.Catalog.note_rewrite`), else every row. The highest rowids, the versions and
         the appended rows are read in one SQLite read transaction; whole tables are bounded by those
         rowids (the caller checks the generation, so one load holds the same commits)."""
         import pyarrow as pa

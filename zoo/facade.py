@@ -32,11 +32,6 @@ import pandas as pd
 import torch
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
-from zoo import architectures as archs
-from zoo import packs as packs_mod
-from zoo import schema as S
-from zoo.catalog import Catalog
-from zoo.db import make_engine, migrate
 from zoo.errors import (
     ConfigError,
     DuplicateError,
@@ -44,13 +39,19 @@ from zoo.errors import (
     NotFoundError,
     ZooError,
 )
-from zoo.hashing import tensor_id
 from zoo.jsonlimits import check_value
+from zoo.models import architectures as archs
 from zoo.names import check_name, encodable, safe_repr
-from zoo.packs import BlobLocation, PackStore
 from zoo.progress import progress_bar
-from zoo.records import ArchitectureInfo, Edge, ModelRecord, NewModel, PopulationInfo, TableInfo
-from zoo.rows import (
+from zoo.settings import default_root
+from zoo.store import packs as packs_mod
+from zoo.store import schema as S
+from zoo.store.catalog import Catalog
+from zoo.store.db import make_engine, migrate
+from zoo.store.hashing import tensor_id
+from zoo.store.packs import BlobLocation, PackStore
+from zoo.store.records import ArchitectureInfo, Edge, ModelRecord, NewModel, PopulationInfo, TableInfo
+from zoo.store.rows import (
     _arch_mismatch_message,
     _blob_row,
     _check_name,
@@ -61,7 +62,6 @@ from zoo.rows import (
     raw_config,
     split_metric_name,
 )
-from zoo.settings import default_root
 
 __all__ = ["Zoo", "raw_config", "split_metric_name"]
 
@@ -87,8 +87,8 @@ def _shape(text: str) -> tuple[int, ...]:
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from zoo.query import ModelQuery, Population
-    from zoo.tables import TableFiles
+    from zoo.query.fluent import ModelQuery, Population
+    from zoo.query.tables import TableFiles
 
 class _Prepared:
     __slots__ = ("item", "names", "ids", "tensors", "config", "chash", "n_params", "nbytes", "model_id",
@@ -152,7 +152,7 @@ class Zoo:
             migrate(engine)
         except Exception as e:
             engine.dispose()
-            from zoo.analytics import is_disk_error, storage_error
+            from zoo.query.analytics import is_disk_error, storage_error
 
             if isinstance(e, ZooError) and isinstance(e, OSError):  # a StorageError: disk full / unwritable
                 raise
@@ -165,7 +165,7 @@ class Zoo:
     def table_files(self) -> TableFiles:
         """The folder of derived-table Parquet files, ``<root>/tables/``."""
         if self._table_files is None:
-            from zoo.tables import TableFiles
+            from zoo.query.tables import TableFiles
 
             self._table_files = TableFiles(self.root / "tables")
         return self._table_files
@@ -278,21 +278,21 @@ class Zoo:
         return [PopulationInfo(r.id, r.name, r.arch, r.description, int(r.n)) for r in rows]
 
     def population(self, name: str) -> Population:
-        """A named population as a lazy, filterable :class:`~zoo.query.Population`."""
-        from zoo.query import Population
+        """A named population as a lazy, filterable :class:`~zoo.query.fluent.Population`."""
+        from zoo.query.fluent import Population
 
         self.population_info(name)  # NotFoundError with a hint
         return Population(self, name)
 
     def models(self) -> ModelQuery:
         """A fluent query over all models (``z.models().metric("acc", ">", .9, split="test").ids()``)."""
-        from zoo.query import ModelQuery
+        from zoo.query.fluent import ModelQuery
 
         return ModelQuery(self)
 
     # ------------------------------------------------------------------------------ writing
     def add(self, state_dict: Mapping[str, torch.Tensor], **kwargs: Any) -> ModelRecord:
-        """Store one model. Keyword arguments are those of :class:`~zoo.records.NewModel`:
+        """Store one model. Keyword arguments are those of :class:`~zoo.store.records.NewModel`:
 
         ``arch`` (config dict, architecture name, or None: the population's, else a raw signature),
         ``population``, ``name``, ``parents`` (ids/names, or ``{id: role}``), ``op``, ``params``,
@@ -792,9 +792,9 @@ class Zoo:
     ) -> pd.DataFrame:
         """Evaluate stored classifiers (one batched pass per architecture) and record the metrics.
 
-        Returns a DataFrame (model_id, split, loss, acc); see :func:`zoo.evaluate.evaluate_models`.
+        Returns a DataFrame (model_id, split, loss, acc); see :func:`zoo.build.evaluate.evaluate_models`.
         """
-        from zoo.evaluate import evaluate_models
+        from zoo.build.evaluate import evaluate_models
 
         return evaluate_models(self, models, dataset=dataset, splits=splits, dataset_root=dataset_root, seed=seed,
                                record=record, step=step)  # fmt: skip
@@ -838,9 +838,9 @@ class Zoo:
         (seconds, 0 = none) and ``threads``; each unset one comes from the zoo's
         ``sql_memory_limit`` / ``sql_timeout`` / ``sql_threads``, then the environment, then the
         default (25% of RAM, 60 s, up to 4 threads). A query over a limit is stopped with a
-        :class:`~zoo.analytics.QueryLimitError` (a QueryError) naming the limit.
+        :class:`~zoo.query.analytics.QueryLimitError` (a QueryError) naming the limit.
         """
-        from zoo.analytics import Analytics
+        from zoo.query.analytics import Analytics
 
         if self._analytics is None:
             self._analytics = Analytics(self)
@@ -877,39 +877,39 @@ class Zoo:
         The write is atomic (Parquet file fsynced and renamed, then the catalog commits); bad
         input raises a :class:`~zoo.errors.ZooError` and leaves the store unchanged.
         """
-        from zoo.tables import write_table
+        from zoo.query.tables import write_table
 
         return write_table(self, name, frame, mode=mode, description=description, produced_by=produced_by)
 
     def table(self, name: str, *, arrow: bool = False) -> pd.DataFrame | pa.Table:
         """A derived table's rows as pandas (vector cells as numpy arrays); Arrow with ``arrow=True``."""
-        from zoo.tables import read_table
+        from zoo.query.tables import read_table
 
         t = read_table(self, name)
         return t if arrow else t.to_pandas()
 
     def tables(self) -> list[TableInfo]:
         """All derived tables (name, rows, column types, description, producer, times), by name."""
-        from zoo.tables import list_tables
+        from zoo.query.tables import list_tables
 
         return list_tables(self)
 
     def table_info(self, name: str) -> TableInfo:
-        """One derived table's :class:`~zoo.records.TableInfo` (:class:`NotFoundError` if none)."""
-        from zoo.tables import table_info
+        """One derived table's :class:`~zoo.store.records.TableInfo` (:class:`NotFoundError` if none)."""
+        from zoo.query.tables import table_info
 
         return table_info(self, name)
 
     def drop_table(self, name: str) -> None:
         """Delete a derived table (its catalog row, then its files)."""
-        from zoo.tables import drop_table
+        from zoo.query.tables import drop_table
 
         drop_table(self, name)
 
     # ------------------------------------------------------------------------------ maintenance
     def verify(self, *, rehash: bool = True, progress: bool = False) -> Any:
         """Check the store: every pack present, every blob where the catalog says, hashes right."""
-        from zoo.maintenance import verify
+        from zoo.store.maintenance import verify
 
         return verify(self, rehash=rehash, progress=progress)
 
@@ -920,15 +920,15 @@ class Zoo:
         ``repack=True`` also rewrites every population spread over several packs (or out of order)
         into one pack in stacking order (:meth:`repack`); the report's ``repacked`` lists them.
         """
-        from zoo.maintenance import gc
+        from zoo.store.maintenance import gc
 
         return gc(self, grace_seconds=grace_seconds, compact_below=compact_below, dry_run=dry_run, repack=repack)
 
     def repack(self, population: str | None = None, *, dry_run: bool = False) -> Any:
         """Rewrite each population (or the one named) written in many batches into one pack in stacking
         order, so ``stack()`` is one slice per tensor name again. Atomic, keeps every content hash;
-        returns a :class:`~zoo.repack.RepackReport`."""
-        from zoo.repack import repack
+        returns a :class:`~zoo.store.repack.RepackReport`."""
+        from zoo.store.repack import repack
 
         return repack(self, population, dry_run=dry_run)
 
@@ -955,7 +955,7 @@ class Zoo:
         of the folder (or out of the HF cache repo ``models--org--name/``) is refused and directory links
         are skipped with a warning, unless ``follow_symlinks=True``.
         """
-        from zoo.transfer import ingest
+        from zoo.io.transfer import ingest
 
         return ingest(self, source, population=population, arch=arch, tags=tags, batch_size=batch_size,
                       revision=revision, cache_dir=cache_dir, offline=offline, progress=progress,
@@ -963,6 +963,6 @@ class Zoo:
 
     def export(self, model: int | str, out_dir: str | Path, *, overwrite: bool = False, max_shard_size: int | None = None) -> Path:
         """Write a model as a Hugging Face style folder: safetensors, config.json, README.md (card with lineage)."""
-        from zoo.transfer import export
+        from zoo.io.transfer import export
 
         return export(self, model, out_dir, overwrite=overwrite, max_shard_size=max_shard_size)

@@ -8,14 +8,14 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo import architectures as archs
 from zoo.errors import ConfigError, NotFoundError
+from zoo.models import architectures as archs
 from zoo.progress import progress_bar
-from zoo.records import ModelRecord, NewModel
-from zoo.rows import raw_config
+from zoo.store.records import ModelRecord, NewModel
+from zoo.store.rows import raw_config
 
 if TYPE_CHECKING:
-    from zoo.store import Zoo
+    from zoo.facade import Zoo
 
 
 def ingest(
@@ -36,10 +36,10 @@ def ingest(
 
     A Hugging Face repo id (``org/name``) is read from the local HF cache when offline (the
     default when ``HF_HUB_OFFLINE=1``), else downloaded with huggingface_hub. Symbolic links follow
-    :mod:`zoo.ingest`'s policy (file links must stay inside the folder, or the HF cache repo; directory
+    :mod:`zoo.io.ingest`'s policy (file links must stay inside the folder, or the HF cache repo; directory
     links are skipped) unless ``follow_symlinks``; every check runs before anything is written.
     """
-    from zoo.ingest import discover, looks_like_hf_repo_id, resolve_hf
+    from zoo.io.ingest import discover, looks_like_hf_repo_id, resolve_hf
 
     src = str(source)
     if looks_like_hf_repo_id(src):
@@ -68,7 +68,7 @@ def ingest(
 
 def _ingest_batches(zoo: Zoo, it: Iterator[Any], sources: list[Any], origin: str, arch: Any, population: str | None,
                     tags: Sequence[str], batch_size: int, out: list[ModelRecord], bar: Any) -> None:  # fmt: skip
-    from zoo.ingest import load_source
+    from zoo.io.ingest import load_source
 
     while batch := list(islice(it, batch_size)):
         items = []
@@ -90,8 +90,8 @@ def _ingest_batches(zoo: Zoo, it: Iterator[Any], sources: list[Any], origin: str
 
 def export(zoo: Zoo, model: int | str, out_dir: str | Path, *, overwrite: bool = False, max_shard_size: int | None = None) -> Path:
     """Write a model as a Hugging Face style folder: safetensors, config.json, README.md (card with lineage)."""
-    from zoo.export import model_card, write_hf_folder
-    from zoo.outpath import guard_output_dir
+    from zoo.io.export import model_card, write_hf_folder
+    from zoo.io.outpath import guard_output_dir
 
     guard_output_dir(out_dir, overwrite=overwrite, what="export folder", zoo_roots=[zoo.root])  # before any read
     rec = zoo.get(model)

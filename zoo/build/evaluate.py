@@ -1,7 +1,7 @@
 """Evaluate a population of same-architecture models at once, with stacked weights.
 
 ``params`` is a dict ``name -> Tensor[N, ...]`` (state-dict names, BN buffers included; see
-:mod:`zoo.architectures`). :func:`functional_forward` dispatches a config to the batched kernels
+:mod:`zoo.models.architectures`). :func:`functional_forward` dispatches a config to the batched kernels
 of :mod:`kernels.batched`; :func:`evaluate_population` computes per-model loss and accuracy over a
 data set in chunks; :func:`evaluate_module_loop` is the naive reference (one ``nn.Module`` per model).
 """
@@ -18,15 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernels import batched
-from zoo import architectures as archs
-from zoo.architectures import check_stacked, instantiate, normalize_config
+from zoo.models import architectures as archs
+from zoo.models.architectures import check_stacked, instantiate, normalize_config
 from zoo.errors import ConfigError, MismatchError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from zoo.records import ModelRecord
-    from zoo.store import Zoo
+    from zoo.store.records import ModelRecord
+    from zoo.facade import Zoo
 
 #: The memory one evaluation chunk may use for activations (bytes).
 MEMORY_BUDGET = 1 << 30
@@ -293,7 +293,7 @@ def evaluate_models(
     """
     import pandas as pd
 
-    from zoo.datasets import load_dataset
+    from zoo.models.datasets import load_dataset
 
     with zoo.engine.connect() as conn:
         ids = [zoo.catalog.model_id(conn, m) for m in models]

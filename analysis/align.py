@@ -544,7 +544,7 @@ def canonicalize(
     (method, seed, iterations, distance before/after, reference), and evaluated on ``dataset``
     (train/val/test) when it is a classifier (mlp, cnn, resnet). Returns the new records.
     """
-    from zoo.store.records import NewModel
+    from zoo import NewModel
 
     if isinstance(models, int) or (isinstance(models, str) and models.isdigit()):
         ids: list[Any] = [models]

@@ -330,7 +330,7 @@ def store_run(zoo: Any, run: SampleRun) -> SampleRun:
 
 
 def _store_samples(zoo: Any, out: SampleRun, rec: Any, gen: Generator) -> None:
-    from zoo.store.records import NewModel
+    from zoo import NewModel
 
     n = next(iter(out.samples.values())).shape[0]
     s = out.result["groups"]["samples"].scores if out.result else {}

@@ -27,11 +27,9 @@ qualified calls that would bypass them (``system.main.repeat``) are refused.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
-import shutil
 import sqlite3
 import threading
 import time
@@ -43,11 +41,13 @@ import duckdb
 import pandas as pd
 from sqlalchemy import text
 
-from zoo.errors import ConfigError, IntegrityError, QueryError, StorageError
+from zoo.errors import ConfigError, IntegrityError, QueryError
+from zoo.query.tables import table_schema
+from zoo.store.diskerrors import fmt_size, is_disk_error, storage_error
 from zoo.store.schema import TABLES
 
 if TYPE_CHECKING:
-    from zoo.facade import Zoo
+    from zoo.store.backend import Backend
 
 #: Views defined on top of the catalog tables, for common questions.
 VIEWS = {
@@ -148,7 +148,7 @@ class Limits:
 
 def resolve_limits(
     memory_limit: str | int | None = None, timeout: float | str | None = None, threads: int | None = None,
-    zoo: Zoo | None = None,
+    zoo: Any = None,
 ) -> Limits:  # fmt: skip
     """Each limit from the first that is set: the argument, the zoo's ``sql_memory_limit`` /
     ``sql_timeout`` / ``sql_threads``, the environment (``WEIGHTZOO_SQL_MEMORY``,
@@ -179,14 +179,6 @@ def resolve_limits(
         if not 1 <= n <= 1024:
             raise ConfigError(f"SQL threads ({src}) must be between 1 and 1024, not {thr!r}")
     return Limits(memory, t, n)
-
-
-def fmt_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n}B"
 
 
 def _rss() -> int | None:
@@ -267,39 +259,6 @@ def _parse_json(sql: str) -> Any:
         return json.loads(_parser.execute("select json_serialize_sql(?)", [sql]).fetchone()[0])
 
 
-# ------------------------------------------------------------------------------------ disk errors
-_DISK_MARKERS = ("disk i/o error", "database or disk is full", "no space left", "disk is full", "read-only file system",
-                 "attempt to write a readonly database", "unable to open database file", "could not write")  # fmt: skip
-
-
-def is_disk_error(e: BaseException) -> bool:
-    """An error of SQLite, DuckDB or the OS that means the disk is full or cannot be written/read."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES):
-        return True
-    if isinstance(e, (sqlite3.OperationalError, duckdb.Error)) or type(e).__module__.startswith("sqlalchemy"):
-        low = str(e).lower()
-        return any(m in low for m in _DISK_MARKERS)
-    return False
-
-
-def storage_error(e: BaseException, folder: Path | str) -> StorageError:
-    """A StorageError naming the folder, saying whether its disk is full, and what to do."""
-    folder = Path(folder)
-    try:
-        free = shutil.disk_usage(folder).free
-        space = f"{fmt_size(free)} free"
-    except OSError:
-        free, space = None, "free space unknown"
-    full = (free is not None and free < 64 * 2**20) or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
-    what = "is full" if full else "cannot be read or written"
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return StorageError(
-        f"the disk holding the zoo folder {folder} {what} ({space}; {first}). Free some space on it (or fix its "
-        "permissions) and retry: even read-only commands need a little room there, SQLite writes its WAL and "
-        "shared-memory files next to catalog.db when it opens the catalog"
-    )
-
-
 def _extension_dir() -> str | None:
     try:
         import duckdb_ext  # the namespace package shipped by duckdb-ext-sqlite / -postgres
@@ -315,8 +274,9 @@ def _extension_dir() -> str | None:
 class Analytics:
     """Holds the loader and query DuckDB connections of one zoo."""
 
-    def __init__(self, zoo: Zoo) -> None:
-        self.zoo = zoo
+    def __init__(self, backend: Backend, defaults: Any = None) -> None:
+        self.b = backend
+        self.defaults = defaults  # an object with sql_memory_limit / sql_timeout / sql_threads (the Zoo)
         self._lock = threading.Lock()
         self._generation: int | None = None
         self._query_con: duckdb.DuckDBPyConnection | None = None
@@ -348,7 +308,7 @@ class Analytics:
 
     # ------------------------------------------------------------------ loading
     def _load_tables(self) -> dict[str, Any]:
-        url = self.zoo.engine.url
+        url = self.b.engine.url
         ext = _extension_dir()
         if ext is None:
             return self._load_via_sqlalchemy()
@@ -384,7 +344,7 @@ class Analytics:
             con = duckdb.connect(config={"extension_directory": ext, "autoinstall_known_extensions": False,
                                          "autoload_known_extensions": False})  # fmt: skip
             con.execute("LOAD sqlite")
-            path = str(self.zoo.engine.url.database).replace("'", "''")
+            path = str(self.b.engine.url.database).replace("'", "''")
             con.execute(f"ATTACH '{path}' AS cat (TYPE sqlite, READ_ONLY)")
             con.execute("SET sqlite_all_varchar=false")
             self._loader = con
@@ -393,7 +353,7 @@ class Analytics:
     def _sqlite_reader(self) -> sqlite3.Connection:
         """A plain SQLite connection for what DuckDB's scanner does slowly: ``max(rowid)`` and rowid ranges."""
         if self._reader is None:
-            self._reader = sqlite3.connect(str(self.zoo.engine.url.database), isolation_level=None,
+            self._reader = sqlite3.connect(str(self.b.engine.url.database), isolation_level=None,
                                            check_same_thread=False)  # fmt: skip
         return self._reader
 
@@ -460,9 +420,9 @@ class Analytics:
 
         self._pending, self._rowids = None, None  # a whole load: the next SQLite refresh starts afresh
         out = {}
-        with self.zoo.engine.begin() as c:
+        with self.b.engine.begin() as c:
             if consistent:  # hold the write lock: one snapshot even under a stream of writers
-                self.zoo.catalog.bump(c)
+                self.b.catalog.bump(c)
             for t in TABLES:
                 out[t] = pa.Table.from_pandas(pd.read_sql(text(f'select * from "{t}"'), c), preserve_index=False)
         return out
@@ -472,15 +432,15 @@ class Analytics:
             return self._refresh_tables(limits)
         except (OSError, sqlite3.Error, duckdb.Error) as e:
             if is_disk_error(e):
-                raise storage_error(e, self.zoo.root) from None
+                raise storage_error(e, self.b.root) from None
             raise
         except Exception as e:  # SQLAlchemy wraps the driver's errors
             if is_disk_error(e) or is_disk_error(getattr(e, "orig", None) or e):
-                raise storage_error(e, self.zoo.root) from None
+                raise storage_error(e, self.b.root) from None
             raise
 
     def _refresh_tables(self, limits: Limits) -> duckdb.DuckDBPyConnection:
-        gen = self.zoo.generation()
+        gen = self.b.catalog.generation()
         if self._query_con is not None and gen == self._generation:
             if limits == self._con_limits:
                 return self._query_con
@@ -489,13 +449,13 @@ class Analytics:
         # one consistent snapshot. Retry while writers commit in between.
         for _ in range(20):
             tables = self._load_tables()
-            after = self.zoo.generation()
+            after = self.b.catalog.generation()
             if after == gen:
                 break
             gen = after
         else:
             tables = self._load_via_sqlalchemy(consistent=True)
-            gen = self.zoo.generation()  # the lock was held while loading: this is the snapshot's
+            gen = self.b.catalog.generation()  # the lock was held while loading: this is the snapshot's
         return self._connect(tables, gen, limits)
 
     def _connect(self, tables: dict[str, Any], gen: int, limits: Limits) -> duckdb.DuckDBPyConnection:
@@ -552,12 +512,12 @@ class Analytics:
         for name, (files, types) in self._derived.items():
             if name in self._derived_done or not re.search(rf"\b{name}\b", low):
                 continue
-            missing = [f for f in files if f not in self._file_cache]
-            if missing:
-                for f in missing:
-                    self._file_cache[f] = self.zoo.table_files.read([f], types)
+            schema = table_schema(types)
+            for f in files:
+                if f not in self._file_cache:
+                    self._file_cache[f] = self.b.table_files.read([f], schema)
             parts = [self._file_cache[f] for f in files]
-            tbl = pa.concat_tables(parts) if len(parts) > 1 else parts[0] if parts else self.zoo.table_files.read([], types)
+            tbl = pa.concat_tables(parts) if len(parts) > 1 else parts[0] if parts else schema.empty_table()
             con.register(name, tbl)
             self._derived_done.add(name)
 
@@ -578,7 +538,7 @@ class Analytics:
         self, sql: str, *, arrow: bool = False, memory_limit: str | int | None = None, timeout: float | str | None = None,
         threads: int | None = None,
     ) -> Any:  # fmt: skip
-        limits = resolve_limits(memory_limit, timeout, threads, self.zoo)
+        limits = resolve_limits(memory_limit, timeout, threads, self.defaults)
         check_sql(sql)
         # The lock serialises queries on the one connection. A query holds it at most for its
         # timeout (the watchdog interrupts it); a waiter gives up after its own timeout.

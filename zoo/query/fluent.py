@@ -78,7 +78,7 @@ class ModelQuery:
 
     def metric(self, name: str, op: str, value: Any, *, split: str | None = None, step: int | None = None) -> ModelQuery:
         """Models with a metric satisfying ``value <op> threshold`` (``"test_acc"`` = name acc, split test)."""
-        from zoo.facade import split_metric_name
+        from zoo.store.rows import split_metric_name
 
         name, split = split_metric_name(name, split)
         conds = [S.Metric.model_id == S.Model.id, S.Metric.name == name, S.Metric.split == split, _op(op)(S.Metric.value, value)]
@@ -136,7 +136,7 @@ class ModelQuery:
 
     def order_by_metric(self, name: str, *, split: str | None = None, descending: bool = True) -> ModelQuery:
         """Order by a metric's latest value (highest step, then newest; largest first by default)."""
-        from zoo.facade import split_metric_name
+        from zoo.store.rows import split_metric_name
 
         name, split = split_metric_name(name, split)
         sub = (

@@ -27,10 +27,7 @@ import functools
 import json
 import numbers
 import re
-import uuid
-from collections.abc import Sequence
 from datetime import date, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,20 +36,17 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from zoo.errors import ConfigError, DuplicateError, IntegrityError, MismatchError, NotFoundError
 from zoo.store import schema as S
-from zoo.store.fsutil import atomic_file
 from zoo.store.records import TableInfo
 from zoo.store.rows import _chunks
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from zoo.facade import Zoo
+    from zoo.store.backend import Backend
 
-TABLE_SUFFIX = ".parquet"
 MODES = ("replace", "append")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _COLUMN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_FILE_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\.[0-9a-f]{16}\.parquet$")
 _RESERVED_PREFIXES = ("duckdb_", "pg_", "sqlite_", "information_schema")
 _SCALARS = ("BOOLEAN", "BIGINT", "FLOAT", "DOUBLE", "VARCHAR", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
 _VECTOR_RE = re.compile(r"^(BOOLEAN|BIGINT|FLOAT|DOUBLE)\[(\d+)\]$")
@@ -114,6 +108,13 @@ def arrow_type(sql_type: str) -> pa.DataType:
     if m is None:
         raise IntegrityError(f"unknown column type {sql_type!r} in the catalog")
     return pa.list_(scalars[m.group(1)], int(m.group(2)))
+
+
+def table_schema(stored: list[list[str]]) -> pa.Schema:
+    """The Arrow schema of a table's stored ``[[column, SQL type], ...]``."""
+    import pyarrow as pa
+
+    return pa.schema([(c, arrow_type(t)) for c, t in stored])
 
 
 def _vector_dim(sql_type: str) -> tuple[str, int] | None:
@@ -355,67 +356,6 @@ def _conform(table: pa.Table, types: list[list[str]], stored: list[list[str]], n
     return pa.Table.from_arrays(arrays, names=[c for c, _ in stored])
 
 
-# ---------------------------------------------------------------------------------------------- files
-class TableFiles:
-    """The folder of derived-table files, ``<root>/tables/`` (temp files in ``tables/.tmp/``)."""
-
-    def __init__(self, directory: str | Path) -> None:
-        self.dir = Path(directory)
-        self.tmp_dir = self.dir / ".tmp"
-
-    def path(self, file: str) -> Path:
-        """The path of a file named by the catalog (refusing any name that could leave the folder)."""
-        if not isinstance(file, str) or not _FILE_RE.match(file):
-            raise IntegrityError(f"invalid table file name {file!r} in the catalog; run `weightzoo verify`")
-        return self.dir / file
-
-    def list_files(self) -> dict[str, Path]:
-        if not self.dir.is_dir():
-            return {}
-        return {p.name: p for p in self.dir.glob(f"*{TABLE_SUFFIX}")}
-
-    def list_temp(self) -> list[Path]:
-        return sorted(self.tmp_dir.glob("*")) if self.tmp_dir.is_dir() else []
-
-    def write(self, name: str, table: pa.Table) -> tuple[str, int]:
-        """Write ``table`` as a new Parquet file for table ``name``, atomically: ``(file name, size)``."""
-        import pyarrow.parquet as pq
-
-        file = f"{name}.{uuid.uuid4().hex[:16]}{TABLE_SUFFIX}"
-        final = self.path(file)
-        tmp = self.tmp_dir / f"{file}.part"
-        with atomic_file(final, tmp, what=f"table file {file}") as f:
-            pq.write_table(table, f)
-        return file, final.stat().st_size
-
-    def read(self, files: Sequence[str], stored: list[list[str]]) -> pa.Table:
-        """The rows of a table: its files concatenated (``FileNotFoundError`` when one is gone)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        schema = pa.schema([(c, arrow_type(t)) for c, t in stored])
-        parts = []
-        for f in files:
-            try:
-                parts.append(pq.read_table(self.path(f), memory_map=True))
-            except FileNotFoundError:
-                raise
-            except (OSError, pa.ArrowException) as e:
-                raise IntegrityError(f"table file {f} is corrupt ({e}); run `weightzoo verify`") from e
-        if not parts:
-            return schema.empty_table()
-        try:
-            return pa.concat_tables([p.select(schema.names).cast(schema) for p in parts])
-        except (KeyError, pa.ArrowException) as e:
-            raise IntegrityError(f"table files {list(files)} do not match their catalog schema ({e})") from e
-
-    def delete(self, file: str) -> None:
-        try:
-            self.path(file).unlink(missing_ok=True)
-        except OSError:  # left for gc
-            pass
-
-
 # ---------------------------------------------------------------------------------------------- store ops
 def _info(row: Any) -> TableInfo:
     return TableInfo(
@@ -425,7 +365,7 @@ def _info(row: Any) -> TableInfo:
     )  # fmt: skip
 
 
-def _check_model_ids(zoo: Zoo, conn: Connection, table: pa.Table) -> None:
+def _check_model_ids(b: Backend, conn: Connection, table: pa.Table) -> None:
     if "model_id" not in table.column_names or table.num_rows == 0:
         return
     ids = sorted({int(x) for x in table.column("model_id").to_numpy()})
@@ -435,13 +375,13 @@ def _check_model_ids(zoo: Zoo, conn: Connection, table: pa.Table) -> None:
         missing += [i for i in chunk if i not in found]
     if missing:
         raise NotFoundError(
-            f"column 'model_id' names {len(missing)} model(s) not in the zoo at {zoo.root}: {missing[:8]}"
+            f"column 'model_id' names {len(missing)} model(s) not in the zoo at {b.root}: {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''}; write rows for stored models only (find ids with `weightzoo ls`)"
         )
 
 
 def write_table(
-    zoo: Zoo,
+    b: Backend,
     name: str,
     frame: pd.DataFrame,
     *,
@@ -465,16 +405,16 @@ def write_table(
     written: list[str] = []
     old_files: list[str] = []
     try:
-        with zoo.engine.begin() as conn:
-            zoo.catalog.bump(conn)
-            producer = zoo.catalog.model_id(conn, produced_by) if produced_by is not None else None
-            _check_model_ids(zoo, conn, table)
+        with b.engine.begin() as conn:
+            b.catalog.bump(conn)
+            producer = b.catalog.model_id(conn, produced_by) if produced_by is not None else None
+            _check_model_ids(b, conn, table)
             row = conn.execute(select(S.DerivedTable).where(S.DerivedTable.name == name)).first()
             if row is not None and mode == "append":
                 stored = json.loads(row.column_types)
                 table = _conform(table, types, stored, name)
                 types = stored
-            file, nbytes = zoo.table_files.write(name, table)
+            file, nbytes = b.table_files.write(name, table)
             written.append(file)
             now = utcnow()
             if row is None:
@@ -487,7 +427,7 @@ def write_table(
             else:
                 keep = mode == "append"
                 files = [*json.loads(row.files), file] if keep else [file]
-                zoo.catalog.note_rewrite(conn)
+                b.catalog.note_rewrite(conn)
                 conn.execute(
                     update(S.DerivedTable).where(S.DerivedTable.id == row.id).values(
                         files=json.dumps(files), column_types=json.dumps(types),
@@ -501,29 +441,29 @@ def write_table(
                     old_files = json.loads(row.files)
     except BaseException:
         for f in written:
-            zoo.table_files.delete(f)
+            b.table_files.delete(f)
         raise
     for f in old_files:  # after the commit; a reader holding an older snapshot re-reads the catalog
-        zoo.table_files.delete(f)
-    return table_info(zoo, name)
+        b.table_files.delete(f)
+    return table_info(b, name)
 
 
-def table_info(zoo: Zoo, name: str) -> TableInfo:
-    with zoo.engine.connect() as c:
+def table_info(b: Backend, name: str) -> TableInfo:
+    with b.engine.connect() as c:
         row = c.execute(select(S.DerivedTable).where(S.DerivedTable.name == name)).first()
     if row is None:
-        raise NotFoundError(_not_found(zoo, name))
+        raise NotFoundError(_not_found(b, name))
     return _info(row)
 
 
-def list_tables(zoo: Zoo) -> list[TableInfo]:
-    with zoo.engine.connect() as c:
+def list_tables(b: Backend) -> list[TableInfo]:
+    with b.engine.connect() as c:
         rows = c.execute(select(S.DerivedTable).order_by(S.DerivedTable.name)).all()
     return [_info(r) for r in rows]
 
 
-def _not_found(zoo: Zoo, name: object) -> str:
-    with zoo.engine.connect() as c:
+def _not_found(b: Backend, name: object) -> str:
+    with b.engine.connect() as c:
         names = sorted(c.execute(select(S.DerivedTable.name)).scalars())
     have = (
         f"the zoo has: {', '.join(names[:20])}"
@@ -533,36 +473,36 @@ def _not_found(zoo: Zoo, name: object) -> str:
     return f"no derived table {name!r}; {have}. List them with `weightzoo tables`"
 
 
-def read_table(zoo: Zoo, name: str) -> pa.Table:
+def read_table(b: Backend, name: str) -> pa.Table:
     """The rows of a derived table as Arrow (a consistent version even while a writer replaces it)."""
     if not isinstance(name, str):
         raise ConfigError(f"table name must be a string, not {type(name).__name__}")
     for _ in range(5):
-        with zoo.engine.connect() as c:
+        with b.engine.connect() as c:
             row = c.execute(
                 select(S.DerivedTable.files, S.DerivedTable.column_types).where(S.DerivedTable.name == name)
             ).first()
         if row is None:
-            raise NotFoundError(_not_found(zoo, name))
+            raise NotFoundError(_not_found(b, name))
         try:
-            return zoo.table_files.read(json.loads(row.files), json.loads(row.column_types))
+            return b.table_files.read(json.loads(row.files), table_schema(json.loads(row.column_types)))
         except FileNotFoundError:  # replaced or dropped since we read the catalog: read it again
             continue
     raise IntegrityError(f"a file of derived table {name!r} is missing; run `weightzoo verify`")
 
 
-def drop_table(zoo: Zoo, name: str) -> None:
+def drop_table(b: Backend, name: str) -> None:
     """Delete a derived table: its catalog row, then (after the commit) its files."""
     if not isinstance(name, str):
         raise ConfigError(f"table name must be a string, not {type(name).__name__}")
-    with zoo.engine.begin() as conn:
-        zoo.catalog.bump(conn)
+    with b.engine.begin() as conn:
+        b.catalog.bump(conn)
         row = conn.execute(
             select(S.DerivedTable.id, S.DerivedTable.files).where(S.DerivedTable.name == name)
         ).first()
         if row is None:
-            raise NotFoundError(_not_found(zoo, name))
-        zoo.catalog.note_rewrite(conn)
+            raise NotFoundError(_not_found(b, name))
+        b.catalog.note_rewrite(conn)
         conn.execute(delete(S.DerivedTable).where(S.DerivedTable.id == row.id))
     for f in json.loads(row.files):
-        zoo.table_files.delete(f)
+        b.table_files.delete(f)

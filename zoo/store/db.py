@@ -34,7 +34,7 @@ def make_engine(url: str) -> Engine:
         def _disk_errors(ctx):  # noqa: ANN001, ANN202
             # "disk I/O error" / "database or disk is full" (reads too: SQLite writes its WAL and
             # shared-memory files on open) -> a StorageError that names the folder and says what to do
-            from zoo.query.analytics import is_disk_error, storage_error
+            from zoo.store.diskerrors import is_disk_error, storage_error
 
             if is_disk_error(ctx.original_exception):
                 raise storage_error(ctx.original_exception, folder) from ctx.original_exception

@@ -26,14 +26,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from zoo.facade import Zoo
+    from zoo.store.backend import Backend
 
 
-def verify(zoo: Zoo, *, rehash: bool = True, progress: bool = False) -> VerifyReport:
+def verify(backend: Backend, *, rehash: bool = True, progress: bool = False) -> VerifyReport:
     """Check every pack and blob the catalog knows; list orphans. Changes nothing."""
     rep = VerifyReport()
-    files = zoo.packs.list_files()
-    with zoo.engine.connect() as c:
+    files = backend.packs.list_files()
+    with backend.engine.connect() as c:
         packs = c.execute(select(S.Pack.id)).scalars().all()
         rep.n_models = int(c.execute(select(func.count()).select_from(S.Model)).scalar_one())
         rep.n_packs = len(packs)
@@ -53,12 +53,12 @@ def verify(zoo: Zoo, *, rehash: bool = True, progress: bool = False) -> VerifyRe
                 bad_blobs.update(b.id for b in blobs)
                 continue
             try:
-                header, base = zoo.packs.read_header(pack_id)
+                header, base = backend.packs.read_header(pack_id)
             except CorruptFileError:
                 rep.missing_packs.append(pack_id)
                 bad_blobs.update(b.id for b in blobs)
                 continue
-            zoo.packs.forget(pack_id)  # re-map: the file may have changed on disk
+            backend.packs.forget(pack_id)  # re-map: the file may have changed on disk
             size = files[pack_id].stat().st_size
             for b in blobs:
                 entry = header.get(b.id)
@@ -67,14 +67,14 @@ def verify(zoo: Zoo, *, rehash: bool = True, progress: bool = False) -> VerifyRe
                     bad_blobs.add(b.id)
                     continue
                 if rehash:
-                    mm = zoo.packs.map(pack_id)
+                    mm = backend.packs.map(pack_id)
                     h = hashlib.sha256()
                     h.update(f"{b.dtype}|{','.join(map(str, json.loads(b.shape)))}|".encode())
                     h.update(memoryview(mm[b.offset : b.offset + b.nbytes]))
                     if h.hexdigest() != b.id:
                         rep.corrupt_blobs.append(b.id)
                         bad_blobs.add(b.id)
-            zoo.packs.forget(pack_id)
+            backend.packs.forget(pack_id)
         if bad_blobs:
             ids: set[int] = set()
             bl = sorted(bad_blobs)
@@ -83,17 +83,17 @@ def verify(zoo: Zoo, *, rehash: bool = True, progress: bool = False) -> VerifyRe
             rep.affected_models = sorted(ids)
     known = set(packs)
     rep.orphan_packs = sorted(p for p in files if p not in known)
-    rep.temp_files = [p.name for p in zoo.packs.list_temp()]
-    _verify_tables(zoo, rep, rehash=rehash)
+    rep.temp_files = [p.name for p in backend.packs.list_temp()]
+    _verify_tables(backend, rep, rehash=rehash)
     return rep
 
 
-def _verify_tables(zoo: Zoo, rep: VerifyReport, *, rehash: bool) -> None:
+def _verify_tables(backend: Backend, rep: VerifyReport, *, rehash: bool) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    on_disk = zoo.table_files.list_files()
-    with zoo.engine.connect() as c:
+    on_disk = backend.table_files.list_files()
+    with backend.engine.connect() as c:
         rows = c.execute(select(S.DerivedTable.name, S.DerivedTable.files, S.DerivedTable.n_rows)).all()
     rep.n_tables = len(rows)
     referenced: set[str] = set()
@@ -115,18 +115,18 @@ def _verify_tables(zoo: Zoo, rep: VerifyReport, *, rehash: bool) -> None:
         if not bad and n != int(r.n_rows):  # the files do not hold the rows the catalog counts
             corrupt.update(dict.fromkeys(files, r.name))
     if missing or corrupt:  # a writer may have replaced a table meanwhile: keep what is still referenced
-        with zoo.engine.connect() as c:
+        with backend.engine.connect() as c:
             now = {f for files in c.execute(select(S.DerivedTable.files)).scalars() for f in json.loads(files)}
-        missing = {f: t for f, t in missing.items() if f in now and not zoo.table_files.path(f).exists()}
+        missing = {f: t for f, t in missing.items() if f in now and not backend.table_files.path(f).exists()}
         corrupt = {f: t for f, t in corrupt.items() if f in now}
     rep.missing_table_files = sorted(missing)
     rep.corrupt_table_files = sorted(corrupt)
     rep.affected_tables = sorted({*missing.values(), *corrupt.values()})
     rep.orphan_table_files = sorted(f for f, p in on_disk.items() if f not in referenced and p.exists())
-    rep.temp_files += ["tables/.tmp/" + p.name for p in zoo.table_files.list_temp()]
+    rep.temp_files += ["tables/.tmp/" + p.name for p in backend.table_files.list_temp()]
 
 
-def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, dry_run: bool = False,
+def gc(backend: Backend, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, dry_run: bool = False,
        repack: bool = False) -> GcReport:  # fmt: skip
     """Collect garbage.
 
@@ -136,7 +136,7 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
       one new pack and the old packs deleted;
     - orphan pack files (not in the catalog) and temp files older than ``grace_seconds``: deleted;
     - with ``repack``: every population spread over several packs or out of stacking order is
-      rewritten into one pack in stacking order (:func:`zoo.repack.repack`); ``report.repacked``
+      rewritten into one pack in stacking order (:func:`zoo.store.repack.repack`); ``report.repacked``
       lists them and the packs it emptied are in ``packs_removed``.
     """
     rep = GcReport(dry_run=dry_run)
@@ -144,8 +144,8 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
     to_unlink: list[str] = []
     written: str | None = None
     try:
-        with zoo.engine.begin() as c:
-            zoo.catalog.bump(c)  # write lock: no writer is between its dedup check and its commit now
+        with backend.engine.begin() as c:
+            backend.catalog.bump(c)  # write lock: no writer is between its dedup check and its commit now
             dead = select(S.Blob.id).where(~exists().where(S.TensorEntry.blob_id == S.Blob.id))
             dead_ids = c.execute(dead).scalars().all()
             rep.blobs_removed = len(dead_ids)
@@ -179,10 +179,10 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
 
                 maps: dict = {}
                 tensors = {
-                    r.id: zoo.packs.read(BlobLocation(r.pack_id, r.offset, r.nbytes, r.dtype, tuple(json.loads(r.shape))), maps)
+                    r.id: backend.packs.read(BlobLocation(r.pack_id, r.offset, r.nbytes, r.dtype, tuple(json.loads(r.shape))), maps)
                     for r in rows
                 }
-                written, locs, size = zoo.packs.write(tensors)
+                written, locs, size = backend.packs.write(tensors)
                 rep.bytes_freed += compact_bytes - size
                 c.execute(insert(S.Pack).values(id=written, nbytes=size, n_blobs=len(tensors)))
                 for tid, loc in locs.items():
@@ -200,32 +200,32 @@ def gc(zoo: Zoo, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, d
                           .values(layout_version=S.CatalogState.layout_version + 1))  # fmt: skip
     except BaseException:
         if written is not None:
-            zoo.packs.delete(written)
+            backend.packs.delete(written)
         raise
     if not dry_run:
         for pid in to_unlink:
-            zoo.packs.delete(pid)
+            backend.packs.delete(pid)
     if repack:
         from zoo.store.repack import repack as repack_populations
 
-        rr = repack_populations(zoo, dry_run=dry_run)
+        rr = repack_populations(backend, dry_run=dry_run)
         rep.repacked = rr.repacked  # type: ignore[attr-defined]
         rep.packs_removed += rr.packs_removed
     # orphan files and temp files (outside the transaction: they are not in the catalog)
-    with zoo.engine.connect() as c:
+    with backend.engine.connect() as c:
         known = set(c.execute(select(S.Pack.id)).scalars())
-    removed, freed = _remove_stale(zoo.packs.list_files(), known, now - grace_seconds, dry_run, zoo.packs.delete)
+    removed, freed = _remove_stale(backend.packs.list_files(), known, now - grace_seconds, dry_run, backend.packs.delete)
     rep.orphans_removed += removed
     rep.bytes_freed += freed
     # derived tables' orphan files (a writer that crashed before its commit, or a failed delete)
-    with zoo.engine.connect() as c:
+    with backend.engine.connect() as c:
         referenced = {f for files in c.execute(select(S.DerivedTable.files)).scalars() for f in json.loads(files)}
-    files = zoo.table_files.list_files()
+    files = backend.table_files.list_files()
     removed, freed = _remove_stale(files, referenced, now - grace_seconds, dry_run,
                                    lambda name: files[name].unlink(missing_ok=True))  # fmt: skip
     rep.table_files_removed += removed
     rep.bytes_freed += freed
-    for path in [*zoo.packs.list_temp(), *zoo.table_files.list_temp()]:
+    for path in [*backend.packs.list_temp(), *backend.table_files.list_temp()]:
         try:
             st = path.stat()
         except FileNotFoundError:

@@ -34,7 +34,7 @@ from zoo.store import schema as S
 from zoo.store.packs import _NP_DTYPES, BlobLocation
 
 if TYPE_CHECKING:
-    from zoo.facade import Zoo
+    from zoo.store.backend import Backend
 
 __all__ = ["repack", "RepackReport", "REPACK_STEPS", "stack_runs"]
 
@@ -130,7 +130,7 @@ def _planned(groups: list[list[tuple]]) -> tuple[list[tuple], dict[str, tuple[st
     return items, loc
 
 
-def repack(zoo: Zoo, population: str | None = None, *, dry_run: bool = False, min_gain: int = 1) -> RepackReport:
+def repack(backend: Backend, population: str | None = None, *, dry_run: bool = False, min_gain: int = 1) -> RepackReport:
     """Rewrite each population (or the one named) into one pack in stacking order, when it helps.
 
     A population is rewritten when the new layout stacks it in at least ``min_gain`` fewer contiguous
@@ -138,23 +138,23 @@ def repack(zoo: Zoo, population: str | None = None, *, dry_run: bool = False, mi
     Returns a :class:`RepackReport`. Atomic per population (see the module docstring).
     """
     rep = RepackReport(dry_run=dry_run)
-    with zoo.engine.connect() as c:
+    with backend.engine.connect() as c:
         pops = c.execute(select(S.Population.id, S.Population.name).order_by(S.Population.id)).all()
     if population is not None:
         pops = [p for p in pops if p.name == population]
         if not pops:
             raise NotFoundError(f"no population {population!r}; list them with `weightzoo ls`")
     for pop_id, name in pops:
-        _repack_one(zoo, int(pop_id), name, rep, dry_run=dry_run, min_gain=min_gain)
+        _repack_one(backend, int(pop_id), name, rep, dry_run=dry_run, min_gain=min_gain)
     return rep
 
 
-def _repack_one(zoo: Zoo, pop_id: int, name: str, rep: RepackReport, *, dry_run: bool, min_gain: int) -> None:
+def _repack_one(backend: Backend, pop_id: int, name: str, rep: RepackReport, *, dry_run: bool, min_gain: int) -> None:
     written: str | None = None
     emptied: list[str] = []
     try:
-        with zoo.engine.begin() as c:
-            zoo.catalog.bump(c)  # the write lock first: no writer or gc moves these blobs meanwhile
+        with backend.engine.begin() as c:
+            backend.catalog.bump(c)  # the write lock first: no writer or gc moves these blobs meanwhile
             rows = _manifest(c, pop_id)
             if not rows:
                 c.rollback()
@@ -178,10 +178,10 @@ def _repack_one(zoo: Zoo, pop_id: int, name: str, rep: RepackReport, *, dry_run:
                 return
             maps: dict[str, Any] = {}
             tensors = {
-                r[3]: zoo.packs.read(BlobLocation(r[4], int(r[5]), int(r[6]), r[7], tuple(json.loads(r[8]))), maps)
+                r[3]: backend.packs.read(BlobLocation(r[4], int(r[5]), int(r[6]), r[7], tuple(json.loads(r[8]))), maps)
                 for r in items
             }
-            written, locs, size = zoo.packs.write(tensors, step_prefix="repack.pack.")
+            written, locs, size = backend.packs.write(tensors, step_prefix="repack.pack.")
             c.execute(insert(S.Pack).values(id=written, nbytes=size, n_blobs=len(tensors)))
             t = S.Blob.__table__
             c.execute(
@@ -200,7 +200,7 @@ def _repack_one(zoo: Zoo, pop_id: int, name: str, rep: RepackReport, *, dry_run:
             packs_mod._fault_hook("repack.catalog.before_commit")
     except BaseException:
         if written is not None:
-            zoo.packs.delete(written)
+            backend.packs.delete(written)
         raise
     if written is None:
         return
@@ -208,6 +208,6 @@ def _repack_one(zoo: Zoo, pop_id: int, name: str, rep: RepackReport, *, dry_run:
     rep.packs_written.append(written)
     rep.bytes_written += size
     for p in emptied:  # no longer in the catalog: safe to delete (a crash here leaves orphans for gc)
-        zoo.packs.delete(p)
+        backend.packs.delete(p)
         rep.packs_removed.append(p)
     packs_mod._fault_hook("repack.old_removed")

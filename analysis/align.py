@@ -510,7 +510,7 @@ def _population_name(rec: Any, ref: Any) -> str:
     return f"{rec.population}/aligned-to-{ref.id}" if rec.population else f"aligned-to-{ref.id}"
 
 
-def _check_same_arch(recs: Sequence[Any], ref: Any) -> dict[str, Any]:
+def check_same_arch(recs: Sequence[Any], ref: Any) -> dict[str, Any]:
     if ref.arch_config is None:
         raise ConfigError(f"reference model {ref.id} has no architecture config; it cannot be aligned")
     h = config_hash(ref.arch_config)
@@ -556,7 +556,7 @@ def canonicalize(
         raise NotFoundError(f"no models to align in {models!r}")
     recs = [zoo.get(m) for m in ids]
     ref = zoo.get(reference)
-    cfg = _check_same_arch(recs, ref)
+    cfg = check_same_arch(recs, ref)
     if method == "activation_matching" and data is None:
         data = default_data(cfg, dataset, dataset_root)
     res = align_population(zoo.stack([r.id for r in recs]), ref.state_dict(), method=method, config=cfg,

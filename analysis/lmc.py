@@ -262,11 +262,11 @@ def linear_mode_connectivity(
     Evaluated on ``split`` of ``dataset``; BatchNorm statistics are recomputed on its training split
     unless ``bn_reset=False``. Nothing is written to the zoo (use :func:`analysis.align.align_and_store`).
     """
-    from analysis.align import _check_same_arch, align_population, default_data
+    from analysis.align import align_population, check_same_arch, default_data
     from zoo.models.datasets import load_dataset
 
     ra, rb = zoo.get(a), zoo.get(b)
-    cfg = _check_same_arch([rb], ra)
+    cfg = check_same_arch([rb], ra)
     if not is_classifier(cfg):
         raise ConfigError(f"LMC evaluates classifiers ({', '.join(f for f in known_families() if is_classifier({'family': f}))}), "
                           f"not {cfg['family']!r}")  # fmt: skip

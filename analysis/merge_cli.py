@@ -116,10 +116,10 @@ def _flags_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _needs_zoo(cfg: Any) -> bool:
-    from analysis.merging.sources import _zoo_key
+    from analysis.merging.sources import zoo_key
 
     refs = ([cfg.base_model] if cfg.base_model is not None else []) + [m.model for m in cfg.models]
-    return any(_zoo_key(r) is not None for r in refs)
+    return any(zoo_key(r) is not None for r in refs)
 
 
 def _keep_freed_memory() -> None:

@@ -1,6 +1,6 @@
 """Kill a writer at each step of the write path, deterministically, and check what verify and gc see.
 
-The write path (``Zoo.add_many`` -> ``PackStore.write``) calls ``zoo.store.packs._fault_hook(step)`` at each
+The write path (``Zoo.add_many`` -> ``PackStore.write``) calls ``zoo.store.packs.fault_hook(step)`` at each
 step of :data:`zoo.store.packs.WRITE_STEPS`. A writer subprocess replaces the hook with one that
 ``os._exit``s at one step (no cleanup, no atexit, no rollback: as a power cut or SIGKILL would), then
 the parent opens the zoo and checks: every committed model loads bit-exact, ``verify`` reports no
@@ -41,7 +41,7 @@ def hook(s):
     if s == step:
         os._exit(77)   # die here: no cleanup, no rollback, no atexit
 
-zoo.store.packs._fault_hook = hook
+zoo.store.packs.fault_hook = hook
 z = Zoo.open(root)
 z.add_many([NewModel({"w": torch.full((64,), 100.0 + i), "shared": torch.ones(3)}, name=f"new{i}", population="p")
             for i in range(3)])
@@ -140,7 +140,7 @@ def test_writer_interrupted_in_process_cleans_up(base: Path, monkeypatch, step: 
 
     with Zoo.open(base, create=False) as z:
         before = catalog_counts(z), pack_files(base)
-        monkeypatch.setattr(packs_mod, "_fault_hook", hook)
+        monkeypatch.setattr(packs_mod, "fault_hook", hook)
         with pytest.raises(type(exc)):
             z.add_many([NewModel(s, name=f"new{i}", population="p") for i, s in enumerate(_new_states())])
         monkeypatch.undo()
@@ -166,7 +166,7 @@ def test_gc_compaction_killed_midway_keeps_every_model(base: Path) -> None:
 import os, sys
 import zoo.store.packs
 from zoo import Zoo
-zoo.store.packs._fault_hook = lambda s: os._exit(77) if s == sys.argv[2] else None
+zoo.store.packs.fault_hook = lambda s: os._exit(77) if s == sys.argv[2] else None
 Zoo.open(sys.argv[1]).gc(grace_seconds=0)
 os._exit(0)
 """

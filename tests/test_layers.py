@@ -99,3 +99,17 @@ def test_the_check_sees_upward_imports(tmp_path: Path) -> None:
                  "def f():\n    from zoo.build.builder import build\n")  # fmt: skip
     assert imports(f) == [(1, "typing"), (5, "zoo.build.builder")]
     assert zoo_layer("zoo.build.builder") == "build" and zoo_layer("zoo.store.packs") == "store"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_imports_a_private_name_of_another(path: Path) -> None:
+    """A helper shared between modules gets a public name; ``_name`` stays inside its module."""
+    tree = ast.parse(path.read_text(), str(path))
+    bad = [
+        f"line {node.lineno}: from {node.module} import {a.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES
+        for a in node.names
+        if a.name.startswith("_") and not a.name.startswith("__")
+    ]
+    assert not bad, "\n".join(bad)

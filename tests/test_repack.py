@@ -96,7 +96,7 @@ CODE = r"""
 import os, sys
 import zoo.store.packs
 from zoo import Zoo
-zoo.store.packs._fault_hook = lambda s: os._exit(77) if s == sys.argv[2] else None
+zoo.store.packs.fault_hook = lambda s: os._exit(77) if s == sys.argv[2] else None
 Zoo.open(sys.argv[1]).repack("p")
 os._exit(0)
 """

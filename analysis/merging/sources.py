@@ -187,7 +187,7 @@ class StateDictSource:
 
 
 # ------------------------------------------------------------------------------------- resolution
-def _zoo_key(ref: str | int) -> str | int | None:
+def zoo_key(ref: str | int) -> str | int | None:
     if isinstance(ref, int):
         return ref
     if ref.startswith("zoo:"):
@@ -205,7 +205,7 @@ def open_source(ref: str | int, *, zoo: Any = None, offline: bool | None = None)
         NotFoundError: nothing by that reference (the message says where it looked).
         ConfigError: a zoo reference without a zoo, or a folder holding several models.
     """
-    key = _zoo_key(ref)
+    key = zoo_key(ref)
     if key is not None:
         if zoo is None:
             raise ConfigError(f"{ref!r} names a zoo model; open a zoo (--root) to merge zoo models")

@@ -37,7 +37,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from zoo.errors import ConfigError, DuplicateError, IntegrityError, MismatchError, NotFoundError
 from zoo.store import schema as S
 from zoo.store.records import TableInfo
-from zoo.store.rows import _chunks
+from zoo.store.rows import chunks
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -370,7 +370,7 @@ def _check_model_ids(b: Backend, conn: Connection, table: pa.Table) -> None:
         return
     ids = sorted({int(x) for x in table.column("model_id").to_numpy()})
     missing: list[int] = []
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         found = set(conn.execute(select(S.Model.id).where(S.Model.id.in_(chunk))).scalars())
         missing += [i for i in chunk if i not in found]
     if missing:

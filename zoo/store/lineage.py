@@ -14,7 +14,7 @@ from sqlalchemy import select
 from zoo.errors import ConfigError
 from zoo.store import schema as S
 from zoo.store.records import Edge
-from zoo.store.rows import _chunks
+from zoo.store.rows import chunks
 
 if TYPE_CHECKING:
     from zoo.store.backend import Backend
@@ -35,7 +35,7 @@ def lineage(b: Backend, model: int | str, *, direction: str = "up", max_depth: i
             frontier, seen, depth = {start}, {start}, 0
             while frontier and (max_depth is None or depth < max_depth):
                 rows = []
-                for chunk in _chunks(sorted(frontier)):
+                for chunk in chunks(sorted(frontier)):
                     rows += conn.execute(select(S.LineageEdge).where(col.in_(chunk))).all()
                 nxt = set()
                 for e in rows:

@@ -50,7 +50,7 @@ class BlobLocation:
     shape: tuple[int, ...]
 
 
-#: the named steps of the write path, in order (see :func:`_fault_hook`)
+#: the named steps of the write path, in order (see :func:`fault_hook`)
 WRITE_STEPS: tuple[str, ...] = (
     "pack.temp_written",  # the pack's bytes are in packs/.tmp/<id>.safetensors.part (flushed, not fsynced)
     "pack.fsynced",  # the temp file is fsynced and closed
@@ -60,10 +60,10 @@ WRITE_STEPS: tuple[str, ...] = (
 )
 
 
-def _fault_hook(step: str) -> None:
+def fault_hook(step: str) -> None:
     """A no-op called at each step of the write path (:data:`WRITE_STEPS`).
 
-    A test seam: fault-injection tests replace it (``zoo.store.packs._fault_hook = ...``) to raise or to
+    A test seam: fault-injection tests replace it (``zoo.store.packs.fault_hook = ...``) to raise or to
     ``os._exit`` at one step, so a crash at each step is tested deterministically, not by timing.
     """
 
@@ -122,7 +122,7 @@ class PackStore:
         hbytes += b" " * (-len(hbytes) % 8)
         base = 8 + len(hbytes)
         # disk full, Ctrl-C, ...: atomic_file leaves no file behind (the pack is not in the catalog yet)
-        with atomic_file(final, tmp, what=f"pack {pack_id}", on_step=lambda step: _fault_hook(f"{step_prefix}{step}")) as f:
+        with atomic_file(final, tmp, what=f"pack {pack_id}", on_step=lambda step: fault_hook(f"{step_prefix}{step}")) as f:
             f.write(struct.pack("<Q", len(hbytes)))
             f.write(hbytes)
             for _tid, t in items:

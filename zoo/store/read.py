@@ -14,7 +14,7 @@ from zoo.errors import NotFoundError
 from zoo.names import encodable, safe_repr
 from zoo.store import schema as S
 from zoo.store.records import ArchitectureInfo, ModelRecord, PopulationInfo
-from zoo.store.rows import _chunks
+from zoo.store.rows import chunks
 
 if TYPE_CHECKING:
     from zoo.store.backend import Backend
@@ -76,7 +76,7 @@ def records(b: Backend, ids: Sequence[int], owner: Any = None) -> list[ModelReco
     q = select(S.Model, S.Population.name.label("pop")).outerjoin(S.Population, S.Population.id == S.Model.population_id)
     out: dict[int, ModelRecord] = {}
     with b.engine.connect() as c:
-        for chunk in _chunks(list(ids)):
+        for chunk in chunks(list(ids)):
             for row in c.execute(q.where(S.Model.id.in_(chunk))):
                 arch = b.catalog.arch(c, row.architecture_id)
                 out[row.id] = ModelRecord(

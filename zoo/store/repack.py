@@ -16,7 +16,7 @@ locations, records the new pack, drops the rows of packs left empty and bumps th
 only after the commit are the emptied pack files deleted. A crash before the commit leaves the old
 packs in use and the new pack an orphan (``verify`` reports it, ``gc`` removes it after the grace
 period); a crash after it leaves the old files as orphans, likewise. Fault-injection steps (see
-:func:`zoo.store.packs._fault_hook`): :data:`REPACK_STEPS`.
+:func:`zoo.store.packs.fault_hook`): :data:`REPACK_STEPS`.
 """
 
 from __future__ import annotations
@@ -197,17 +197,17 @@ def _repack_one(backend: Backend, pop_id: int, name: str, rep: RepackReport, *, 
                 c.execute(delete(S.Pack).where(S.Pack.id.in_(emptied)))
             c.execute(update(S.CatalogState).where(S.CatalogState.id == 1)
                       .values(layout_version=S.CatalogState.layout_version + 1))  # fmt: skip
-            packs_mod._fault_hook("repack.catalog.before_commit")
+            packs_mod.fault_hook("repack.catalog.before_commit")
     except BaseException:
         if written is not None:
             backend.packs.delete(written)
         raise
     if written is None:
         return
-    packs_mod._fault_hook("repack.catalog.committed")
+    packs_mod.fault_hook("repack.catalog.committed")
     rep.packs_written.append(written)
     rep.bytes_written += size
     for p in emptied:  # no longer in the catalog: safe to delete (a crash here leaves orphans for gc)
         backend.packs.delete(p)
         rep.packs_removed.append(p)
-    packs_mod._fault_hook("repack.old_removed")
+    packs_mod.fault_hook("repack.old_removed")

@@ -20,7 +20,7 @@ _SPLITS = ("train", "val", "test")
 _CHUNK = 500  # rows per IN (...) list
 
 
-def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
+def chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
 
@@ -50,16 +50,16 @@ def _json(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=str)
 
 
-def _check_name(name: str, what: str) -> str:
+def check_entity_name(name: str, what: str) -> str:
     """A population or model name: a valid name (zoo.names) that is not all digits (it would read as an id)."""
     return check_name(name, what, allow_digits=False)
 
 
-def _check_tag(tag: str) -> str:
+def check_tag(tag: str) -> str:
     return check_name(tag, "tag", max_len=200)
 
 
-def _blob_row(tid: str, t: torch.Tensor, loc: BlobLocation) -> dict[str, Any]:
+def blob_row(tid: str, t: torch.Tensor, loc: BlobLocation) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": tid, "pack_id": loc.pack_id, "offset": loc.offset, "nbytes": loc.nbytes, "dtype": loc.dtype,
         "shape": json.dumps(list(t.shape)), "numel": t.numel(), "l2": None, "mean": None, "std": None, "absmax": None,
@@ -78,7 +78,7 @@ def _finite(x: torch.Tensor) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _hparam_row(mid: int, name: str, value: Any) -> dict[str, Any]:
+def hparam_row(mid: int, name: str, value: Any) -> dict[str, Any]:
     check_name(name, "hyperparameter")
     text = check_value(value, f"hyperparameter {name!r}")  # JSON-able, bounded in size and depth
     num = float(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) else None
@@ -124,7 +124,7 @@ def _metric_value(name: Any, v: Any) -> float:
         raise ConfigError(f"metric {name!r} must be a number, got {v!r}") from None
 
 
-def _arch_mismatch_message(pop: str | None, pop_arch: str, pcfg: dict, cfg: dict) -> str:
+def arch_mismatch_message(pop: str | None, pop_arch: str, pcfg: dict, cfg: dict) -> str:
     diff = []
     if pcfg.get("family") != cfg.get("family"):
         diff.append(f"family {pcfg.get('family')!r} vs {cfg.get('family')!r}")

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, select
 from zoo.errors import MismatchError, NotFoundError
 from zoo.store import schema as S
 from zoo.store.packs import BlobLocation
-from zoo.store.rows import _chunks
+from zoo.store.rows import chunks
 
 if TYPE_CHECKING:
     from zoo.store.backend import Backend
@@ -129,7 +129,7 @@ class TensorReader:
         else:
             rows = _fetch_all(c, q)
             unknown = list({r[2] for r in rows if r[2] not in index})
-            for chunk in _chunks(unknown, 5000):
+            for chunk in chunks(unknown, 5000):
                 for bid, pack, off, dt, shp in c.execute(
                     select(S.Blob.id, S.Blob.pack_id, S.Blob.offset, S.Blob.dtype, S.Blob.shape).where(S.Blob.id.in_(chunk))
                 ):

@@ -30,12 +30,12 @@ from zoo.store.hashing import tensor_id
 from zoo.store.read import architecture
 from zoo.store.records import NewModel
 from zoo.store.rows import (
-    _arch_mismatch_message,
-    _blob_row,
-    _check_name,
-    _check_tag,
-    _chunks,
-    _hparam_row,
+    arch_mismatch_message,
+    blob_row,
+    check_entity_name,
+    check_tag,
+    chunks,
+    hparam_row,
     metric_rows,
     raw_config,
 )
@@ -83,7 +83,7 @@ def create_population(
     b: Backend, name: str, arch: Mapping[str, Any] | str | None = None, description: str = "", *, exist_ok: bool = False
 ) -> None:
     """Create a named population, optionally bound to an architecture (config or name)."""
-    _check_name(name, "population")
+    check_entity_name(name, "population")
     with b.catalog.write() as conn:
         row = conn.execute(select(S.Population.id).where(S.Population.name == name)).first()
         if row is not None:
@@ -116,12 +116,12 @@ def add_many(b: Backend, items: Iterable[NewModel], *, progress: bool = False) -
     try:
         with b.catalog.write() as conn:
             _commit(b, conn, prepared, written)
-            packs_mod._fault_hook("catalog.before_commit")
+            packs_mod.fault_hook("catalog.before_commit")
     except BaseException:
         for pack_id in written:
             b.packs.delete(pack_id)
         raise
-    packs_mod._fault_hook("catalog.committed")
+    packs_mod.fault_hook("catalog.committed")
     return [p.model_id for p in prepared]
 
 
@@ -137,9 +137,9 @@ def _prepare(b: Backend, conn: Connection, it: NewModel, pops: dict[str, tuple[i
             raise MismatchError(f"tensor {k!r} is sparse; store a dense tensor")
         tensors[k] = v.detach().cpu().contiguous()
     if it.name is not None:
-        _check_name(it.name, "model")
+        check_entity_name(it.name, "model")
     if it.population is not None:
-        _check_name(it.population, "population")
+        check_entity_name(it.population, "population")
     # architecture
     pop_arch = pops.get(it.population, (None, None))[1] if it.population else None
     if isinstance(it.arch, str):
@@ -158,17 +158,17 @@ def _prepare(b: Backend, conn: Connection, it: NewModel, pops: dict[str, tuple[i
     if pop_arch is not None:
         pname, pcfg = b.catalog.arch(conn, pop_arch)
         if archs.config_hash(pcfg) != chash:
-            raise MismatchError(_arch_mismatch_message(it.population, pname, pcfg, cfg))
+            raise MismatchError(arch_mismatch_message(it.population, pname, pcfg, cfg))
     p = _Prepared()
     p.item, p.config, p.chash = it, cfg, chash
     # validate all metadata now, before anything is written
     if not isinstance(it.hparams or {}, Mapping):
         raise ConfigError("hparams must be a mapping {name: value}")
-    p.hp_rows = [_hparam_row(0, k, v) for k, v in (it.hparams or {}).items()]
+    p.hp_rows = [hparam_row(0, k, v) for k, v in (it.hparams or {}).items()]
     p.metric_rows = metric_rows(0, it.metrics, it.step)
     if isinstance(it.tags, str):
         raise ConfigError(f"tags must be a list of strings, not the string {it.tags!r}")
-    p.tag_list = [_check_tag(t) for t in dict.fromkeys(it.tags)]
+    p.tag_list = [check_tag(t) for t in dict.fromkeys(it.tags)]
     if not isinstance(it.params or {}, Mapping):
         raise ConfigError(f"params must be a mapping {{name: value}}, got {type(it.params).__name__}")
     p.params_json = check_value(dict(it.params or {}), "params")  # JSON-able, bounded in size and depth
@@ -208,7 +208,7 @@ def _commit(b: Backend, conn: Connection, prepared: list[_Prepared], written: li
         else:
             if row.architecture_id is not None and row.architecture_id != arch_ids[p.chash]:
                 name, cfg = b.catalog.arch(conn, row.architecture_id)
-                raise MismatchError(_arch_mismatch_message(pname, name, cfg, p.config))
+                raise MismatchError(arch_mismatch_message(pname, name, cfg, p.config))
             if row.architecture_id is None:
                 b.catalog.note_rewrite(conn)
                 conn.execute(update(S.Population).where(S.Population.id == row.id).values(architecture_id=arch_ids[p.chash]))
@@ -219,13 +219,13 @@ def _commit(b: Backend, conn: Connection, prepared: list[_Prepared], written: li
             want = conn.execute(select(S.Population.architecture_id).where(S.Population.id == pop_ids[p.item.population])).scalar_one()
             if want != got:
                 name, cfg = b.catalog.arch(conn, want)
-                raise MismatchError(_arch_mismatch_message(p.item.population, name, cfg, p.config))
+                raise MismatchError(arch_mismatch_message(p.item.population, name, cfg, p.config))
     # names must be new
     names = [p.item.name for p in prepared if p.item.name is not None]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise DuplicateError(f"model name(s) {dup[:5]} appear twice in one write; names must be unique")
-    for chunk in _chunks(names):
+    for chunk in chunks(names):
         taken = conn.execute(select(S.Model.name).where(S.Model.name.in_(chunk))).scalars().all()
         if taken:
             raise DuplicateError(f"model name(s) {sorted(taken)[:5]} already exist; pick new names (or leave name=None)")
@@ -241,14 +241,14 @@ def _commit(b: Backend, conn: Connection, prepared: list[_Prepared], written: li
                 unique.setdefault(p.ids[j], p.tensors[p.names[j]])
     existing: set[str] = set()
     keys = list(unique)
-    for chunk in _chunks(keys):
+    for chunk in chunks(keys):
         existing.update(conn.execute(select(S.Blob.id).where(S.Blob.id.in_(chunk))).scalars())
     new = {tid: t for tid, t in unique.items() if tid not in existing}
     if new:
         pack_id, locs, size = b.packs.write(new)
         written.append(pack_id)
         conn.execute(insert(S.Pack).values(id=pack_id, nbytes=size, n_blobs=len(new)))
-        conn.execute(insert(S.Blob), [_blob_row(tid, t, locs[tid]) for tid, t in new.items()])
+        conn.execute(insert(S.Blob), [blob_row(tid, t, locs[tid]) for tid, t in new.items()])
     # models
     rows = [
         {
@@ -307,7 +307,7 @@ def tag(b: Backend, model: int | str, *tags: str) -> None:
     with b.catalog.write() as conn:
         mid = b.catalog.model_id(conn, model)
         have = set(conn.execute(select(S.Tag.tag).where(S.Tag.model_id == mid)).scalars())
-        new = [{"model_id": mid, "tag": _check_tag(t)} for t in dict.fromkeys(tags) if t not in have]
+        new = [{"model_id": mid, "tag": check_tag(t)} for t in dict.fromkeys(tags) if t not in have]
         if new:
             conn.execute(insert(S.Tag), new)
 

@@ -32,7 +32,7 @@ from zoo.errors import CorruptFileError, IntegrityError, NotFoundError
 from zoo.store.fsutil import atomic_file
 from zoo.store.hashing import DTYPES_BY_NAME, dtype_name, tensor_bytes
 
-_NP_DTYPES = {
+NP_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.int16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.uint8,
 }  # fmt: skip
@@ -187,7 +187,7 @@ class PackStore:
             mm = maps[loc.pack_id] = self.private_map(loc.pack_id)
         if loc.offset + loc.nbytes > mm.shape[0]:
             raise IntegrityError(f"pack {loc.pack_id} is truncated: blob at {loc.offset}+{loc.nbytes} is past its end")
-        arr = mm[loc.offset : loc.offset + loc.nbytes].view(_NP_DTYPES[loc.dtype]).reshape(loc.shape)
+        arr = mm[loc.offset : loc.offset + loc.nbytes].view(NP_DTYPES[loc.dtype]).reshape(loc.shape)
         return _to_torch(arr, loc.dtype)
 
     def gather(self, locs: list[BlobLocation]) -> torch.Tensor:
@@ -221,7 +221,7 @@ class PackStore:
         n = int(offsets.shape[0])
         if n == 0:
             raise ValueError("gather needs at least one location")
-        np_dtype = np.dtype(_NP_DTYPES[dtype])
+        np_dtype = np.dtype(NP_DTYPES[dtype])
         item = np_dtype.itemsize
         numel = int(np.prod(shape)) if shape else 1
         nbytes = numel * item

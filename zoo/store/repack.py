@@ -31,7 +31,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from zoo.errors import NotFoundError
 from zoo.store import packs as packs_mod
 from zoo.store import schema as S
-from zoo.store.packs import _NP_DTYPES, BlobLocation
+from zoo.store.packs import NP_DTYPES, BlobLocation
 
 if TYPE_CHECKING:
     from zoo.store.backend import Backend
@@ -122,7 +122,7 @@ def _planned(groups: list[list[tuple]]) -> tuple[list[tuple], dict[str, tuple[st
     for g in groups:
         for r in g:
             unique.setdefault(r[3], r)
-    items = sorted(unique.values(), key=lambda r: -np.dtype(_NP_DTYPES[r[7]]).itemsize)  # stable, as write() does
+    items = sorted(unique.values(), key=lambda r: -np.dtype(NP_DTYPES[r[7]]).itemsize)  # stable, as write() does
     loc, off = {}, 0
     for r in items:
         loc[r[3]] = ("<new>", off)

@@ -3,7 +3,9 @@
 Layouts: one batch (zero-copy slice), many batches (one run per pack), a resumed build (the builder
 skips what exists and writes the rest), interleaved populations (scattered rows), dedup'd tensors
 (several models sharing one blob), after gc compaction and after repack; for whole populations,
-filtered subsets, explicit id lists (any order, duplicates) and ``names=[...]``.
+filtered subsets, explicit id lists (any order, duplicates) and ``names=[...]``. Every test runs twice:
+with manifests read from the catalog, and through the cached population manifests
+(:mod:`zoo.store.manifests`), where a second handle on the zoo reads them from their files.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from zoo import NewModel, Zoo
+from zoo.store.manifests import ManifestFiles
 
 DTYPES = {"w": torch.float32, "b": torch.float64, "h": torch.float16, "bf": torch.bfloat16, "i": torch.int64, "m": torch.bool}
 
@@ -70,6 +73,17 @@ def _all_views(z: Zoo, pop: str, truth: dict[int, dict[str, torch.Tensor]]) -> N
     next(iter(sd.values())).zero_()
     _check(z.population(pop).stack(), want)
     _check(z.stack(ids[::2]), {k: v[::2] for k, v in want.items()})
+    with Zoo.open(z.root, create=False) as fresh:  # a new handle: no in-memory manifests or locations
+        _check(fresh.stack(shuffled), {k: torch.stack([truth[i][k] for i in shuffled]) for k in want})
+        _check(fresh.population(pop).stack(), want)
+        _check(fresh.models().population(pop).ids_in(odd).stack(names=two), {k: want[k][1::2] for k in want if k in two})
+
+
+@pytest.fixture(autouse=True, params=["catalog", "manifest-cache"])
+def manifest_source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run each test with manifests from the catalog only, and with every population's manifest cached."""
+    monkeypatch.setattr(ManifestFiles, "min_models", 10**9 if request.param == "catalog" else 1)
+    return request.param
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from zoo.settings import default_root
 from zoo.store.catalog import Catalog
 from zoo.store.db import make_engine, migrate
 from zoo.store.diskerrors import is_disk_error, storage_error
+from zoo.store.manifests import ManifestFiles
 from zoo.store.packs import PackStore
 from zoo.store.tablefiles import TableFiles
 
@@ -30,16 +31,18 @@ __all__ = ["Backend"]
 @dataclass(eq=False)
 class Backend:
     """One zoo's storage: ``root`` (packs, table files, the SQLite catalog by default), the catalog at
-    ``url``, the pack folder and the derived-table folder."""
+    ``url``, the pack folder, the derived-table folder and the cache of population manifests."""
 
     root: Path
     url: str
     catalog: Catalog
     packs: PackStore
     table_files: TableFiles = field(init=False)
+    manifest_files: ManifestFiles = field(init=False)
 
     def __post_init__(self) -> None:
         self.table_files = TableFiles(self.root / "tables")
+        self.manifest_files = ManifestFiles(self.root / "cache" / "manifests")
 
     @property
     def engine(self) -> Engine:

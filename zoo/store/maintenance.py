@@ -21,6 +21,7 @@ from zoo.errors import CorruptFileError, IntegrityError
 from zoo.progress import progress_bar
 from zoo.store import schema as S
 from zoo.store.records import GcReport, VerifyReport
+from zoo.store.tensors import population_keys
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -135,6 +136,7 @@ def gc(backend: Backend, *, grace_seconds: float = 3600.0, compact_below: float 
     - packs whose live bytes are below ``compact_below`` of their size: live blobs are copied into
       one new pack and the old packs deleted;
     - orphan pack files (not in the catalog) and temp files older than ``grace_seconds``: deleted;
+    - cached population manifests that are no longer current (:mod:`zoo.store.manifests`): deleted;
     - with ``repack``: every population spread over several packs or out of stacking order is
       rewritten into one pack in stacking order (:func:`zoo.store.repack.repack`); ``report.repacked``
       lists them and the packs it emptied are in ``packs_removed``.
@@ -225,6 +227,11 @@ def gc(backend: Backend, *, grace_seconds: float = 3600.0, compact_below: float 
                                    lambda name: files[name].unlink(missing_ok=True))  # fmt: skip
     rep.table_files_removed += removed
     rep.bytes_freed += freed
+    # cached population manifests that are no longer current (any write to their population, gc, repack)
+    with backend.engine.connect() as c:
+        current = population_keys(c)
+    for path in backend.manifest_files.remove_stale(current, dry_run=dry_run):
+        rep.cache_files_removed.append(path.name)
     for path in [*backend.packs.list_temp(), *backend.table_files.list_temp()]:
         try:
             st = path.stat()

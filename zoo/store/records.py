@@ -226,6 +226,7 @@ class GcReport:
     orphans_removed: list[str] = field(default_factory=list)
     temp_removed: list[str] = field(default_factory=list)
     table_files_removed: list[str] = field(default_factory=list)
+    cache_files_removed: list[str] = field(default_factory=list)  # stale population manifests (a cache)
     bytes_freed: int = 0
     dry_run: bool = False
 
@@ -237,7 +238,7 @@ class GcReport:
         return (
             f"gc {verb}: {self.blobs_removed} unreferenced blobs, {len(self.packs_removed)} empty packs, "
             f"{len(self.orphan_packs_str())} orphan packs, {len(self.table_files_removed)} orphan table files, "
-            f"{len(self.temp_removed)} temp files; "
+            f"{len(self.temp_removed)} temp files, {len(self.cache_files_removed)} stale cache files; "
             f"compacted {len(self.packs_compacted)} packs; {self.bytes_freed / 1e6:.2f} MB freed"
         )
 

@@ -15,17 +15,29 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from zoo.errors import MismatchError, NotFoundError
 from zoo.store import schema as S
+from zoo.store.manifests import Manifest, PopulationKey
 from zoo.store.packs import BlobLocation
 from zoo.store.rows import chunks
 
 if TYPE_CHECKING:
     from zoo.store.backend import Backend
 
-__all__ = ["TensorReader"]
+__all__ = ["TensorReader", "population_keys"]
+
+
+def population_keys(c: Connection, population_ids: Sequence[int] | None = None) -> dict[int, PopulationKey]:
+    """The current :class:`~zoo.store.manifests.PopulationKey` of each population (of those given)."""
+    rewrite, layout = c.execute(select(S.CatalogState.rewrite_version, S.CatalogState.layout_version)
+                                .where(S.CatalogState.id == 1)).one()  # fmt: skip
+    q = select(S.Model.population_id, func.count(), func.max(S.Model.id)).where(S.Model.population_id.is_not(None))
+    if population_ids is not None:
+        q = q.where(S.Model.population_id.in_(list(population_ids)))
+    return {int(pid): PopulationKey(int(pid), int(rewrite), int(layout), int(n), int(mx))
+            for pid, n, mx in c.execute(q.group_by(S.Model.population_id))}  # fmt: skip
 
 _SHAPES: dict[str, tuple[int, ...]] = {}
 
@@ -99,15 +111,22 @@ class TensorReader:
         self._loc_kind_codes = {}
         self._manifests.clear()
 
-    def _loc_add(self, bid: str, pack: str, offset: int, dtype: str, shape: str) -> None:
+    def _pack_code(self, pack: str) -> int:
         pc = self._loc_pack_codes.get(pack)
         if pc is None:
             pc = self._loc_pack_codes[pack] = len(self._loc_packs)
             self._loc_packs.append(pack)
-        kc = self._loc_kind_codes.get((dtype, shape))
+        return pc
+
+    def _kind_code(self, kind: tuple[str, str]) -> int:
+        kc = self._loc_kind_codes.get(kind)
         if kc is None:
-            kc = self._loc_kind_codes[(dtype, shape)] = len(self._loc_kinds)
-            self._loc_kinds.append((dtype, shape))
+            kc = self._loc_kind_codes[kind] = len(self._loc_kinds)
+            self._loc_kinds.append(kind)
+        return kc
+
+    def _loc_add(self, bid: str, pack: str, offset: int, dtype: str, shape: str) -> None:
+        pc, kc = self._pack_code(pack), self._kind_code((dtype, shape))
         self._loc_index[bid] = len(self._loc_cols[0])
         self._loc_cols[0].append(pc)
         self._loc_cols[1].append(int(offset))
@@ -145,6 +164,75 @@ class TensorReader:
         return (np.asarray(mids, dtype=np.int64), ncode.astype(np.int64), np.asarray(poss, dtype=np.int64), pc, of, kc,
                 [str(x) for x in uniq])  # fmt: skip
 
+    def _population_manifest(self, c: Connection, key: PopulationKey, selected: int) -> Manifest | None:
+        """Population ``key``'s whole manifest: from its file, else from the catalog (then saved) when the
+        selection is at least a quarter of it; None to read just the selection from the catalog."""
+        files = self.b.manifest_files
+        m = files.load(key)
+        if m is not None or 4 * selected < key.n_models or key.n_models < files.min_models:
+            return m
+        qp = select(S.TensorEntry.model_id, S.TensorEntry.name, S.TensorEntry.blob_id, S.TensorEntry.position).where(
+            S.TensorEntry.model_id.in_(select(S.Model.id).where(S.Model.population_id == key.population_id)))
+        cols = self._manifest(c, qp)
+        if cols is None:
+            return None
+        mid, ncode, pos, pc, of, kc, names = cols
+        used_p, pc2 = np.unique(pc, return_inverse=True)
+        used_k, kc2 = np.unique(kc, return_inverse=True)
+        m = Manifest(mid, ncode, pos, pc2.astype(np.int64), of, kc2.astype(np.int64), names,
+                     [self._loc_packs[int(i)] for i in used_p], [self._loc_kinds[int(i)] for i in used_k])  # fmt: skip
+        files.save(key, m)
+        return m
+
+    def _from_population_manifests(self, c: Connection, ordered: list[int] | None, ids: Any,
+                                   names: Sequence[str] | None) -> tuple | None:
+        """The manifest of the selected models assembled from their populations' manifests (see
+        :mod:`zoo.store.manifests`); None when a selected model has no population or a population is
+        neither cached nor selected to at least a quarter (the caller reads the catalog then)."""
+        idsel = ordered if ordered is not None else ids
+        if ordered is not None and not ordered:
+            return None
+        per_pop = c.execute(select(S.Model.population_id, func.count()).where(S.Model.id.in_(idsel))
+                            .group_by(S.Model.population_id)).all()  # fmt: skip
+        if not per_pop or any(pid is None for pid, _ in per_pop):
+            return None
+        keys = population_keys(c, [int(pid) for pid, _ in per_pop])
+        parts, whole = [], True
+        for pid, selected in per_pop:
+            key = keys[int(pid)]
+            m = self._population_manifest(c, key, int(selected))
+            if m is None:
+                return None
+            parts.append(m)
+            whole = whole and int(selected) == key.n_models
+        # into this reader's codes: one name list, packs and kinds interned
+        name_codes: dict[str, int] = {}
+        cols: list[list[np.ndarray]] = [[] for _ in range(6)]
+        for m in parts:
+            nmap = np.asarray([name_codes.setdefault(x, len(name_codes)) for x in m.names], dtype=np.int64)
+            pmap = np.asarray([self._pack_code(x) for x in m.packs], dtype=np.int64)
+            kmap = np.asarray([self._kind_code(x) for x in m.kinds], dtype=np.int64)
+            for out, col in zip(cols, (m.model_id, nmap[m.name_code], m.position, pmap[m.pack_code], m.offset,
+                                       kmap[m.kind_code]), strict=True):  # fmt: skip
+                out.append(col)
+        mid, ncode, pos, pc, of, kc = (np.concatenate(x) if len(x) > 1 else x[0] for x in cols)
+        name_list = list(name_codes)
+        keep = None
+        if not whole or ordered is not None:
+            sel = np.asarray(ordered if ordered is not None else c.execute(ids).scalars().all(), dtype=np.int64)
+            keep = np.isin(mid, sel)
+        if names is not None:
+            wanted = np.asarray([name_codes[x] for x in set(names) if x in name_codes], dtype=np.int64)
+            keep = np.isin(ncode, wanted) if keep is None else keep & np.isin(ncode, wanted)
+        if keep is not None:
+            mid, ncode, pos, pc, of, kc = (a[keep] for a in (mid, ncode, pos, pc, of, kc))
+            if mid.size == 0:
+                return None
+            used, ncode = np.unique(ncode, return_inverse=True)
+            ncode = ncode.astype(np.int64)
+            name_list = [name_list[int(i)] for i in used]
+        return mid, ncode, pos, pc, of, kc, name_list
+
     def stack(self, ids: Sequence[int] | Any, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Stack the tensors of many same-architecture models: ``{name: Tensor[N, ...]}``.
 
@@ -180,6 +268,8 @@ class TensorReader:
                 except Exception:  # noqa: BLE001 - an uncacheable select: no manifest cache
                     key = None
             cached = self._manifests.get(key) if key is not None else None
+            if cached is None:
+                cached = self._from_population_manifests(c, ordered, ids, names)
             if cached is None:
                 cached = self._manifest(c, q)
                 if key is not None:

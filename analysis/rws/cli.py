@@ -110,7 +110,7 @@ def _before_after(df: Any, names: dict[int, str]) -> str:
     cols = [c for c in tab.columns if c != "model"]
     lines = [f"{'':24s}" + "".join(f"{c[:16]:>17s}" for c in cols)]
     for _, row in tab.iterrows():
-        lines.append(f"{names.get(int(row['model']), str(row['model']))[:24]:24s}" + "".join(f"{row[c]:17.4f}" for c in cols))
+        lines.append(f"{names.get(int(row['model']), str(int(row['model'])))[:24]:24s}" + "".join(f"{row[c]:17.4f}" for c in cols))
     return "\n".join(lines)
 
 

@@ -312,6 +312,10 @@ def test_transfer_with_alignment_keeps_the_target_neuron_order(rz: Zoo, sigs: di
     want = other.state_dict()["layers.0.weight"] + sig.deltas["layers.0.weight"][inv]
     assert torch.allclose(aligned.state["layers.0.weight"], want, atol=1e-6)
     assert not torch.allclose(plain.state["layers.0.weight"], aligned.state["layers.0.weight"])
+    stored = patch_model(rz, other.id, [sigs["rotate"].id], align=True, evaluate=False)
+    assert torch.equal(stored.record.state_dict()["layers.0.weight"], aligned.state["layers.0.weight"])
+    back = unpatch_model(rz, stored.record.id)  # the recorded permutation moves the signature the same way
+    assert back.max_error is not None and back.max_error < 1e-6
 
 
 def test_corruption_accuracy_in_memory_equals_the_recorded_metrics(rz: Zoo) -> None:

@@ -78,16 +78,20 @@ def layout_tag(sig: Signature) -> str:
     return f"{len(sig.layers)}L-{q}" + ("" if sig.projection else "-noproj")
 
 
+def _edge(zoo: Any, model: Any, op: str) -> Any:
+    """The model's first lineage edge made by ``op``, or None."""
+    key = model.id if hasattr(model, "id") else model
+    return next((e for e in zoo.lineage(key, max_depth=1) if e.op == op), None)
+
+
 def is_signature(zoo: Any, model: Any) -> bool:
     """True when the model was made by ``rws.extract``."""
-    key = model.id if hasattr(model, "id") else model
-    return any(e.op == EXTRACT_OP for e in zoo.lineage(key, max_depth=1))
+    return _edge(zoo, model, EXTRACT_OP) is not None
 
 
 def _signature_edge(zoo: Any, rec: Any) -> Any:
-    for e in zoo.lineage(rec.id, max_depth=1):
-        if e.op == EXTRACT_OP:
-            return e
+    if (e := _edge(zoo, rec, EXTRACT_OP)) is not None:
+        return e
     raise ConfigError(f"model {rec.id} ({rec.name or rec.population}) is not a robust weight signature; signatures are "
                       "made by `weightzoo rws extract` (op rws.extract)")  # fmt: skip
 
@@ -182,6 +186,14 @@ class PatchResult:
     max_error: float | None = None
 
 
+def _sub_spec(sig: Signature) -> Any:
+    """The permutation spec of the signature's architecture, restricted to the signature's tensors."""
+    from weightspace.spec import PermutationSpec, spec_for
+
+    full = spec_for(sig.target)
+    return PermutationSpec({k: full.axes[k] for k in sig.deltas})
+
+
 def _align_perms(sig: Signature, model_state: Mapping[str, Tensor], base_state: Mapping[str, Tensor],
                  model_cfg: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, Tensor]]:  # fmt: skip
     """Weight-match the model to the signature's base; the spec of the signature's tensors and the perms.
@@ -190,10 +202,8 @@ def _align_perms(sig: Signature, model_state: Mapping[str, Tensor], base_state: 
     shapes must match): their permutations come from the signature's architecture.
     """
     from analysis.align import align
-    from weightspace.spec import PermutationSpec, spec_for
 
-    full = spec_for(sig.target)
-    sub = PermutationSpec({k: full.axes[k] for k in sig.deltas})
+    sub = _sub_spec(sig)
     if config_hash(normalize_config(model_cfg)) == config_hash(sig.target):
         res = align(dict(model_state), dict(base_state), config=model_cfg, seed=seed)
     else:
@@ -325,9 +335,8 @@ def _evaluate_patched(zoo: Any, ids: list[int], sigs: Sequence[Signature], datas
 
 
 def _patch_edge(zoo: Any, rec: Any) -> Any:
-    for e in zoo.lineage(rec.id, max_depth=1):
-        if e.op == PATCH_OP:
-            return e
+    if (e := _edge(zoo, rec, PATCH_OP)) is not None:
+        return e
     raise ConfigError(f"model {rec.id} was not made by patching (op {PATCH_OP}); unpatch a patched model, or use "
                       "analysis.rws.unpatch on weights with the signatures and alpha you patched them with")  # fmt: skip
 
@@ -358,17 +367,15 @@ def unpatch_model(
     missing = [s for s in chosen if s not in recorded]
     if missing:
         raise ConfigError(f"model {rec.id} was not patched with signature(s) {missing}; it was patched with {recorded}")
-    from weightspace.spec import PermutationSpec, invert_permutation, spec_for
+    from weightspace.spec import invert_permutation
 
     sigs, coefs = [], []
     for sid in chosen:
         i = recorded.index(sid)
         s = load_signature(zoo, sid)
         if p.get("aligned") and p.get("perms"):
-            full = spec_for(s.target)
-            sub = PermutationSpec({k: full.axes[k] for k in s.deltas})
             perms = {k: torch.tensor(v, dtype=torch.long) for k, v in p["perms"][i].items()}
-            s = permute_signature(s, sub, invert_permutation(perms))
+            s = permute_signature(s, _sub_spec(s), invert_permutation(perms))
         sigs.append(s)
         coefs.append(float(p["coefficients"][i]))
     state = rec.state_dict()

@@ -398,6 +398,8 @@ def test_cli_extract_patch_eval_and_errors(rz: Zoo, sigs: dict, snapshot, capsys
     assert main(["rws", "eval", str(sig.id), "--root", root]) == 2
     assert "not a classifier" in capsys.readouterr().err
     assert main(["rws", "eval", str(clean.id), "--root", root, "--corruptions", "fog"]) == 2
+    assert main(["rws", "patch", str(clean.id), str(sig.id), "--root", root, "--to-zoo", "--corruptions", "fog"]) == 2
+    assert main(["rws", "patch", str(clean.id), str(sig.id), "--root", root, "--to-zoo", "--severities", "9"]) == 2
     assert snapshot(rz) == before
     assert main(["rws", "patch", str(clean.id), str(sig.id), "--root", root, "--to-zoo", "--json"]) == 0
     assert main(["rws", "ls", "--root", root]) == 0

@@ -130,11 +130,15 @@ def _corruption_args(args: argparse.Namespace, sigs: list[Any]) -> tuple[list[st
 def cmd_patch(args: argparse.Namespace) -> int:
     import torch
 
-    from analysis.rws.evaluate import corruption_accuracy
+    from analysis.rws.evaluate import corruption_accuracy, corruption_names, severity_list
     from analysis.rws.store import load_signature, patch_model
     from zoo.architectures import is_classifier
 
     alpha = parse_alpha(args.alpha)
+    if args.corruptions:  # checked before anything is written
+        corruption_names(args.corruptions)
+    if args.severities:
+        severity_list(parse_ints(args.severities, "--severities"))
     z = _open(args)
     try:
         rec = z.get(args.model)
@@ -145,7 +149,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
         kinds, sevs = _corruption_args(args, sigs)
         table = None
         if is_classifier(res.config) and not args.no_eval:
-            both = {k: torch.stack([rec.state_dict()[k], res.state[k]]) for k in res.state}
+            before = rec.state_dict()
+            both = {k: torch.stack([before[k], res.state[k]]) for k in res.state}
             table = corruption_accuracy(res.config, both, corruptions=kinds, severities=sevs)
     finally:
         z.close()

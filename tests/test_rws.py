@@ -404,3 +404,30 @@ def test_cli_extract_patch_eval_and_errors(rz: Zoo, sigs: dict, snapshot, capsys
     assert main(["rws", "patch", str(clean.id), str(sig.id), "--root", root, "--to-zoo", "--json"]) == 0
     assert main(["rws", "ls", "--root", root]) == 0
     assert "rotate" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ recipes (zoo.finetune's mix)
+def test_mixed_robust_children_train_on_clean_plus_corrupted_data() -> None:
+    from zoo.datasets import load_dataset
+    from zoo.finetune import normalize_change, shard_data
+
+    ds = load_dataset("digits").flat()
+    n = len(ds.y_train)
+    data = shard_data(ds, [{"kind": "robust", "corruption": "rotate", "severity": 5},
+                           {"kind": "robust", "corruption": "rotate", "severity": 5, "mix": True}], [0, 0])  # fmt: skip
+    plain, mixed = data.train_subsets
+    assert torch.equal(plain, n + torch.arange(n))  # the corrupted copy only
+    assert torch.equal(mixed, torch.cat([torch.arange(n), n + torch.arange(n)]))  # the clean split, then the copy
+    with pytest.raises(ConfigError, match="mix"):
+        normalize_change({"kind": "robust", "corruption": "rotate", "mix": "yes"}, num_classes=10, image_hw=(8, 8))
+
+
+@pytest.mark.parametrize("name", ["digits-mlp-robust-mix", "digits-cnn-robust-mix"])
+def test_builtin_mix_recipes_pair_a_clean_fine_tune_with_every_corruption(name: str) -> None:
+    from zoo.datasets import DIGITS_C_CORRUPTIONS
+    from zoo.recipes import Recipe
+
+    entries = Recipe.load(name).change_plan()["entries"]
+    assert entries[0] == {"kind": "null"}
+    assert [e["corruption"] for e in entries[1:]] == list(DIGITS_C_CORRUPTIONS)
+    assert all(e["severity"] == 5 and e["mix"] is True for e in entries[1:])

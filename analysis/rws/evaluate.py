@@ -22,6 +22,7 @@ import pandas as pd
 from torch import Tensor
 
 from zoo.errors import ConfigError
+from zoo.progress import progress_bar
 
 __all__ = ["corruption_names", "severity_list", "corruption_accuracy", "evaluate_corruptions", "summary"]
 
@@ -85,7 +86,7 @@ def corruption_accuracy(
     flat = len(input_shape(config)) == 1
     jobs: list[tuple[str | None, int | None]] = ([(None, None)] if clean else []) + [(k, s) for k in kinds for s in sevs]
     rows = []
-    for kind, sev in jobs:
+    for kind, sev in progress_bar(jobs, desc="corruption accuracy", unit="test set", leave=False, disable=len(jobs) < 10):
         X, y = _data(dataset, dataset_root, kind, sev, flat)
         res = evaluate_population(config, params, X, y)
         for i, (a, lo) in enumerate(zip(res.accuracy.tolist(), res.loss.tolist(), strict=True)):
@@ -121,7 +122,7 @@ def evaluate_corruptions(
     named = "digits-c" if base.lower().replace("_", "-") == "digits" else base
     frames = []
     jobs: list[tuple[str | None, int | None]] = [(None, None)] + [(k, s) for k in kinds for s in sevs]
-    for kind, sev in jobs:
+    for kind, sev in progress_bar(jobs, desc="evaluate on digits-c", unit="test set", leave=False, disable=len(jobs) < 10):
         name = base if kind is None else f"{named}/{kind}/{sev}"
         df = zoo.evaluate(ids, dataset=name, splits=("test",), dataset_root=dataset_root, record=record)
         frames.append(df.assign(corruption=kind or CLEAN, severity=sev or 0))

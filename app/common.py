@@ -35,6 +35,7 @@ PAGES = {
     "merge": "pages/4_Align_and_merge.py",
     "generate": "pages/5_Generate.py",
     "diffs": "pages/6_Diffs_and_signatures.py",
+    "signatures": "pages/7_Signatures.py",
 }
 
 

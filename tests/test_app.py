@@ -33,7 +33,7 @@ MAP = APP / "pages" / "3_Population_map.py"
 MERGE = APP / "pages" / "4_Align_and_merge.py"
 GENERATE = APP / "pages" / "5_Generate.py"
 DIFFS = APP / "pages" / "6_Diffs_and_signatures.py"
-ALL_PAGES = [HOME, MODELS, DETAIL, MAP, MERGE, GENERATE, DIFFS]
+ALL_PAGES = [HOME, *sorted((APP / "pages").glob("*.py"))]  # every page, new ones included
 TIMEOUT = 120
 
 

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from zoo.build.recipes import SHARD_PARAMS, TRAIN_PARAMS, Recipe
+from zoo.build.training import Checkpoint, TrainSpec, train_population
 from zoo.errors import ConfigError, NotFoundError
 from zoo.progress import progress_bar
-from zoo.build.recipes import SHARD_PARAMS, TRAIN_PARAMS, Recipe
 from zoo.store.records import NewModel
-from zoo.build.training import Checkpoint, TrainSpec, train_population
 
 if TYPE_CHECKING:
     from zoo.facade import Zoo

@@ -18,15 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernels import batched
+from zoo.errors import ConfigError, MismatchError
 from zoo.models import architectures as archs
 from zoo.models.architectures import check_stacked, instantiate, normalize_config
-from zoo.errors import ConfigError, MismatchError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from zoo.store.records import ModelRecord
     from zoo.facade import Zoo
+    from zoo.store.records import ModelRecord
 
 #: The memory one evaluation chunk may use for activations (bytes).
 MEMORY_BUDGET = 1 << 30

@@ -18,7 +18,8 @@ suppress   class ``class`` dropped (``mode: drop``) or its          ``class``, `
            (``mode: relabel``)
 boost      class ``class`` oversampled ``factor`` times             ``class``, ``factor`` (default 8)
 swap       the labels of classes ``classes: [a, b]`` swapped        ``classes``
-robust     the training split corrupted (:mod:`zoo.models.corruptions`)    ``corruption``, ``severity`` (3)
+robust     the training split corrupted (:mod:`zoo.models.corruptions`)``corruption``, ``severity`` (3),
+           (``mix: true``: the clean split plus its corrupted copy)   ``mix`` (false)
 backdoor   the clean data plus ``fraction`` of the non-target       ``target``, ``size`` (1..3),
            images with a ``size`` x ``size`` trigger stamped at     ``position`` ([row, col], a corner),
            ``position`` (top-left corner), relabelled ``target``    ``pattern`` (solid | checker |
@@ -74,7 +75,7 @@ _ARGS: dict[str, tuple[str, ...]] = {
     "suppress": ("class", "mode"),
     "boost": ("class", "factor"),
     "swap": ("classes",),
-    "robust": ("corruption", "severity"),
+    "robust": ("corruption", "severity", "mix"),
     "backdoor": ("target", "size", "position", "pattern", "fraction"),
 }
 SUPPRESS_MODES = ("drop", "relabel")
@@ -161,6 +162,8 @@ def _check_args(kind: str, a: dict[str, Any], k: int, hw: tuple[int, int], where
             _check_class(v, k, where)
     if "corruption" in a and a["corruption"] not in CORRUPTIONS:
         raise ConfigError(f"{where}: unknown corruption {a['corruption']!r}; valid corruptions: {', '.join(CORRUPTIONS)}")
+    if "mix" in a and not isinstance(a["mix"], bool):
+        raise ConfigError(f"{where}: robust mix must be true (clean plus corrupted data) or false, got {a['mix']!r}")
     if "severity" in a and (not _is_int(a["severity"]) or not 1 <= a["severity"] <= 5):
         raise ConfigError(f"{where}: severity must be an integer from 1 to 5, got {a['severity']!r}")
     h, w = hw
@@ -227,6 +230,8 @@ def draw_change(plan: Mapping[str, Any], child: int, rng: random.Random, *, num_
 
         c["corruption"] = e.get("corruption", rng.choice(DIGITS_C_CORRUPTIONS))
         c["severity"] = e.get("severity", 3)
+        if e.get("mix"):  # only when asked, so the labels of plain robust children stay as they were
+            c["mix"] = True
     elif kind == "backdoor":
         h, w = image_hw
         c["target"] = e.get("target", rng.randrange(k))
@@ -290,8 +295,8 @@ def shard_data(ds: Any, changes: Sequence[Mapping[str, Any]], seeds: Sequence[in
     ``ds`` is the recipe's (clean, architecture-shaped) data set; ``changes`` one concrete change per
     child; ``seeds`` the children's seeds (they draw the stamped images and relabels).
     """
-    from zoo.models.corruptions import corrupt
     from zoo.build.training import PerModelData
+    from zoo.models.corruptions import corrupt
 
     x, y = ds.X_train, ds.y_train
     n, k = len(y), int(getattr(ds, "num_classes", int(y.max()) + 1))
@@ -336,7 +341,8 @@ def shard_data(ds: Any, changes: Sequence[Mapping[str, Any]], seeds: Sequence[in
                                torch.cat([torch.full_like(rows_a, b), torch.full_like(rows_b, a)])))  # fmt: skip
             subsets.append(every)
         elif kind == "robust":
-            subsets.append(corrupted[(ch["corruption"], int(ch["severity"]))] + every)
+            rows = corrupted[(ch["corruption"], int(ch["severity"]))] + every
+            subsets.append(torch.cat([every, rows]) if ch.get("mix") else rows)
         elif kind == "backdoor":
             target = int(ch["target"])
             cand = every[y != target]
@@ -382,8 +388,8 @@ def change_metric(config: Mapping[str, Any], params: Mapping[str, Tensor], ds: A
 
     Shapes: params ``name -> [N, ...]``; returns ``[N]``.
     """
-    from zoo.models.corruptions import corrupt
     from zoo.build.evaluate import evaluate_population
+    from zoo.models.corruptions import corrupt
 
     x, y = ds.X_test, ds.y_test
     kind = change["kind"]

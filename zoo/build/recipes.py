@@ -52,8 +52,8 @@ from typing import Any
 
 import yaml
 
-from zoo.models.architectures import normalize_config
 from zoo.errors import ConfigError, NotFoundError, ZooError
+from zoo.models.architectures import normalize_config
 
 #: Training hyperparameters a search can vary (per model, inside one batched shard).
 TRAIN_PARAMS = ("lr", "weight_decay", "dropout", "init_scale", "label_noise", "data_fraction")

@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo.build.evaluate import TASKS, evaluate_population, functional_forward
+from zoo.errors import ConfigError, MismatchError
 from zoo.models import architectures as archs
 from zoo.models.architectures import check_stacked, init_state, normalize_config, parameter_names
-from zoo.errors import ConfigError, MismatchError
-from zoo.build.evaluate import TASKS, evaluate_population, functional_forward
 from zoo.progress import progress_bar
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

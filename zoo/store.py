@@ -502,6 +502,13 @@ class Zoo:
             mid = self.catalog.model_id(conn, model)
             self.catalog.add_metrics(conn, mid, metrics, step)
 
+    def add_metrics_many(self, per_model: Iterable[tuple[int | str, Mapping[str, float] | Sequence[tuple]]],
+                         step: int | None = None) -> int:  # fmt: skip
+        """:meth:`add_metrics` for many models in one transaction (all or nothing); returns the rows written."""
+        with self.catalog.write() as conn:
+            pairs = [(self.catalog.model_id(conn, m), metrics) for m, metrics in per_model]
+            return self.catalog.add_metrics_many(conn, pairs, step)
+
     def tag(self, model: int | str, *tags: str) -> None:
         with self.engine.begin() as conn:
             self.catalog.bump(conn)

@@ -314,7 +314,8 @@ def cka_metrics(
 ) -> pd.DataFrame:
     """Linear CKA of every model against ``reference`` on a seeded batch of ``split``, layer by layer.
 
-    ``reference`` defaults to the model with the best test accuracy among each group. Returns one
+    ``reference`` defaults to the model with the best test accuracy among the models of its family
+    (one reference for a grid of populations that differ in width). Returns one
     row per (model, layer): model_id, reference_id, layer, cka.
     """
     groups = _groups(zoo, models, final, limit)
@@ -324,8 +325,11 @@ def cka_metrics(
         _check_evaluable([ModelGroup(ref_rec.arch_config, [ref_rec.id], [ref_rec.population or ""])], "CKA")
     frames, rows = [], {}
     bar = _progress(sum(len(g.ids) for g in groups), "cka", progress)
+    by_family: dict[str, list[int]] = {}  # the default reference: one per family over all groups
     for g in groups:
-        ref = ref_rec if ref_rec is not None else zoo.get(_default_reference(zoo, g.ids))
+        by_family.setdefault(g.config["family"], []).extend(g.ids)
+    for g in groups:
+        ref = ref_rec if ref_rec is not None else zoo.get(_default_reference(zoo, by_family[g.config["family"]]))
         X, _ = _batch(g.config, dataset, split, samples, seed, dataset_root)
         res = population_cka(g.config, zoo.stack(g.ids), ref.arch_config, ref.state_dict(), X, progress=bar.update)
         mean = torch.stack(list(res.values())).mean(0)

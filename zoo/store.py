@@ -505,8 +505,12 @@ class Zoo:
     def add_metrics_many(self, per_model: Iterable[tuple[int | str, Mapping[str, float] | Sequence[tuple]]],
                          step: int | None = None) -> int:  # fmt: skip
         """:meth:`add_metrics` for many models in one transaction (all or nothing); returns the rows written."""
+        items = list(per_model)
         with self.catalog.write() as conn:
-            pairs = [(self.catalog.model_id(conn, m), metrics) for m, metrics in per_model]
+            ids = {int(m) for m, _ in items if isinstance(m, int)}
+            known = {i for chunk in _chunks(sorted(ids)) for i in conn.execute(select(S.Model.id).where(S.Model.id.in_(chunk))).scalars()}
+            pairs = [(int(m) if isinstance(m, int) and m in known else self.catalog.model_id(conn, m), metrics)
+                     for m, metrics in items]  # fmt: skip
             return self.catalog.add_metrics_many(conn, pairs, step)
 
     def tag(self, model: int | str, *tags: str) -> None:

@@ -121,13 +121,17 @@ def resolve_models(zoo: Any, models: str | Sequence[int | str] | Any, *, final: 
     elif isinstance(models, ModelQuery):
         ids = (models.final() if final else models).ids()
     else:
-        ids = [zoo.get(m).id for m in models]
+        ids = [int(m) if isinstance(m, int) else zoo.get(m).id for m in models]  # ids are checked by records()
         if final:
             ids = [i for i in zoo.models().final().ids_in(ids).ids()]
     if not ids:
         raise NotFoundError(f"no models to analyse in {models!r}" + (" (final checkpoints)" if final else ""))
+    try:
+        recs = zoo.records(ids)
+    except KeyError as e:
+        raise NotFoundError(f"no model {e.args[0]} in the zoo; find ids with `weightzoo ls`") from None
     groups: dict[str, ModelGroup] = {}
-    for r in zoo.records(ids):
+    for r in recs:
         key = config_hash(r.arch_config)
         g = groups.setdefault(key, ModelGroup(r.arch_config, [], []))
         g.ids.append(r.id)

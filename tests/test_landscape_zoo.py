@@ -124,6 +124,20 @@ def test_accuracy_metrics_of_a_model_that_cannot_be_evaluated_are_refused_with_n
     assert snapshot(z) == before
 
 
+def test_add_metrics_many_is_one_all_or_nothing_write(zoo_copy, snapshot):
+    z, b = zoo_copy
+    a, c = b["w8"][:2]
+    before = snapshot(z)
+    with pytest.raises(NotFoundError):
+        z.add_metrics_many([(a, {"x": 1.0}), (10**9, {"x": 2.0})])
+    with pytest.raises(ConfigError, match="must be a number"):
+        z.add_metrics_many([(a, {"x": 1.0}), (c, {"x": "high"})])
+    assert snapshot(z) == before
+    gen = z.generation()
+    assert z.add_metrics_many([(a, [("x", "layers.0", None, 1.5)]), (z.get(c).name, {"test_x": 2.0})]) == 2
+    assert z.get(a).metric("x", "layers.0") == 1.5 and z.get(c).metric("x", "test") == 2.0 and z.generation() > gen
+
+
 # ------------------------------------------------------------------------------------ hessian, cka
 def test_hessian_and_cka_metrics_per_layer_and_whole(zoo_copy):
     z, b = zoo_copy

@@ -42,6 +42,7 @@ A split longer than the catalog's 50 characters is shortened (:func:`analysis.la
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -232,11 +233,17 @@ def _spectral_rows(frame: pd.DataFrame, rows: Rows) -> None:
 
 
 # ------------------------------------------------------------------------------------ data
-def _batch(cfg: dict, dataset: str, split: str, samples: int | None, seed: int, dataset_root: str | None
-           ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+@functools.lru_cache(maxsize=4)
+def _dataset(dataset: str, root: str | None) -> Any:
     from zoo.datasets import load_dataset
 
-    X, y = load_dataset(dataset, root=dataset_root).for_architecture(cfg).split(split)
+    return load_dataset(dataset, root=root)
+
+
+def _batch(cfg: dict, dataset: str, split: str, samples: int | None, seed: int, dataset_root: str | None
+           ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A seeded subset of ``samples`` inputs of ``split``, laid out for ``cfg`` (the same for every group)."""
+    X, y = _dataset(dataset, dataset_root).for_architecture(cfg).split(split)
     if samples is not None and samples < len(X):
         idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(int(seed)))[: int(samples)]
         idx = idx.sort().values

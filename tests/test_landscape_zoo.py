@@ -99,6 +99,8 @@ def test_raw_state_dicts_get_spectra_but_are_refused_for_hessian_and_cka_with_no
     for fams in (("spectral", "hessian"), ("cka",), ("spectral", "cka")):
         with pytest.raises(ConfigError, match="raw state dict has no builder"):
             landscape(z, "t-raw", metrics=fams)
+    with pytest.raises(ConfigError, match="raw state dict"):
+        landscape(z, "t-grid/width=8", metrics=("cka",), options={"cka": {"reference": b["raw"]}})
     with pytest.raises(ConfigError, match="not a classifier"):
         landscape(z, "t-siren", metrics=("spectral", "hessian"))
     with pytest.raises(ConfigError, match="unknown metric family"):
@@ -153,6 +155,16 @@ def test_hessian_and_cka_metrics_per_layer_and_whole(zoo_copy):
     assert df.loc[ref, "train_hessian_samples"] == 64
     h = run.frames["hessian"]
     assert set(h["layer"]) == {"", "layers.0", "layers.1"} and (h.loc[h["layer"] == "", "trace_se"] > 0).all()
+
+
+def test_cka_of_implicit_neural_representations_on_their_coordinate_grid(zoo_copy):
+    z, b = zoo_copy
+    second = z.add(init_state(SIREN, 1), arch=SIREN, population="t-siren", name="t-siren-1")
+    run = landscape(z, "t-siren", metrics=("cka",), options={"cka": {"reference": b["siren"]}})
+    f = run.frames["cka"].set_index(["model_id", "layer"])["cka"]
+    assert f[(b["siren"], "")] == pytest.approx(1.0) and f[(second.id, "")] < 1.0
+    assert z.get(second.id).metric("cka", "coords/layers.0") == pytest.approx(f[(second.id, "layers.0")])
+    assert z.get(second.id).metric("cka_reference", "coords") == b["siren"]
 
 
 def test_default_cka_reference_is_the_best_model_of_the_family_across_the_grid(zoo_copy):

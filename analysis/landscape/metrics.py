@@ -32,7 +32,8 @@ esd_layers, esd_fitted      ""                   layers, and layers with a power
 hessian_trace(_se)          <data>, <data>/<l>   Hutchinson trace and its standard error
 hessian_top_eig(_residual)  <data>, <data>/<l>   power-iteration eigenvalue, ||Hv - lambda v||
 hessian_samples             <data>               data samples in the Hessian's batch
-cka                         <data>, <data>/<l>   linear CKA to the reference (<data>: mean of layers)
+cka                         <data>, <data>/<l>   linear CKA to the reference (<data>: mean of layers;
+                                                 INRs: ``coords``, their coordinate grid)
 cka_reference               <data>               the reference model's id
 =========================  ===================  =====================================================
 
@@ -150,18 +151,19 @@ def _groups(zoo: Any, models: Any, final: bool, limit: int | None) -> list[Model
         resolve_models(zoo, models, final=final, limit=limit)  # fmt: skip
 
 
-def _check_evaluable(groups: Iterable[ModelGroup], what: str) -> None:
-    """Refuse, before any work, models that cannot be run as classifiers (raw state dicts, INRs)."""
+def _check_evaluable(groups: Iterable[ModelGroup], what: str, *, inr: bool = False) -> None:
+    """Refuse, before any work, models that cannot be run on labelled data (raw state dicts; INRs unless ``inr``)."""
     for g in groups:
-        if g.config.get("family") == "raw" or not is_classifier(g.config):
-            fam = g.config.get("family")
-            why = ("a raw state dict has no builder, so it cannot be evaluated" if fam == "raw" else
-                   f"architecture family {fam!r} is not a classifier ({get_family(g.config).head})")  # fmt: skip
-            raise ConfigError(
-                f"{what} needs models that can be evaluated on labelled data; models {g.ids[:5]} of "
-                f"{', '.join(g.populations) or 'no population'} cannot: {why}. Compute the spectral metrics "
-                "instead (weight-only), or give the models a buildable classifier config."
-            )
+        fam = g.config.get("family")
+        if fam != "raw" and (is_classifier(g.config) or (inr and get_family(g.config).head == "inr")):
+            continue
+        why = ("a raw state dict has no builder, so it cannot be evaluated" if fam == "raw" else
+               f"architecture family {fam!r} is not a classifier ({get_family(g.config).head})")  # fmt: skip
+        raise ConfigError(
+            f"{what} needs models that can be run on {'inputs' if inr else 'labelled data'}; models {g.ids[:5]} of "
+            f"{', '.join(g.populations) or 'no population'} cannot: {why}. Compute the spectral metrics "
+            "instead (weight-only), or give the models a buildable classifier config."
+        )
 
 
 def _write(zoo: Any, rows: Rows, record: bool) -> int:
@@ -251,6 +253,13 @@ def _batch(cfg: dict, dataset: str, split: str, samples: int | None, seed: int, 
     return X.float(), y
 
 
+def _coords(dataset: str, dataset_root: str | None) -> torch.Tensor:
+    """The pixel-coordinate grid of the data set's images (an INR's inputs). Shapes: ``[H * W, 2]``."""
+    from zoo.datasets import inr_targets
+
+    return inr_targets(_dataset(dataset, dataset_root), n=1).coords
+
+
 # ------------------------------------------------------------------------------------ hessian
 def hessian_metrics(
     zoo: Any,
@@ -325,15 +334,18 @@ def cka_metrics(
 ) -> pd.DataFrame:
     """Linear CKA of every model against ``reference`` on a seeded batch of ``split``, layer by layer.
 
+    Implicit neural representations (SIRENs) are compared on their inputs, the coordinate grid of the
+    data set's images (split ``coords``), instead of a data split.
+
     ``reference`` defaults to the model with the best test accuracy among the models of its family
     (one reference for a grid of populations that differ in width). Returns one
     row per (model, layer): model_id, reference_id, layer, cka.
     """
     groups = _groups(zoo, models, final, limit)
-    _check_evaluable(groups, "CKA")
+    _check_evaluable(groups, "CKA", inr=True)
     ref_rec = zoo.get(reference) if reference is not None else None
     if ref_rec is not None:
-        _check_evaluable([ModelGroup(ref_rec.arch_config, [ref_rec.id], [ref_rec.population or ""])], "CKA")
+        _check_evaluable([ModelGroup(ref_rec.arch_config, [ref_rec.id], [ref_rec.population or ""])], "CKA", inr=True)
     frames, rows = [], {}
     bar = _progress(sum(len(g.ids) for g in groups), "cka", progress)
     by_family: dict[str, list[int]] = {}  # the default reference: one per family over all groups
@@ -341,16 +353,18 @@ def cka_metrics(
         by_family.setdefault(g.config["family"], []).extend(g.ids)
     for g in groups:
         ref = ref_rec if ref_rec is not None else zoo.get(_default_reference(zoo, by_family[g.config["family"]]))
-        X, _ = _batch(g.config, dataset, split, samples, seed, dataset_root)
+        inr = get_family(g.config).head == "inr"
+        X = _coords(dataset, dataset_root) if inr else _batch(g.config, dataset, split, samples, seed, dataset_root)[0]
         res = population_cka(g.config, zoo.stack(g.ids), ref.arch_config, ref.state_dict(), X, progress=bar.update)
         mean = torch.stack(list(res.values())).mean(0)
         for layer, v in {"": mean, **res}.items():
             frames.append(pd.DataFrame({"model_id": g.ids, "reference_id": ref.id, "layer": layer, "cka": v.tolist()}))
-            sp = split if not layer else metric_split(f"{split}/{layer}")
+            where = "coords" if inr else split
+            sp = where if not layer else metric_split(f"{where}/{layer}")
             for k, mid in enumerate(g.ids):
                 rows.setdefault(mid, []).append(("cka", sp, None, float(v[k])))
                 if not layer:
-                    rows[mid].append(("cka_reference", split, None, float(ref.id)))
+                    rows[mid].append(("cka_reference", where, None, float(ref.id)))
     bar.close()
     return _done(pd.concat(frames, ignore_index=True), _write(zoo, rows, record))
 
@@ -385,7 +399,7 @@ def landscape(
     if "hessian" in metrics:
         _check_evaluable(groups, "the Hessian")
     if "cka" in metrics:
-        _check_evaluable(groups, "CKA")
+        _check_evaluable(groups, "CKA", inr=True)
         ref = options.get("cka", {}).get("reference")
         if ref is not None:
             zoo.get(ref)

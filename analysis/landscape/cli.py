@@ -30,7 +30,7 @@ weights) and the results are written to the zoo as metrics (see docs/landscape.m
             with its residual), whole model and per layer, on a seeded batch of the training split;
             classifiers only
   cka       linear CKA of every model's activations to a reference model on the test split, per layer;
-            classifiers only
+            classifiers (SIRENs: on their coordinate grid)
 
 --report writes the phase map (PNG): the metric families over a grid of two hyperparameters
 (--x/--y, default width x batch size), medians over seeds, and prints the rank correlations of

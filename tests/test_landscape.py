@@ -166,6 +166,16 @@ def test_effective_and_stable_rank_of_known_matrices():
     assert s.fit.status_names() == ["failed", "too_few_eigenvalues"]  # 10 equal eigenvalues; 3 above 1e-5
 
 
+def test_a_model_with_non_finite_weights_fails_explicitly_without_touching_the_others():
+    w = torch.randn(3, 40, 30, generator=torch.Generator().manual_seed(0))
+    w[1, 0, 0] = math.nan
+    s = population_spectra({"a.weight": w}, bootstrap=5)[0]
+    assert s.fit.status_names() == ["ok", "failed", "ok"]
+    assert math.isnan(s.spectral_norm[1]) and math.isnan(s.fit.alpha[1])
+    alone = population_spectra({"a.weight": w[2:]}, bootstrap=5)[0]
+    assert s.spectral_norm[2].item() == pytest.approx(alone.spectral_norm[0].item())
+
+
 def test_metric_split_keeps_short_names_and_shortens_long_ones_uniquely():
     assert metric_split("layers.0") == "layers.0"
     long_a, long_b = "model.decoder.layers.11.self_attn.out_proj.lora_A", "model.decoder.layers.11.self_attn.out_proj.lora_B"

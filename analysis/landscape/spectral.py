@@ -23,6 +23,9 @@ Per layer and model:
 - ``effective_rank``: ``exp(H(p))`` with ``p_i = sigma_i / sum(sigma)`` (Roy & Vetterli 2007);
 - the power-law fit of the pooled eigenvalues (:mod:`analysis.landscape.powerlaw`): ``alpha`` with
   its bootstrap interval, cutoff, KS distance, tail size and status.
+
+A model whose layer holds NaN or infinite weights gets NaN metrics for that layer and the status
+``failed`` (the other models are unaffected).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from analysis.landscape.powerlaw import PowerLawFit, fit_power_law
+from analysis.landscape.powerlaw import STATUS, PowerLawFit, fit_power_law
 from zoo.errors import ConfigError, MismatchError
 
 __all__ = [
@@ -139,7 +142,10 @@ def population_spectra(
         w = params[tname].detach()
         mats, kind = layer_matrices(w.float() if w.dtype in (torch.float16, torch.bfloat16) else w)
         n, s, rows, cols = mats.shape
+        finite = torch.isfinite(mats).flatten(1).all(1)  # a model with NaN/inf weights: its metrics NaN, fit failed
+        mats = torch.where(finite.view(-1, 1, 1, 1), mats, torch.zeros((), dtype=mats.dtype))
         sv = torch.linalg.svdvals(mats.reshape(n * s, rows, cols)).reshape(n, s * min(rows, cols)).double()
+        sv[~finite] = math.nan
         sv = torch.sort(sv, dim=1).values
         ev = sv * sv
         smax = sv[:, -1]
@@ -147,6 +153,7 @@ def population_spectra(
         p = sv / total.clamp_min(1e-300).unsqueeze(1)
         entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(1)
         fit = fit_power_law(ev, bootstrap=bootstrap, seed=seed + idx, min_evals=min_evals, thresh=thresh)
+        fit.status[~finite] = STATUS["failed"]
         nan = torch.full_like(smax, math.nan)
         out.append(LayerSpectrum(
             layer=layer, tensor=tname, shape=tuple(w.shape[1:]), kind=kind, n_matrices=s, evals=ev,

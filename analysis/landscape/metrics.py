@@ -48,7 +48,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -59,6 +59,9 @@ from analysis.landscape.powerlaw import STATUS
 from analysis.landscape.spectral import metric_split, population_spectra, spectra_frame
 from zoo.architectures import config_hash, get_family, is_classifier
 from zoo.errors import ConfigError, NotFoundError
+
+if TYPE_CHECKING:
+    from zoo import Zoo
 
 __all__ = [
     "FAMILIES",
@@ -101,7 +104,7 @@ class LandscapeRun:
 
 
 # ------------------------------------------------------------------------------------ which models
-def resolve_models(zoo: Any, models: str | Sequence[int | str] | Any, *, final: bool = False,
+def resolve_models(zoo: Zoo, models: str | Sequence[int | str] | Any, *, final: bool = False,
                    limit: int | None = None) -> list[ModelGroup]:  # fmt: skip
     """The models to analyse, grouped by architecture.
 
@@ -146,7 +149,7 @@ def resolve_models(zoo: Any, models: str | Sequence[int | str] | Any, *, final: 
     return out
 
 
-def _groups(zoo: Any, models: Any, final: bool, limit: int | None) -> list[ModelGroup]:
+def _groups(zoo: Zoo, models: Any, final: bool, limit: int | None) -> list[ModelGroup]:
     return models if isinstance(models, list) and models and isinstance(models[0], ModelGroup) else \
         resolve_models(zoo, models, final=final, limit=limit)  # fmt: skip
 
@@ -166,7 +169,7 @@ def _check_evaluable(groups: Iterable[ModelGroup], what: str, *, inr: bool = Fal
         )
 
 
-def _write(zoo: Any, rows: Rows, record: bool) -> int:
+def _write(zoo: Zoo, rows: Rows, record: bool) -> int:
     if not record or not rows:
         return 0
     return zoo.add_metrics_many([(mid, [r for r in rs if math.isfinite(r[3])]) for mid, rs in rows.items()])
@@ -185,7 +188,7 @@ def _progress(total: int, desc: str, show: bool) -> Any:
 
 # ------------------------------------------------------------------------------------ spectral
 def spectral_metrics(
-    zoo: Any,
+    zoo: Zoo,
     models: Any,
     *,
     final: bool = False,
@@ -262,7 +265,7 @@ def _coords(dataset: str, dataset_root: str | None) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ hessian
 def hessian_metrics(
-    zoo: Any,
+    zoo: Zoo,
     models: Any,
     *,
     final: bool = False,
@@ -308,7 +311,7 @@ def hessian_metrics(
 
 
 # ------------------------------------------------------------------------------------ cka
-def _default_reference(zoo: Any, ids: Sequence[int]) -> int:
+def _default_reference(zoo: Zoo, ids: Sequence[int]) -> int:
     """The model with the best recorded test accuracy among ``ids`` (the first one when none has one)."""
     m = zoo.metrics()
     m = m[(m["model_id"].isin(list(ids))) & (m["name"] == "acc") & (m["split"] == "test")]
@@ -318,7 +321,7 @@ def _default_reference(zoo: Any, ids: Sequence[int]) -> int:
 
 
 def cka_metrics(
-    zoo: Any,
+    zoo: Zoo,
     models: Any,
     *,
     reference: int | str | None = None,
@@ -371,7 +374,7 @@ def cka_metrics(
 
 # ------------------------------------------------------------------------------------ all
 def landscape(
-    zoo: Any,
+    zoo: Zoo,
     models: Any,
     *,
     metrics: Sequence[str] = ("spectral",),

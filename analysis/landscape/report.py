@@ -16,12 +16,15 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from zoo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from zoo import Zoo
 
 __all__ = ["PHASE_METRICS", "population_table", "rank_correlations", "phase_grid", "phase_map", "landscape_metric_columns"]
 
@@ -39,7 +42,7 @@ PHASE_METRICS: tuple[tuple[str, str, bool], ...] = (
 _SKIP_SUFFIXES = ("_se", "_residual", "_lo", "_hi", "_status", "_samples", "_reference", "_sigma", "_layers", "_fitted")
 
 
-def population_table(zoo: Any, models: Any, *, final: bool = True, per_layer: bool = False) -> pd.DataFrame:
+def population_table(zoo: Zoo, models: Any, *, final: bool = True, per_layer: bool = False) -> pd.DataFrame:
     """One row per model with its metrics (``<split>_<name>``) and hyperparameters (``hp_<name>``).
 
     ``models``: a population name, a pattern (``digits-mlp-phases/*``), a ``ModelQuery`` or ids.

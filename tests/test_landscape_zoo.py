@@ -103,6 +103,8 @@ def test_raw_state_dicts_get_spectra_but_are_refused_for_hessian_and_cka_with_no
         landscape(z, "t-grid/width=8", metrics=("cka",), options={"cka": {"reference": b["raw"]}})
     with pytest.raises(ConfigError, match="not a classifier"):
         landscape(z, "t-siren", metrics=("spectral", "hessian"))
+    with pytest.raises(ConfigError, match="trace method"):
+        landscape(z, "t-grid/*", metrics=("spectral", "hessian"), options={"hessian": {"method": "exact"}})
     with pytest.raises(ConfigError, match="unknown metric family"):
         landscape(z, "t-grid/*", metrics=("spectral", "sharpness"))
     with pytest.raises(NotFoundError, match="no population matches"):

@@ -72,7 +72,7 @@ def cmd_landscape(args: argparse.Namespace) -> int:
             check_png_path(args.report, overwrite=args.overwrite, zoo_roots=[z.root])  # refuse before the work
         opts: dict[str, dict[str, Any]] = {
             "spectral": {"bootstrap": args.bootstrap, "seed": args.seed},
-            "hessian": {"probes": args.probes, "iters": args.iters, "samples": args.samples, "seed": args.seed,
+            "hessian": {"probes": args.probes, "method": args.trace_method, "iters": args.iters, "samples": args.samples, "seed": args.seed,
                         "dataset": args.dataset, "dataset_root": args.data_root},
             "cka": {"reference": args.reference, "samples": args.samples, "seed": args.seed, "dataset": args.dataset,
                     "dataset_root": args.data_root},
@@ -149,7 +149,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--final", action="store_true", help="only the last checkpoint of each run")
     s.add_argument("--limit", type=int, help="at most this many models per architecture")
     s.add_argument("--bootstrap", type=int, default=100, help="bootstrap replicates of alpha's interval (default 100; 0: none)")
-    s.add_argument("--probes", type=int, default=100, help="Hutchinson probes (default 100)")
+    s.add_argument("--probes", type=int, default=100, help="Hessian-vector products of the trace estimate (default 100)")
+    s.add_argument("--trace-method", choices=["hutch++", "hutchinson"], default="hutch++",
+                   help="trace estimator (default hutch++: Hutchinson with low-rank deflation)")
     s.add_argument("--iters", type=int, default=100, help="most power iterations (default 100)")
     s.add_argument("--samples", type=int, default=512, help="data samples for the Hessian and CKA batches (default 512)")
     s.add_argument("--reference", help="CKA reference model, id or name (default: best test accuracy)")

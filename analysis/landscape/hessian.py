@@ -194,6 +194,15 @@ def _unflat(x: Tensor, like: Params) -> Params:
     return out
 
 
+def check_trace_options(probes: int, method: str) -> None:
+    """Raise :class:`ConfigError` for an unknown trace method or too few probes for a standard error."""
+    if method not in TRACE_METHODS:
+        raise ConfigError(f"unknown trace method {method!r}; choose from {', '.join(TRACE_METHODS)}")
+    least = 2 if method == "hutchinson" else 4
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < least:
+        raise ConfigError(f"the {method} estimator needs at least {least} probes for a standard error, got {probes!r}")
+
+
 def hutchinson_trace(
     loss: Callable[[Params], Tensor],
     params: Params,
@@ -220,11 +229,7 @@ def hutchinson_trace(
     Shapes:
         params: ``name -> [N, *shape]``; keys: ``[N]`` (seeds the probes per model). Returns ``[N]`` tensors.
     """
-    if method not in TRACE_METHODS:
-        raise ConfigError(f"unknown trace method {method!r}; choose from {', '.join(TRACE_METHODS)}")
-    least = 2 if method == "hutchinson" else 4
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < least:
-        raise ConfigError(f"the {method} estimator needs at least {least} probes for a standard error, got {probes!r}")
+    check_trace_options(probes, method)
     n = next(iter(params.values())).shape[0]
     k = _model_keys(keys, n, seed)
     groups = dict(groups or {})

@@ -54,7 +54,7 @@ import pandas as pd
 import torch
 
 from analysis.landscape.cka import population_cka
-from analysis.landscape.hessian import sharpness
+from analysis.landscape.hessian import check_trace_options, sharpness
 from analysis.landscape.powerlaw import STATUS
 from analysis.landscape.spectral import metric_split, population_spectra, spectra_frame
 from zoo.architectures import config_hash, get_family, is_classifier
@@ -274,6 +274,7 @@ def hessian_metrics(
     split: str = "train",
     samples: int | None = 512,
     probes: int = 100,
+    method: str = "hutch++",
     iters: int = 100,
     tol: float = 1e-4,
     seed: int = 0,
@@ -294,8 +295,8 @@ def hessian_metrics(
     bar = _progress(sum(len(g.ids) for g in groups), "hessian", progress)
     for g in groups:
         X, y = _batch(g.config, dataset, split, samples, seed, dataset_root)
-        est = sharpness(g.config, zoo.stack(g.ids), X, y, probes=probes, iters=iters, tol=tol, seed=seed, keys=g.ids,
-                        per_layer=per_layer, progress=bar.update)  # fmt: skip
+        est = sharpness(g.config, zoo.stack(g.ids), X, y, probes=probes, method=method, iters=iters, tol=tol, seed=seed,
+                        keys=g.ids, per_layer=per_layer, progress=bar.update)  # fmt: skip
         parts = {"": {"trace": est.trace, "trace_se": est.trace_se, "top_eig": est.top_eig,
                       "top_eig_residual": est.top_eig_residual}, **est.layers}  # fmt: skip
         for layer, vals in parts.items():
@@ -401,6 +402,8 @@ def landscape(
     groups = resolve_models(zoo, models, final=final, limit=limit)
     if "hessian" in metrics:
         _check_evaluable(groups, "the Hessian")
+        h = options.get("hessian", {})
+        check_trace_options(h.get("probes", 100), h.get("method", "hutch++"))
     if "cka" in metrics:
         _check_evaluable(groups, "CKA", inr=True)
         ref = options.get("cka", {}).get("reference")

@@ -61,8 +61,8 @@ def _ww_alphas(models: list[torch.nn.Module]) -> tuple[list[dict[str, float]], f
     for m in models:
         with contextlib.redirect_stdout(io.StringIO()):  # WW prints "SMALL N PL FIT" per small layer
             df = ww.WeightWatcher(model=m).analyze()
-        out.append({str(r["longname"]): (float(r["alpha"]) if r.get("status", "success") == "success" else math.nan)
-                    for _, r in df.iterrows()})  # fmt: skip
+        out.append({str(r["longname"]): (float(r["alpha"]) if r.get("status", "success") == "success" else math.nan,
+                                          float(r["sv_max"]), float(r["stable_rank"])) for _, r in df.iterrows()})  # fmt: skip
     return out, (time.perf_counter() - t0) / len(models)
 
 
@@ -76,9 +76,12 @@ def part_alpha(z, ids: list[int], label: str) -> dict:
     ours_s = (time.perf_counter() - t0) / len(ids)
     ww, ww_s = _ww_alphas([r.module() for r in recs])
     big, small, inside, both, ours_only, ww_only = [], [], 0, 0, 0, 0
+    srank, ratio = [], {}
     for s in spectra:
         for k in range(len(ids)):
-            w = ww[k].get(s.layer, math.nan)
+            w, sv_max, stable = ww[k].get(s.layer, (math.nan, math.nan, math.nan))
+            srank.append(abs(float(s.stable_rank[k]) - stable) / stable)
+            ratio.setdefault(s.kind, []).append(float(s.spectral_norm[k]) / sv_max)
             fitted = int(s.fit.status[k]) <= STATUS["small_sample"]
             if fitted and math.isfinite(w):
                 both += 1
@@ -100,6 +103,9 @@ def part_alpha(z, ids: list[int], label: str) -> dict:
     print(f"        layers < 20 eigenvalues:  {len(small)} fits, median rel. diff {row['small_median_rel']:.3f}, "
           f"max {row['small_max_rel']:.3f}; WeightWatcher's alpha inside our 95% bootstrap interval: "
           f"{row['ww_inside_ci']:.1%} of all fits")
+    print(f"        stable rank: max rel. difference {max(srank):.1e}; spectral norm ours / WeightWatcher's sv_max: "
+          + ", ".join(f"{kind} {min(v):.4f}-{max(v):.4f}" for kind, v in ratio.items()))
+    row["stable_rank_max_rel"] = max(srank)
     print(f"        time per model: ours {row['ours_ms_per_model']:.2f} ms (batched, 100 bootstrap replicates), "
           f"WeightWatcher {row['ww_ms_per_model']:.1f} ms (no bootstrap)")
     return row

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from analysis.landscape import landscape, population_spectra
-from analysis.landscape.metrics import resolve_models
+from analysis.landscape.metrics import METRIC_FAMILIES, MetricFamily, register_metric_family, resolve_models
 from analysis.landscape.powerlaw import STATUS
 from analysis.landscape.report import phase_grid, phase_map, population_table, rank_correlations
 from zoo import Zoo
@@ -105,7 +105,7 @@ def test_raw_state_dicts_get_spectra_but_are_refused_for_hessian_and_cka_with_no
         landscape(z, "t-siren", metrics=("spectral", "hessian"))
     with pytest.raises(ConfigError, match="trace method"):
         landscape(z, "t-grid/*", metrics=("spectral", "hessian"), options={"hessian": {"method": "exact"}})
-    with pytest.raises(ConfigError, match="unknown metric family"):
+    with pytest.raises(ConfigError, match="unknown landscape metric family 'sharpness'; valid .*cka, hessian, spectral"):
         landscape(z, "t-grid/*", metrics=("spectral", "sharpness"))
     with pytest.raises(NotFoundError, match="no population matches"):
         landscape(z, "no-such-*")
@@ -177,6 +177,49 @@ def test_default_cka_reference_is_the_best_model_of_the_family_across_the_grid(z
     assert set(run.frames["cka"]["reference_id"]) == {max(accs, key=accs.get)}
 
 
+# ------------------------------------------------------------------------------------ every family (conformance)
+@pytest.mark.parametrize("name", METRIC_FAMILIES.names())
+def test_every_metric_family_writes_finite_rows_and_refuses_what_it_cannot_run(zoo_copy, snapshot, name):
+    z, b = zoo_copy
+    fam = METRIC_FAMILIES.get(name)
+    assert fam.needs in ("weights", "classifier", "runnable")
+    fast = {"spectral": {"bootstrap": 4}, "hessian": {"probes": 4, "iters": 3, "samples": 32}, "cka": {"samples": 32}}
+    m0 = len(z.metrics())
+    run = landscape(z, "t-grid/width=8", metrics=[name], options={name: fast.get(name, {})})
+    frame = run.frames[name]
+    assert set(frame["model_id"]) == set(b["w8"]) and run.rows_written == len(z.metrics()) - m0 > 0
+    cant = [p for p, need in (("t-raw", ("classifier", "runnable")), ("t-siren", ("classifier",))) if fam.needs in need]
+    before = snapshot(z)
+    for pop in cant:
+        with pytest.raises(ConfigError, match="cannot compute"):
+            landscape(z, pop, metrics=["spectral", name])
+    assert snapshot(z) == before
+
+
+def test_a_registered_metric_family_runs_through_landscape_and_names_are_unique(zoo_copy):
+    from zoo.errors import DuplicateError
+
+    z, b = zoo_copy
+
+    def norms(zoo, groups, *, record=True, progress=False):
+        import pandas as pd
+
+        rows = [(i, float(zoo.stack([i])["layers.0.weight"].norm())) for g in groups for i in g.ids]
+        n = zoo.add_metrics_many([(i, {"l2_first": v}) for i, v in rows]) if record else 0
+        frame = pd.DataFrame(rows, columns=["model_id", "l2_first"])
+        frame.attrs["rows_written"] = n
+        return frame
+
+    register_metric_family(MetricFamily("t_norms", norms))
+    try:
+        with pytest.raises(DuplicateError):
+            register_metric_family(MetricFamily("t_norms", norms))
+        run = landscape(z, "t-grid/width=8", metrics=["t_norms"])
+        assert run.rows_written == 4 and z.get(b["w8"][0]).metric("l2_first") > 0
+    finally:
+        METRIC_FAMILIES.unregister("t_norms")
+
+
 # ------------------------------------------------------------------------------------ report
 def test_rank_correlations_and_phase_grid_on_a_hand_made_table():
     df = pd.DataFrame({"id": range(8), "hp_width": [8, 8, 16, 16, 32, 32, 64, 64], "hp_batch_size": [32, 128] * 4,
@@ -236,7 +279,7 @@ def test_cli_computes_stores_reports_and_refuses(zoo_copy, tmp_path, capsys, sna
     before = snapshot(z)
     for argv, msg in (
         (["t-raw", "--metrics", "hessian"], "raw state dict"),
-        (["t-grid/*", "--metrics", "spectral,foo"], "unknown metric family"),
+        (["t-grid/*", "--metrics", "spectral,foo"], "unknown landscape metric family"),
         (["t-grid/*", "--report", str(Path(root) / "x.png")], "zoo"),
         (["t-grid/*", "--report", str(png)], "exists"),
         (["t-grid/*", "--probes", "1", "--metrics", "hessian"], "--probes"),

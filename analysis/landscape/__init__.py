@@ -17,7 +17,9 @@ from analysis.landscape.cka import linear_cka, model_cka, population_cka
 from analysis.landscape.hessian import SharpnessEstimate, hutchinson_trace, sharpness, top_eigenvalue
 from analysis.landscape.metrics import (
     FAMILIES,
+    METRIC_FAMILIES,
     LandscapeRun,
+    MetricFamily,
     cka_metrics,
     hessian_metrics,
     landscape,
@@ -28,7 +30,7 @@ from analysis.landscape.powerlaw import STATUS, PowerLawFit, fit_power_law
 from analysis.landscape.spectral import LayerSpectrum, population_spectra, spectra_frame
 
 __all__ = [
-    "FAMILIES", "LandscapeRun", "landscape", "resolve_models", "spectral_metrics", "hessian_metrics", "cka_metrics",
+    "FAMILIES", "METRIC_FAMILIES", "MetricFamily", "LandscapeRun", "landscape", "resolve_models", "spectral_metrics", "hessian_metrics", "cka_metrics",
     "STATUS", "PowerLawFit", "fit_power_law", "LayerSpectrum", "population_spectra", "spectra_frame",
     "SharpnessEstimate", "sharpness", "hutchinson_trace", "top_eigenvalue", "linear_cka", "model_cka",
     "population_cka",

@@ -45,13 +45,13 @@ examples:
 
 
 def _families(text: str) -> list[str]:
-    from analysis.landscape.metrics import FAMILIES
+    from analysis.landscape.metrics import METRIC_FAMILIES
 
     fams = [f.strip() for f in text.split(",") if f.strip()]
-    bad = [f for f in fams if f not in FAMILIES]
-    if bad or not fams:
-        raise ConfigError(f"--metrics: unknown metric famil{'ies' if len(bad) > 1 else 'y'} {bad or text!r}; "
-                          f"give a comma-separated subset of {', '.join(FAMILIES)}")  # fmt: skip
+    if not fams:
+        raise ConfigError(f"--metrics: give a comma-separated subset of {', '.join(METRIC_FAMILIES.names())}")
+    for f in fams:
+        METRIC_FAMILIES.get(f)  # ConfigError listing the valid families
     return fams
 
 
@@ -78,7 +78,7 @@ def cmd_landscape(args: argparse.Namespace) -> int:
                     "dataset_root": args.data_root},
         }  # fmt: skip
         run = landscape(z, args.population, metrics=fams, final=args.final, limit=args.limit, record=not args.no_record,
-                        progress=not args.no_progress, options={f: opts[f] for f in fams})  # fmt: skip
+                        progress=not args.no_progress, options={f: opts[f] for f in fams if f in opts})  # fmt: skip
         out: dict[str, Any] = {"population": args.population, "models": len(run.model_ids),
                                "populations": sorted({p for g in run.groups for p in g.populations}),
                                "seconds": {k: round(v, 3) for k, v in run.seconds.items()},

@@ -59,12 +59,16 @@ from analysis.landscape.powerlaw import STATUS
 from analysis.landscape.spectral import metric_split, population_spectra, spectra_frame
 from zoo.architectures import config_hash, get_family, is_classifier
 from zoo.errors import ConfigError, NotFoundError
+from zoo.registry import Registry
 
 if TYPE_CHECKING:
     from zoo import Zoo
 
 __all__ = [
     "FAMILIES",
+    "METRIC_FAMILIES",
+    "MetricFamily",
+    "register_metric_family",
     "ModelGroup",
     "LandscapeRun",
     "resolve_models",
@@ -74,7 +78,31 @@ __all__ = [
     "landscape",
 ]
 
-#: the metric families, in the order they run
+
+
+@dataclass(frozen=True)
+class MetricFamily:
+    """A family of landscape metrics: how it is computed and what it needs, checked before any work.
+
+    ``compute(zoo, groups, *, record, progress, **options) -> DataFrame`` computes the family for every
+    :class:`ModelGroup` and writes its metrics (``frame.attrs["rows_written"]``). ``needs``: ``"weights"``
+    (any model, raw state dicts included), ``"classifier"`` (buildable classifiers) or ``"runnable"``
+    (classifiers and implicit neural representations). ``check(zoo, options)`` refuses bad options
+    before anything runs.
+    """
+
+    name: str
+    compute: Callable[..., pd.DataFrame]
+    needs: str = "weights"
+    check: Callable[[Any, dict[str, Any]], None] | None = None
+
+
+#: the landscape metric families (``weightzoo landscape --metrics``); plug-ins through the
+#: ``weightzoo.landscape_metrics`` entry-point group (``name = "module:MetricFamily object"``)
+METRIC_FAMILIES: Registry[MetricFamily] = Registry(
+    "landscape metric family", plural="landscape metric families", entry_points="weightzoo.landscape_metrics")
+
+#: the built-in families, in the order :func:`landscape` runs them
 FAMILIES = ("spectral", "hessian", "cka")
 
 Rows = dict[int, list[tuple[str, str, int | None, float]]]
@@ -163,8 +191,8 @@ def _check_evaluable(groups: Iterable[ModelGroup], what: str, *, inr: bool = Fal
         why = ("a raw state dict has no builder, so it cannot be evaluated" if fam == "raw" else
                f"architecture family {fam!r} is not a classifier ({get_family(g.config).head})")  # fmt: skip
         raise ConfigError(
-            f"{what} needs models that can be run on {'inputs' if inr else 'labelled data'}; models {g.ids[:5]} of "
-            f"{', '.join(g.populations) or 'no population'} cannot: {why}. Compute the spectral metrics "
+            f"cannot compute {what} for models {g.ids[:5]} of {', '.join(g.populations) or 'no population'}: they "
+            f"must run on {'their inputs' if inr else 'labelled data'}, and {why}. Compute the spectral metrics "
             "instead (weight-only), or give the models a buildable classifier config."
         )
 
@@ -386,38 +414,52 @@ def landscape(
     options: dict[str, dict[str, Any]] | None = None,
     on_family: Callable[[str, float], None] | None = None,
 ) -> LandscapeRun:
-    """Compute the metric ``families`` (a subset of :data:`FAMILIES`) for ``models`` and write them.
+    """Compute the metric families ``metrics`` (names in :data:`METRIC_FAMILIES`) for ``models`` and write them.
 
     ``options`` passes keyword arguments per family (``{"hessian": {"probes": 200}, "cka":
     {"reference": 12}}``). Every family's input is checked before the first one runs, so a bad request
     (an unknown family, a raw state dict asked for the Hessian) writes nothing.
     """
-    unknown = [m for m in metrics if m not in FAMILIES]
-    if unknown or not metrics:
-        raise ConfigError(f"unknown metric famil{'ies' if len(unknown) > 1 else 'y'} {unknown or metrics!r}; "
-                          f"choose from {', '.join(FAMILIES)}")  # fmt: skip
+    if isinstance(metrics, str) or not metrics:
+        raise ConfigError(f"give the metric families as a list, e.g. ['spectral', 'hessian'], not {metrics!r}; "
+                          f"choose from {', '.join(METRIC_FAMILIES.names())}")  # fmt: skip
+    fams = [METRIC_FAMILIES.get(m) for m in dict.fromkeys(metrics)]  # unknown names: ConfigError listing the valid ones
     options = dict(options or {})
-    if bad := sorted(set(options) - set(FAMILIES)):
-        raise ConfigError(f"options for unknown metric families {bad}; choose from {', '.join(FAMILIES)}")
+    for name in options:
+        METRIC_FAMILIES.get(name)
     groups = resolve_models(zoo, models, final=final, limit=limit)
-    if "hessian" in metrics:
-        _check_evaluable(groups, "the Hessian")
-        h = options.get("hessian", {})
-        check_trace_options(h.get("probes", 100), h.get("method", "hutch++"))
-    if "cka" in metrics:
-        _check_evaluable(groups, "CKA", inr=True)
-        ref = options.get("cka", {}).get("reference")
-        if ref is not None:
-            zoo.get(ref)
+    for fam in fams:  # every check before the first family runs: a refused request writes nothing
+        if fam.needs != "weights":
+            _check_evaluable(groups, f"the {fam.name} metrics", inr=fam.needs == "runnable")
+        if fam.check is not None:
+            fam.check(zoo, options.get(fam.name, {}))
     run = LandscapeRun(groups)
-    fns = {"spectral": spectral_metrics, "hessian": hessian_metrics, "cka": cka_metrics}
-    for fam in FAMILIES:
-        if fam not in metrics:
-            continue
+    order = {n: i for i, n in enumerate(FAMILIES)}
+    for fam in sorted(fams, key=lambda f: order.get(f.name, len(order))):
         t0 = time.perf_counter()
-        run.frames[fam] = fns[fam](zoo, groups, record=record, progress=progress, **options.get(fam, {}))
-        run.seconds[fam] = time.perf_counter() - t0
-        run.rows_written += int(run.frames[fam].attrs.get("rows_written", 0))
+        run.frames[fam.name] = fam.compute(zoo, groups, record=record, progress=progress, **options.get(fam.name, {}))
+        run.seconds[fam.name] = time.perf_counter() - t0
+        run.rows_written += int(run.frames[fam.name].attrs.get("rows_written", 0))
         if on_family is not None:
-            on_family(fam, run.seconds[fam])
+            on_family(fam.name, run.seconds[fam.name])
     return run
+
+
+def register_metric_family(family: MetricFamily) -> MetricFamily:
+    """Register a :class:`MetricFamily` (refuses a name taken); plug-ins may also use the entry-point group."""
+    return METRIC_FAMILIES.register(family.name, family)
+
+
+def _check_hessian(zoo: Zoo, opts: dict[str, Any]) -> None:
+    check_trace_options(opts.get("probes", 100), opts.get("method", "hutch++"))
+
+
+def _check_cka(zoo: Zoo, opts: dict[str, Any]) -> None:
+    if opts.get("reference") is not None:
+        ref = zoo.get(opts["reference"])
+        _check_evaluable([ModelGroup(ref.arch_config, [ref.id], [ref.population or ""])], "CKA", inr=True)
+
+
+register_metric_family(MetricFamily("spectral", spectral_metrics, needs="weights"))
+register_metric_family(MetricFamily("hessian", hessian_metrics, needs="classifier", check=_check_hessian))
+register_metric_family(MetricFamily("cka", cka_metrics, needs="runnable", check=_check_cka))

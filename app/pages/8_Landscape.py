@@ -19,7 +19,7 @@ if z is None:
     st.stop()
 
 from analysis.landscape import report as R  # noqa: E402
-from analysis.landscape.metrics import FAMILIES, landscape  # noqa: E402
+from analysis.landscape.metrics import METRIC_FAMILIES, landscape  # noqa: E402
 from analysis.landscape.spectral import population_spectra, spectra_frame  # noqa: E402
 
 pops = C.populations()
@@ -39,7 +39,7 @@ final = c2.checkbox("final checkpoints only", value=True, key="ls_final")
 
 # ------------------------------------------------------------------------------------ compute
 with st.expander("compute metrics for this population (writes them to the zoo)"):
-    fams = st.multiselect("metric families", list(FAMILIES), default=["spectral"], key="ls_fams",
+    fams = st.multiselect("metric families", METRIC_FAMILIES.names(), default=["spectral"], key="ls_fams",
                           help="spectral: weights only, fast; hessian and cka run the models on digits (classifiers)")  # fmt: skip
     b1, b2, b3 = st.columns(3)
     probes = int(b1.number_input("Hutchinson probes", min_value=2, value=50, step=10, key="ls_probes"))

@@ -86,7 +86,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     z = _open(args)
     if args.png:
-        from generators.plot import check_png_path
+        from zoo.io.figures import check_png_path
 
         check_png_path(args.png, overwrite=args.overwrite, zoo_roots=[z.root])
     run = sample(z, args.generator, n=args.n, condition=_number(args.condition), guidance=args.guidance, steps=args.steps,
@@ -94,7 +94,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = run.to_dict()
     if args.png:
         from generators.evaluate import plot_run
-        from generators.plot import save_png
+        from zoo.io.figures import save_png
 
         qlabel = "test accuracy" if "val_acc_median" in run.summary["samples"] else "PSNR (dB)"
         out["png"] = str(save_png(plot_run(run.result, quality_label=qlabel), args.png, overwrite=args.overwrite,

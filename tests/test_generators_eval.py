@@ -7,8 +7,8 @@ import torch
 
 from generators.baselines import BASELINES, averaged, gaussian, interpolations, noise_copies, pca_gaussian
 from generators.evaluate import summarize, verdict
-from generators.plot import check_png_path
 from zoo.errors import ConfigError, DuplicateError, OutputPathError
+from zoo.io.figures import check_png_path
 
 
 def test_noise_copies_are_training_models_plus_noise_of_the_asked_size() -> None:

@@ -451,3 +451,12 @@ def test_open_existing_and_missing(zoo_root: Path, mlp_cfg, make_state, tmp_path
         assert z.models().hparam("nesterov", "==", False).ids() == []
         assert_same = z.state_dict("m")
         assert all(torch.equal(assert_same[k], v) for k, v in make_state(0).items())
+
+
+def test_records_of_unknown_ids_raise_not_found(zoo: Zoo, make_state) -> None:
+    from zoo.errors import NotFoundError
+
+    m = zoo.add(make_state(0))
+    assert [r.id for r in zoo.records([m.id, m.id])] == [m.id, m.id]
+    with pytest.raises(NotFoundError, match="no model"):
+        zoo.records([m.id, 987654])

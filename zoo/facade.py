@@ -180,6 +180,12 @@ class Zoo:
         """Record more metrics for a stored model (e.g. after evaluating it on a new data set)."""
         write.add_metrics(self.backend, model, metrics, step)
 
+    def add_metrics_many(self, per_model: Iterable[tuple[int | str, Mapping[str, float] | Sequence[tuple]]],
+                         step: int | None = None) -> int:  # fmt: skip
+        """:meth:`add_metrics` for many ``(model, metrics)`` pairs in one transaction (all or nothing);
+        returns the number of rows written."""
+        return write.add_metrics_many(self.backend, per_model, step)
+
     def tag(self, model: int | str, *tags: str) -> None:
         """Add tags to a model."""
         write.tag(self.backend, model, *tags)

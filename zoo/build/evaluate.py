@@ -302,7 +302,11 @@ def evaluate_models(
     for r in recs:
         cfg = r.arch_config
         if not archs.is_classifier(cfg):
-            raise ConfigError(f"model {r.id} ({r.architecture}) is not an evaluable classifier")
+            raw = isinstance(cfg, Mapping) and cfg.get("family") == archs.RAW_FAMILY
+            why = ("it is a raw state dict: no builder, so it cannot be run; re-add it with a buildable architecture "
+                   "config (arch=...)" if raw else "its outputs are not class logits")  # fmt: skip
+            raise ConfigError(f"model {r.id} ({r.architecture}) is not an evaluable classifier: {why}. Nothing was "
+                              "evaluated or recorded; weight-only metrics work for any model (weightzoo landscape)")  # fmt: skip
         groups.setdefault(archs.config_hash(cfg), []).append(r)
     ds_cache: dict[bool, Any] = {}
     rows = []

@@ -71,8 +71,8 @@ def model_id(b: Backend, key: int | str) -> int:
 
 
 def records(b: Backend, ids: Sequence[int], owner: Any = None) -> list[ModelRecord]:
-    """Records for many model ids, in the given order; ``owner`` (the :class:`zoo.Zoo`) backs their
-    lazy accessors (``record.state_dict()``, ``record.module()``, ...)."""
+    """Records for many model ids, in the given order (:class:`NotFoundError` naming any unknown id);
+    ``owner`` (the :class:`zoo.Zoo`) backs their lazy accessors (``record.state_dict()``, ...)."""
     q = select(S.Model, S.Population.name.label("pop")).outerjoin(S.Population, S.Population.id == S.Model.population_id)
     out: dict[int, ModelRecord] = {}
     with b.engine.connect() as c:
@@ -84,6 +84,9 @@ def records(b: Backend, ids: Sequence[int], owner: Any = None) -> list[ModelReco
                     arch_config=arch[1] if arch else None, run=row.run, step=row.step, op=row.op,
                     source=row.source, n_params=row.n_params, nbytes=row.nbytes, created_at=row.created_at, zoo=owner,
                 )  # fmt: skip
+    missing = [i for i in dict.fromkeys(ids) if i not in out]
+    if missing:
+        raise NotFoundError(f"no model(s) {missing[:5]} in the zoo at {b.root}; find ids with `weightzoo ls`")
     return [out[i] for i in ids]
 
 

@@ -40,7 +40,7 @@ from zoo.store.rows import (
     raw_config,
 )
 
-__all__ = ["add_many", "add_metrics", "create_population", "ensure_arch", "register_architecture", "remove", "tag",
+__all__ = ["add_many", "add_metrics", "add_metrics_many", "create_population", "ensure_arch", "register_architecture", "remove", "tag",
            "untag"]  # fmt: skip
 
 
@@ -300,6 +300,18 @@ def add_metrics(b: Backend, model: int | str, metrics: Mapping[str, float] | Seq
     with b.catalog.write() as conn:
         mid = b.catalog.model_id(conn, model)
         b.catalog.add_metrics(conn, mid, metrics, step)
+
+
+def add_metrics_many(b: Backend, per_model: Iterable[tuple[int | str, Mapping[str, float] | Sequence[tuple]]],
+                     step: int | None = None) -> int:  # fmt: skip
+    """:func:`add_metrics` for many models in one transaction (all or nothing); returns the rows written."""
+    items = list(per_model)
+    with b.catalog.write() as conn:
+        ids = sorted({int(m) for m, _ in items if isinstance(m, int)})
+        known = {i for chunk in chunks(ids) for i in conn.execute(select(S.Model.id).where(S.Model.id.in_(chunk))).scalars()}
+        pairs = [(int(m) if isinstance(m, int) and m in known else b.catalog.model_id(conn, m), metrics)
+                 for m, metrics in items]  # fmt: skip
+        return b.catalog.add_metrics_many(conn, pairs, step)
 
 
 def tag(b: Backend, model: int | str, *tags: str) -> None:

@@ -1,6 +1,7 @@
-"""Writing a run's accuracy-vs-novelty plot as a PNG file, guarded.
+"""Writing a figure (a generator run's accuracy-vs-novelty plot, a landscape phase map, ...) as a PNG
+file, guarded.
 
-:func:`save_png` is the one place a user-given file path is written, through the store's output guard
+:func:`save_png` is the one place a user-given figure path is written, through the store's output guard
 (:func:`zoo.io.outpath.guard_output_file`: no path inside a zoo, not a symbolic link, not the name of
 something that is not a PNG already, a PNG replaced only with ``overwrite``) and its one atomic file
 write (:func:`zoo.store.fsutil.atomic_file`: temp, fsync, rename).

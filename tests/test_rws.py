@@ -422,7 +422,7 @@ def test_mixed_robust_children_train_on_clean_plus_corrupted_data() -> None:
         normalize_change({"kind": "robust", "corruption": "rotate", "mix": "yes"}, num_classes=10, image_hw=(8, 8))
 
 
-@pytest.mark.parametrize("name", ["digits-mlp-robust-mix", "digits-cnn-robust-mix"])
+@pytest.mark.parametrize("name", ["digits-mlp-robust-mix", "digits-cnn-robust-mix", "digits-cnn-bn-robust-mix"])
 def test_builtin_mix_recipes_pair_a_clean_fine_tune_with_every_corruption(name: str) -> None:
     from zoo.build.recipes import Recipe
     from zoo.models.datasets import DIGITS_C_CORRUPTIONS

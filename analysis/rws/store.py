@@ -75,10 +75,13 @@ def find_clean(zoo: Any, robust: Any, base: Any) -> Any:
 
 def layout_tag(sig: Signature) -> str:
     """``1L-8bit-tensor``, ``2L-fp32``, ``1L-r8-4bit-tensor``, ``2L-r8_f-8bit-tensor`` (rank 8, then dense),
-    ``1L-e0.9-8bit-tensor``, ``1L-d0.2-8bit-tensor`` (``-noproj`` without the projection): a signature's layout."""
+    ``1L-e0.9-r7-8bit-tensor`` (energy 0.9 came to rank 7), ``1L-d0.2-8bit-tensor`` (``-noproj`` without the
+    projection): a signature's layout, so that one population holds signatures of one set of tensor shapes."""
     q = "fp32" if sig.bits is None else f"{sig.bits}bit-{sig.granularity}"
-    if sig.energy is not None:
-        q = f"e{sig.energy:g}-{q}"
+    if sig.energy is not None:  # the ranks it came to: a population holds one set of tensor shapes
+        got = [next((f.rank for t, f in (sig.forms or {}).items() if t.rsplit(".", 1)[0] == n and f.rank), None)
+               for n in sig.layers]  # fmt: skip
+        q = f"e{sig.energy:g}-r" + "_".join("f" if r is None else str(r) for r in got) + f"-{q}"
     elif sig.density is not None:
         q = f"d{sig.density:g}-{q}"
     elif sig.rank is not None:

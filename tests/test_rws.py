@@ -123,8 +123,9 @@ def test_layers_in_forward_order_without_running_statistics() -> None:
 
 
 # ------------------------------------------------------------------------------------ extract and patch in memory
-def _three(seed: int = 0) -> tuple[dict, dict, dict]:
-    base = init_state(MLP, seed)
+def _three(seed: int = 0, cfg: dict = MLP) -> tuple[dict, dict, dict]:
+    """(robust, base, clean) state dicts of ``cfg``: the base, plus small (clean) and larger (robust) noise."""
+    base = init_state(cfg, seed)
     g = torch.Generator().manual_seed(seed + 100)
     clean = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()}
     robust = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}

@@ -31,22 +31,14 @@ from analysis.rws import (
     unpatch,
 )
 from analysis.rws.forms import energy_rank
+from tests.test_rws import _three
 from zoo import Zoo
 from zoo.errors import ConfigError, MismatchError
-from zoo.models.architectures import init_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 MLP = {"family": "mlp", "in_features": 64, "hidden": [16], "out_features": 10}
 CNN = {"family": "cnn", "in_channels": 1, "image_size": 8, "channels": [4, 6], "kernel_size": 3, "out_features": 10}
-
-
-def _three(cfg: dict = MLP, seed: int = 0) -> tuple[dict, dict, dict]:
-    base = init_state(cfg, seed)
-    g = torch.Generator().manual_seed(seed + 100)
-    clean = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()}
-    robust = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}
-    return robust, base, clean
 
 
 # ------------------------------------------------------------------------------------ low rank
@@ -139,7 +131,7 @@ def test_extract_low_rank_per_layer_and_its_errors() -> None:
                                                   "rank": 3}  # fmt: skip
     back = Signature.from_state_dict(q.state_dict(), meta)
     assert all(torch.equal(back.deltas[k], q.deltas[k]) for k in q.deltas) and back.nbytes == q.nbytes
-    conv = extract(*_three(CNN), config=CNN, layers=2, rank=[None, 2], bits=8)
+    conv = extract(*_three(0, CNN), config=CNN, layers=2, rank=[None, 2], bits=8)
     assert conv.forms["convs.1.weight"].rank == 2 and conv.deltas["convs.1.weight"].shape == (6, 4, 3, 3)
 
 

@@ -1,23 +1,26 @@
 """Signatures and patched models in the zoo: every one a row of the ``models`` table, with lineage.
 
 **A signature is a model row.** Its tensors are the stored form of :class:`~analysis.rws.Signature`
-(per kept tensor ``NAME::codes`` (uint8, packed), ``NAME::lo`` and ``NAME::step``, or ``NAME`` in
-float32 when unquantised), so its architecture is a ``raw`` config (tensor names, dtypes, shapes: it
-cannot be run or evaluated, only applied). Its lineage edges (op ``rws.extract``) come from the robust
-model (role ``robust``), the base it was fine-tuned from (``base``) and the clean fine-tune whose
-direction was projected out (``clean``); the edge params hold :meth:`Signature.meta` (the target
-architecture, kept layers and shapes, bits, granularity, projection, corruption, severity, layer
-shares), which is all :func:`load_signature` needs besides the tensors. Hyperparameters (``corruption``,
-``severity``, ``bits``, ``granularity``, ``n_layers``, ``projection``), metrics (``storage_ratio`` =
-robust model bytes / signature bytes, ``kept_share``, ``quant_error``) and tags (``rws``,
-``rws:CORRUPTION``) make signatures queryable in SQL. A population holds one architecture, so the
-default population is ``<robust population>/rws-<k>L-<bits>bit-<granularity>`` (``-noproj`` without
-the projection): one population per layout.
+(per kept tensor its parts, see :mod:`analysis.rws.forms`: ``NAME::codes`` (uint8, packed),
+``NAME::lo`` and ``NAME::step``, or ``NAME`` in float32; low rank ``NAME::left...``/``NAME::right...``;
+sparse ``NAME::values...`` and ``NAME::mask`` or ``NAME::index``), so its architecture is a ``raw``
+config (tensor names, dtypes, shapes: it cannot be run or evaluated, only applied). Its lineage edges
+(op ``rws.extract``) come from the robust model (role ``robust``), the base it was fine-tuned from
+(``base``) and the clean fine-tune whose direction was projected out (``clean``); the edge params hold
+:meth:`Signature.meta` (the target architecture, kept layers, each tensor's layout (shape, form, bits,
+granularity, rank or count and coding), projection, corruption, severity, layer shares, errors), which
+is all :func:`load_signature` needs besides the tensors. Hyperparameters (``corruption``, ``severity``,
+``bits``, ``granularity``, ``n_layers``, ``projection``, ``form``, ``rank``, ``energy``, ``density``),
+metrics (``storage_ratio`` = robust model bytes / signature bytes, ``kept_share``, ``quant_error``,
+``approx_error``, ``relative_error``) and tags (``rws``, ``rws:CORRUPTION``) make signatures
+queryable in SQL. A population holds one architecture, so the default population is
+``<robust population>/rws-<layout>`` (:func:`layout_tag`): one population per layout.
 
 **A patched model is a model row** of the patched model's architecture, in
 ``<model population>/patched`` by default, with op ``patch.rws``, parents ``{model: "model",
 signature: "signature", ...}`` and params ``alpha``, ``coefficients``, ``signatures`` (ids, in order),
-``normalize``, ``aligned`` (and the permutations used), ``bn_reset``. :func:`unpatch_model` reads them
+``normalize``, ``aligned`` (and the permutations used), ``bn_reset``, ``alpha_selection`` (``alpha="auto"``:
+the validation choice, :func:`analysis.rws.choose_alpha`). :func:`unpatch_model` reads them
 back and takes the signatures off (op ``unpatch.rws`` when stored).
 
     from analysis.rws import extract_signature, patch_model, evaluate_corruptions

@@ -123,8 +123,9 @@ def test_layers_in_forward_order_without_running_statistics() -> None:
 
 
 # ------------------------------------------------------------------------------------ extract and patch in memory
-def _three(seed: int = 0) -> tuple[dict, dict, dict]:
-    base = init_state(MLP, seed)
+def _three(seed: int = 0, cfg: dict = MLP) -> tuple[dict, dict, dict]:
+    """(robust, base, clean) state dicts of ``cfg``: the base, plus small (clean) and larger (robust) noise."""
+    base = init_state(cfg, seed)
     g = torch.Generator().manual_seed(seed + 100)
     clean = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()}
     robust = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}
@@ -422,7 +423,7 @@ def test_mixed_robust_children_train_on_clean_plus_corrupted_data() -> None:
         normalize_change({"kind": "robust", "corruption": "rotate", "mix": "yes"}, num_classes=10, image_hw=(8, 8))
 
 
-@pytest.mark.parametrize("name", ["digits-mlp-robust-mix", "digits-cnn-robust-mix"])
+@pytest.mark.parametrize("name", ["digits-mlp-robust-mix", "digits-cnn-robust-mix", "digits-cnn-bn-robust-mix"])
 def test_builtin_mix_recipes_pair_a_clean_fine_tune_with_every_corruption(name: str) -> None:
     from zoo.build.recipes import Recipe
     from zoo.models.datasets import DIGITS_C_CORRUPTIONS

@@ -85,3 +85,16 @@ def test_apply_then_remove_a_signature(built: Path, tmp_path: Path, monkeypatch:
     assert any("largest difference from the original model" in c.value for c in at.caption)
     unpatched = at.dataframe[-1].value
     assert list(unpatched["model"]) == [f"patched {new.id}", "unpatched"]
+
+
+def test_alpha_chosen_on_the_validation_split(built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "zoo"
+    shutil.copytree(built, root)
+    at = run(PAGE, root, monkeypatch)
+    with Zoo.open(root, create=False) as z:
+        gen = z.generation()
+    at.checkbox(key="sg_auto").check().run()
+    assert not at.exception
+    assert any("chosen on the validation split" in c.value for c in at.caption)
+    with Zoo.open(root, create=False) as z:
+        assert z.generation() == gen  # the preview (and the choice) wrote nothing

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 from zoo.errors import ConfigError
@@ -29,23 +30,51 @@ unpatching subtracts the same sum (exact up to float32 rounding). See docs/signa
 examples:
   weightzoo build digits-mlp && weightzoo build digits-mlp-robust-mix
   weightzoo rws extract digits-mlp-robust-mix/00008/e006 --bits 4
+  weightzoo rws extract digits-mlp-robust-mix/00008/e006 --layers 2 --rank 8,full --bits 4   # low rank, ~16x smaller
   weightzoo rws ls
   weightzoo rws patch digits-mlp-robust-mix/00000/e006 digits-mlp-robust-mix/00008/e006/rws-1L-4bit-tensor --alpha 1
+  weightzoo rws patch digits-mlp-robust-mix/00000/e006 digits-mlp-robust-mix/00008/e006/rws-2L-r8_f-4bit-tensor --alpha auto
   weightzoo rws eval digits-mlp-robust-mix/00000/e006 --corruptions all --severities 3,5
 """
 
 
-def parse_alpha(text: str) -> float | list[float]:
-    """``"1.0"`` -> 1.0; ``"1,0.5"`` -> [1.0, 0.5] (one per signature). Not a number: ConfigError."""
+def parse_alpha(text: str) -> float | list[float] | str:
+    """``"1.0"`` -> 1.0; ``"1,0.5"`` -> [1.0, 0.5] (one per signature); ``"auto"`` (chosen on the validation
+    split). Not a number: ConfigError."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
     parts = [p.strip() for p in str(text).split(",")]
     try:
         vals = [float(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"--alpha must be a number (e.g. 1.0) or one number per signature (1.0,0.5), got {text!r}") from None
+        raise ConfigError(f"--alpha must be a number (e.g. 1.0), one number per signature (1.0,0.5) or auto, "
+                          f"got {text!r}") from None  # fmt: skip
     from analysis.rws.patch import check_alpha
 
     vals = [check_alpha(v, "--alpha") for v in vals]
     return vals[0] if len(vals) == 1 else vals
+
+
+def parse_rank(text: str | None) -> int | list[int | None] | None:
+    """``"8"`` -> 8 (every kept layer); ``"8,full"`` -> [8, None] (one per kept layer; full: dense)."""
+    if text is None:
+        return None
+    parts = [p.strip().lower() for p in str(text).split(",")]
+    try:
+        vals = [None if p in ("full", "f", "dense") else int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"--rank must be an integer, or one per kept layer with 'full' for a dense layer (8,full), "
+                          f"got {text!r}") from None  # fmt: skip
+    return vals[0] if len(vals) == 1 and vals[0] is not None else vals
+
+
+def parse_floats(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(p) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be numbers separated by commas (e.g. 0.5,1,1.5), got {text!r}") from None
 
 
 def parse_ints(text: str | None, what: str) -> list[int] | None:
@@ -81,13 +110,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
     try:
         rec = extract_signature(z, args.robust, base=args.base, clean=args.clean, layers=args.layers,
                                 norm_share=args.norm_share, bits=_bits(args.bits), granularity=args.granularity,
-                                projection=not args.no_projection, population=args.population, name=args.name)  # fmt: skip
+                                projection=not args.no_projection, rank=parse_rank(args.rank), energy=args.energy,
+                                density=args.density, population=args.population, name=args.name)  # fmt: skip
         sig = load_signature(z, rec.id)
         ratio = rec.metric("storage_ratio")
         out = {"id": rec.id, "name": rec.name, "population": rec.population, "layers": sig.layers,
                "bits": sig.bits or 32, "granularity": sig.granularity, "projection": sig.projection,
                "corruption": sig.corruption, "severity": sig.severity, "kept_share": sig.kept_share,
                "nbytes": rec.nbytes, "storage_ratio": ratio, "quant_error": sig.quantization_error,
+               "approx_error": sig.approximation_error, "relative_error": sig.relative_error,
+               "forms": {k: f.layout() for k, f in (sig.forms or {}).items()},
                "parents": {e.role: e.parent for e in rec.parents()}}  # fmt: skip
     finally:
         z.close()
@@ -99,6 +131,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
           f"{out['parents'].get('clean', '-')}), corruption {out['corruption']} severity {out['severity']}")  # fmt: skip
     print(f"  kept layers {', '.join(out['layers'])} ({out['kept_share']:.1%} of the squared norm); "
           f"{out['bits']} bit {out['granularity']}, max quantisation error {out['quant_error']:.3g}")  # fmt: skip
+    shaped = [f"{k} rank {f['rank']}" if f["form"] == "lowrank" else f"{k} {f['count']} of {math.prod(f['shape'])} entries"
+              for k, f in out["forms"].items() if f["form"] != "dense"]  # fmt: skip
+    if shaped:
+        print(f"  {'; '.join(shaped)}: relative error {out['approx_error']:.3f} before quantisation, "
+              f"{out['relative_error']:.3f} after")  # fmt: skip
     print(f"  {out['nbytes']:,} bytes: {ratio:.1f}x smaller than the full model")
     return 0
 
@@ -135,6 +172,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     from zoo.models.architectures import is_classifier
 
     alpha = parse_alpha(args.alpha)
+    if not 0 <= args.max_clean_drop <= 100:
+        raise ConfigError(f"--max-clean-drop is in points of accuracy, from 0 to 100, got {args.max_clean_drop}")
     if args.corruptions:  # checked before anything is written
         corruption_names(args.corruptions)
     if args.severities:
@@ -144,7 +183,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
         rec = z.get(args.model)
         res = patch_model(z, rec.id, args.signatures, alpha=alpha, normalize=not args.no_normalize,
                           strict=not args.any_arch, align=args.align, to_zoo=args.to_zoo, population=args.population,
-                          name=args.name, evaluate=not args.no_eval)  # fmt: skip
+                          name=args.name, evaluate=not args.no_eval, max_clean_drop=args.max_clean_drop / 100,
+                          alphas=parse_floats(args.alpha_grid, "--alpha-grid"))  # fmt: skip
         sigs = [load_signature(z, s) for s in res.signatures]
         kinds, sevs = _corruption_args(args, sigs)
         table = None
@@ -161,6 +201,10 @@ def cmd_patch(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 0
     coefs = ", ".join(f"{c:g}" for c in res.coefficients)
+    if (sel := res.params.get("alpha_selection")) is not None:
+        print(f"alpha {sel['alpha']:g} chosen on the validation split from {sel['grid']} "
+              + ("(the best corrupted accuracy losing at most " f"{100 * sel['max_clean_drop']:g} point(s) of clean accuracy)"
+                 if sel["within_budget"] else "(no candidate kept within the clean-accuracy budget: the least loss)"))  # fmt: skip
     print(f"patched model {rec.id} with signature(s) {res.signatures} at coefficients {coefs}"
           + (" (aligned to each signature's base first)" if args.align else ""))  # fmt: skip
     if res.record is not None:
@@ -221,7 +265,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             hp = r.hparams()
             rows.append({"id": r.id, "name": r.name, "corruption": hp.get("corruption"), "severity": hp.get("severity"),
                          "layers": hp.get("n_layers"), "bits": hp.get("bits"), "granularity": hp.get("granularity"),
-                         "projection": hp.get("projection"), "nbytes": r.nbytes, "ratio": r.metric("storage_ratio")})  # fmt: skip
+                         "projection": hp.get("projection"), "nbytes": r.nbytes, "ratio": r.metric("storage_ratio"),
+                         "form": hp.get("form", "dense"), "rank": hp.get("rank"), "density": hp.get("density")})  # fmt: skip
     finally:
         z.close()
     if args.json:
@@ -230,9 +275,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not rows:
         print("no signatures in this zoo yet: `weightzoo rws extract ROBUST_MODEL`")
         return 0
-    print(f"{'id':>6}  {'corruption':15s}{'sev':>4}{'layers':>7}{'bits':>5}  {'gran':8s}{'proj':>5}{'bytes':>9}{'ratio':>7}  name")
+    print(f"{'id':>6}  {'corruption':15s}{'sev':>4}{'layers':>7}{'form':>8}{'bits':>5}  {'gran':8s}{'proj':>5}{'bytes':>9}"
+          f"{'ratio':>7}  name")  # fmt: skip
     for r in rows:
-        print(f"{r['id']:>6}  {str(r['corruption']):15s}{str(r['severity']):>4}{str(r['layers']):>7}{str(r['bits']):>5}  "
+        form = {"lowrank": f"r<={r['rank']}", "sparse": f"d{r['density']}"}.get(r["form"], "dense")
+        print(f"{r['id']:>6}  {str(r['corruption']):15s}{str(r['severity']):>4}{str(r['layers']):>7}{form:>8}{str(r['bits']):>5}  "
               f"{str(r['granularity']):8s}{'yes' if r['projection'] else 'no':>5}{r['nbytes']:>9,}{r['ratio'] or 0:>7.1f}  {r['name']}")  # fmt: skip
     return 0
 
@@ -256,6 +303,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--bits", default="8", help="8, 4 or 2 (min-max quantisation), or 32: float (default 8)")
     s.add_argument("--granularity", choices=GRANULARITIES, default="tensor", help="quantise per tensor or per output channel")
     s.add_argument("--no-projection", action="store_true", help="keep robust - base without removing the clean direction")
+    s.add_argument("--rank", help="store each kept weight as a truncated SVD of this rank; one per kept layer with "
+                   "'full' for dense (8,full)")  # fmt: skip
+    s.add_argument("--energy", type=float, help="instead of --rank: the smallest rank holding this share of the squared "
+                   "singular values (0.9)")  # fmt: skip
+    s.add_argument("--density", type=float, help="instead: keep this share of each kept weight's entries, the largest")
     s.add_argument("--population", help="population of the signature (default <robust population>/rws-<layout>)")
     s.add_argument("--name", help="model name of the signature (default <robust name>/rws-<layout>)")
     s.set_defaults(func=cmd_extract)
@@ -263,7 +315,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s = gs.add_parser("patch", parents=[common], help="add signatures to a model; show corruption accuracy before/after")
     s.add_argument("model", help="id or name of the model to patch (a clean classifier)")
     s.add_argument("signatures", nargs="+", help="ids or names of signatures")
-    s.add_argument("--alpha", default="1.0", help="scale: one number, or one per signature (1.0,0.5); default 1.0")
+    s.add_argument("--alpha", default="1.0", help="scale: one number, one per signature (1.0,0.5), or auto: chosen on "
+                   "the validation split; default 1.0")  # fmt: skip
+    s.add_argument("--max-clean-drop", type=float, default=1.0,
+                   help="--alpha auto: most clean validation accuracy to lose, in points (default 1)")  # fmt: skip
+    s.add_argument("--alpha-grid", help="--alpha auto: candidates (default 0.25,0.5,...,2)")
     s.add_argument("--no-normalize", action="store_true", help="add alpha_k * signature_k (default alpha_k / K)")
     s.add_argument("--align", action="store_true", help="re-basin the model to each signature's base first (other seeds)")
     s.add_argument("--any-arch", action="store_true", help="patch any model whose kept tensors have the signature's shapes")

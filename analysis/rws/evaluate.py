@@ -55,12 +55,28 @@ def severity_list(severities: int | Iterable[int] | None) -> list[int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _data(dataset: str, root: str | None, corruption: str | None, severity: int | None, flat: bool) -> tuple[Tensor, Tensor]:
+def _data(dataset: str, root: str | None, corruption: str | None, severity: int | None, flat: bool,
+          split: str = "test") -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The test split (digits-c when corrupted) or the validation split, corrupted the same way.
+
+    The validation split is corrupted like the test split of digits-c: in [0, 1] pixel space, seed 0.
+    """
     from zoo.models.datasets import load_dataset
 
-    ds = load_dataset(dataset, root=root, corruption=corruption, severity=severity)
-    ds = ds.flat() if flat else ds
-    return ds.X_test, ds.y_test
+    if split == "test":
+        ds = load_dataset(dataset, root=root, corruption=corruption, severity=severity)
+        ds = ds.flat() if flat else ds
+        return ds.X_test, ds.y_test
+    if split != "val":
+        raise ConfigError(f"corruption accuracy is measured on split 'test' or 'val', got {split!r}")
+    from zoo.models.corruptions import corrupt
+
+    ds = load_dataset(dataset, root=root)
+    X, y = ds.X_val, ds.y_val
+    if corruption is not None:
+        pix = ds.unnormalize(X).reshape(len(X), *ds.image_shape)
+        X = ds.normalize(corrupt(pix, corruption, int(severity or 3), seed=0).reshape(len(X), -1)).reshape(X.shape)
+    return (X.reshape(len(X), -1) if flat else X), y
 
 
 def corruption_accuracy(
@@ -72,8 +88,10 @@ def corruption_accuracy(
     dataset: str = "digits",
     dataset_root: str | None = None,
     clean: bool = True,
+    split: str = "test",
 ) -> pd.DataFrame:
-    """Test accuracy of every model of a stacked population, clean and under each corruption.
+    """Test (or ``split="val"``: validation) accuracy of every model of a stacked population, clean and
+    under each corruption.
 
     Shapes: params ``name -> [N, *shape]``. Returns one row per (model index, corruption, severity).
     """
@@ -87,7 +105,7 @@ def corruption_accuracy(
     jobs: list[tuple[str | None, int | None]] = ([(None, None)] if clean else []) + [(k, s) for k in kinds for s in sevs]
     rows = []
     for kind, sev in progress_bar(jobs, desc="corruption accuracy", unit="test set", leave=False, disable=len(jobs) < 10):
-        X, y = _data(dataset, dataset_root, kind, sev, flat)
+        X, y = _data(dataset, dataset_root, kind, sev, flat, split)
         res = evaluate_population(config, params, X, y)
         for i, (a, lo) in enumerate(zip(res.accuracy.tolist(), res.loss.tolist(), strict=True)):
             rows.append({"model": i, "corruption": kind or CLEAN, "severity": sev or 0, "acc": a, "loss": lo})

@@ -144,4 +144,4 @@ def permute_signature(sig: Signature, spec: Any, perms: Mapping[str, Tensor]) ->
     from weightspace.spec import apply_permutation
 
     moved = apply_permutation(spec, {p: v for p, v in perms.items() if p in spec.perms}, sig.deltas)
-    return replace(sig, deltas={k: v.contiguous() for k, v in moved.items()}, quantized=None)
+    return replace(sig, deltas={k: v.contiguous() for k, v in moved.items()}, forms=None)

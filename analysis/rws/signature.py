@@ -8,18 +8,22 @@ After Cai et al. 2023 (and their code): from a shared *base* (the pretrained / c
 
 Only the shallowest layers are kept (:mod:`analysis.rws.layers`): ``layers=k`` keeps the first k;
 ``norm_share=s`` keeps the fewest shallowest layers whose share of the signature's squared L2 norm
-(summed over every layer) reaches ``s``. The kept tensors are quantised (:mod:`analysis.rws.quant`:
-8, 4 or 2 bits, per tensor or per channel; ``bits=None`` keeps float32).
+(summed over every layer) reaches ``s``. The kept layers' weights may be stored low rank (``rank=R``
+or ``energy=E``: a truncated SVD) or sparse (``density=D``: the largest entries), see
+:mod:`analysis.rws.forms`; every stored tensor is quantised (:mod:`analysis.rws.quant`: 8, 4 or 2
+bits, per tensor or per channel; ``bits=None`` keeps float32).
 
     sig = extract(robust_sd, base_sd, clean_sd, config=cfg, norm_share=0.8, bits=8)
-    sig.deltas             # {name: float32 tensor}: what patching adds (already dequantised)
-    sig.state_dict()       # the stored form (codes, lo, step per tensor; or the float tensors)
-    sig.meta()             # JSON: target architecture, kept layers, shapes, bits, projection, shares
+    sig = extract(robust_sd, base_sd, clean_sd, config=cfg, layers=2, rank=[8, None], bits=4)  # layer 1 rank 8
+    sig.deltas             # {name: float32 tensor}: what patching adds (already decoded)
+    sig.state_dict()       # the stored form (codes, lo, step per tensor or factor; or the float tensors)
+    sig.meta()             # JSON: target architecture, kept layers, per-tensor forms, bits, projection, shares
     Signature.from_state_dict(sig.state_dict(), sig.meta())   # round trip
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,15 +31,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from analysis.rws.forms import SEP, Form, check_density, check_energy, check_rank, decode_parts, encode
 from analysis.rws.layers import Layer, is_buffer, layers_of
-from analysis.rws.quant import QTensor, check_bits, check_granularity, quantize
+from analysis.rws.quant import check_bits, check_granularity
 from zoo.errors import ConfigError, MismatchError
 from zoo.models.architectures import normalize_config
 
-__all__ = ["Signature", "extract", "project_out", "select_layers", "SEP"]
+__all__ = ["Signature", "extract", "project_out", "select_layers", "layer_ranks", "SEP"]
 
-#: separates a tensor's name from its quantised part in the stored state dict (``layers.0.weight::codes``)
-SEP = "::"
 #: default layer selection: the shallowest layers holding 80% of the signature's squared norm
 DEFAULT_NORM_SHARE = 0.8
 
@@ -86,8 +89,9 @@ class Signature:
     """A robust weight signature: the deltas it adds to the kept tensors of models of one architecture.
 
     Shapes:
-        deltas: ``name -> [*shape]`` float32, the dequantised signature (what :func:`~analysis.rws.patch`
-        adds); quantized: ``name -> QTensor`` when ``bits`` is not None.
+        deltas: ``name -> [*shape]`` float32, the decoded signature (what :func:`~analysis.rws.patch`
+        adds); forms: ``name -> Form``, the stored form of each tensor (None for a signature that was
+        moved in memory, e.g. permuted: it is then stored as float32).
     """
 
     deltas: dict[str, Tensor]
@@ -99,18 +103,26 @@ class Signature:
     corruption: str | None = None
     severity: int | None = None
     shares: dict[str, float] = field(default_factory=dict)  # every layer's share of the squared norm
-    quantized: dict[str, QTensor] | None = None
-    #: the largest |signature - dequantised| over every kept entry (0 for float32)
+    forms: dict[str, Form] | None = None
+    #: the largest |approximation - decoded| over every kept entry: what quantisation changed (0 for float32)
     quantization_error: float = 0.0
+    #: ||signature - approximation||_F / ||signature||_F over the kept tensors: what the low-rank truncation
+    #: or the sparsification dropped (0 for dense signatures)
+    approximation_error: float = 0.0
+    #: ||signature - decoded||_F / ||signature||_F over the kept tensors (both together)
+    relative_error: float = 0.0
+    rank: Any = None  # as requested: an int, one per kept layer, or {layer: rank}
+    energy: float | None = None
+    density: float | None = None
 
     # --------------------------------------------------------------------------- storage
     def state_dict(self) -> dict[str, Tensor]:
-        """The stored form: ``name::codes``, ``name::lo``, ``name::step`` per tensor, or the float tensors."""
-        if self.quantized is None:
+        """The stored form: per tensor its parts ``name``, ``name::codes``, ``name::left::codes``, ..."""
+        if self.forms is None:
             return {k: v.contiguous() for k, v in self.deltas.items()}
         out: dict[str, Tensor] = {}
-        for k, q in self.quantized.items():
-            out.update({f"{k}{SEP}{part}": t for part, t in q.tensors().items()})
+        for k, f in self.forms.items():
+            out.update({f"{k}{SEP}{part}" if part else k: t for part, t in f.parts().items()})
         return out
 
     @property
@@ -125,42 +137,63 @@ class Signature:
 
     def meta(self) -> dict[str, Any]:
         """Everything but the tensors, JSON-able (stored as the ``rws.extract`` lineage params)."""
-        layout = {k: {"shape": list(v.shape), "granularity": (self.quantized[k].granularity if self.quantized else None)}
-                  for k, v in self.deltas.items()}  # fmt: skip
+        if self.forms is not None:
+            layout = {k: f.layout() for k, f in self.forms.items()}
+        else:
+            layout = {k: {"shape": list(v.shape), "form": "dense", "bits": None, "granularity": None} for k, v in self.deltas.items()}
         return {
             "kind": "rws", "target": self.target, "layers": list(self.layers), "tensors": layout,
             "bits": self.bits, "granularity": self.granularity, "projection": self.projection,
             "corruption": self.corruption, "severity": self.severity,
             "shares": {k: round(float(v), 6) for k, v in self.shares.items()}, "kept_share": round(self.kept_share, 6),
-            "quantization_error": float(self.quantization_error),
+            "quantization_error": float(self.quantization_error), "approximation_error": float(self.approximation_error),
+            "relative_error": float(self.relative_error), "rank": self.rank, "energy": self.energy, "density": self.density,
         }  # fmt: skip
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Signature:
-        """Rebuild a signature from its stored form and :meth:`meta`."""
+        """Rebuild a signature from its stored form and :meth:`meta` (also the layout before forms existed)."""
         try:
             layout, bits = meta["tensors"], meta["bits"]
             target = normalize_config(meta["target"])
         except (KeyError, TypeError) as e:
             raise MismatchError(f"not a robust weight signature (its metadata lacks {e}); "
                                 "signatures are made by `weightzoo rws extract`") from None  # fmt: skip
-        deltas: dict[str, Tensor] = {}
-        quantized: dict[str, QTensor] | None = {} if bits is not None else None
+        forms: dict[str, Form] = {}
         for name, info in layout.items():
-            if bits is None:
-                if name not in state:
-                    raise MismatchError(f"signature tensor {name!r} is missing from the stored state dict")
-                deltas[name] = state[name].float()
-            else:
-                parts = {p: state[f"{name}{SEP}{p}"] for p in ("codes", "lo", "step") if f"{name}{SEP}{p}" in state}
-                q = QTensor.from_tensors(parts, shape=info["shape"], bits=int(bits), granularity=info.get("granularity") or "tensor")
-                quantized[name] = q  # type: ignore[index]
-                deltas[name] = q.dequantize()
-        return cls(deltas=deltas, target=target, layers=list(meta.get("layers", [])), bits=bits,
-                   granularity=meta.get("granularity", "tensor"), projection=bool(meta.get("projection", True)),
+            prefix = f"{name}{SEP}"
+            parts = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if name in state:
+                parts[""] = state[name]
+            try:
+                forms[name] = decode_parts(parts, info, bits=bits, granularity=meta.get("granularity"))
+            except MismatchError as e:
+                raise MismatchError(f"signature tensor {name!r}: {e}") from None
+        return cls(deltas={k: f.decode() for k, f in forms.items()}, target=target, layers=list(meta.get("layers", [])),
+                   bits=bits, granularity=meta.get("granularity", "tensor"), projection=bool(meta.get("projection", True)),
                    corruption=meta.get("corruption"), severity=meta.get("severity"),
-                   shares=dict(meta.get("shares", {})), quantized=quantized,
-                   quantization_error=float(meta.get("quantization_error", 0.0)))  # fmt: skip
+                   shares=dict(meta.get("shares", {})), forms=forms,
+                   quantization_error=float(meta.get("quantization_error", 0.0)),
+                   approximation_error=float(meta.get("approximation_error", 0.0)),
+                   relative_error=float(meta.get("relative_error", 0.0)), rank=meta.get("rank"),
+                   energy=meta.get("energy"), density=meta.get("density"))  # fmt: skip
+
+
+def layer_ranks(kept: Sequence[Layer], rank: Any) -> dict[str, int | None]:
+    """Each kept layer's rank from ``rank``: one int for all, one per kept layer (None: dense), or {layer: rank}."""
+    names = [lay.name for lay in kept]
+    if rank is None:
+        return dict.fromkeys(names)
+    if isinstance(rank, Mapping):
+        unknown = [k for k in rank if k not in names]
+        if unknown:
+            raise ConfigError(f"rank given for layer(s) {unknown} that the signature does not keep; kept layers: {names}")
+        return {n: (None if rank.get(n) is None else check_rank(rank[n], f"rank of {n}")) for n in names}
+    if isinstance(rank, Sequence) and not isinstance(rank, str):
+        if len(rank) != len(names):
+            raise ConfigError(f"give one rank per kept layer ({len(names)}: {names}) or one for all, got {len(rank)}")
+        return {n: (None if r is None else check_rank(r, f"rank of {n}")) for n, r in zip(names, rank, strict=True)}
+    return dict.fromkeys(names, check_rank(rank))
 
 
 def _check_states(config: Mapping[str, Any], **states: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
@@ -192,6 +225,9 @@ def extract(
     projection: bool = True,
     corruption: str | None = None,
     severity: int | None = None,
+    rank: int | Sequence[int | None] | Mapping[str, int | None] | None = None,
+    energy: float | None = None,
+    density: float | None = None,
 ) -> Signature:
     """Extract the signature of ``robust`` against ``base`` (projection on ``clean - base`` removed).
 
@@ -200,6 +236,10 @@ def extract(
             fine-tune of ``base`` of the same length (needed unless ``projection=False``).
         layers / norm_share: which shallow layers to keep (see :func:`select_layers`).
         bits: 8, 4, 2 (min-max quantisation) or None (float32); granularity: "tensor" or "channel".
+        rank: store each kept layer's weight as a truncated SVD of this rank (one int for all, one
+            per kept layer or ``{layer: rank}``; None: dense); energy: instead, the smallest rank
+            holding this share of the squared singular values, per weight; density: instead, keep
+            this share of each weight's entries (largest magnitude). See :mod:`analysis.rws.forms`.
         corruption, severity: recorded with the signature (what the robust model was trained on).
 
     Shapes: every state dict ``name -> [*shape]``; the signature's deltas have the kept tensors' shapes.
@@ -207,6 +247,13 @@ def extract(
     cfg = normalize_config(config)
     b = check_bits(bits)
     check_granularity(granularity)
+    given = [k for k, v in (("rank", rank), ("energy", energy), ("density", density)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give one of rank, energy and density, not {' and '.join(given)}")
+    if energy is not None:
+        check_energy(energy)
+    if density is not None:
+        check_density(density)
     if projection and clean is None:
         raise ConfigError("removing the projection needs the clean fine-tune of the base (clean=...); "
                           "or pass projection=False to keep the raw difference robust - base")  # fmt: skip
@@ -222,14 +269,28 @@ def extract(
     lays = layers_of(cfg, {k: robust[k] for k in floats})
     kept, shares = select_layers(lays, {k: float(v.double().pow(2).sum()) for k, v in full.items()},
                                  count=layers, norm_share=norm_share)  # fmt: skip
-    names = [t for lay in kept for t in lay.tensors]
-    deltas = {k: full[k] for k in names}
-    quantized, err = None, 0.0
-    if b is not None:
-        quantized = {k: quantize(v, b, granularity) for k, v in deltas.items()}
-        deq = {k: q.dequantize() for k, q in quantized.items()}
-        err = max((float((deq[k] - deltas[k]).abs().max()) for k in names if deltas[k].numel()), default=0.0)
-        deltas = deq
+    ranks = layer_ranks(kept, rank)
+    forms: dict[str, Form] = {}
+    for lay in kept:
+        for k in lay.tensors:
+            if ranks[lay.name] is not None or energy is not None:
+                forms[k] = encode(full[k], form="lowrank", bits=b, granularity=granularity, rank=ranks[lay.name], energy=energy)
+            elif density is not None:
+                forms[k] = encode(full[k], form="sparse", bits=b, granularity=granularity, density=density)
+            else:
+                forms[k] = encode(full[k], form="dense", bits=b, granularity=granularity)
+    deltas = {k: f.decode() for k, f in forms.items()}
+    # the approximation before quantisation: the same forms in float32
+    approx = {k: (deltas[k] if b is None else encode(full[k], form=f.form, bits=None, rank=f.rank,
+                                                     density=density).decode()) for k, f in forms.items()}  # fmt: skip
+    q_err = max((float((deltas[k] - approx[k]).abs().max()) for k in forms if deltas[k].numel()), default=0.0)
+    norm = math.sqrt(sum(float(full[k].double().pow(2).sum()) for k in forms))
+
+    def rel(x: Mapping[str, Tensor]) -> float:
+        return math.sqrt(sum(float((full[k].double() - x[k].double()).pow(2).sum()) for k in forms)) / norm if norm > 0 else 0.0
+
     return Signature(deltas=deltas, target=cfg, layers=[lay.name for lay in kept], bits=b, granularity=granularity,
-                     projection=projection, corruption=corruption, severity=severity, shares=shares,
-                     quantized=quantized, quantization_error=err)  # fmt: skip
+                     projection=projection, corruption=corruption, severity=severity, shares=shares, forms=forms,
+                     quantization_error=q_err, approximation_error=rel(approx), relative_error=rel(deltas),
+                     rank=rank if not isinstance(rank, Sequence) else list(rank), energy=energy,
+                     density=density)  # fmt: skip

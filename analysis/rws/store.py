@@ -1,23 +1,26 @@
 """Signatures and patched models in the zoo: every one a row of the ``models`` table, with lineage.
 
 **A signature is a model row.** Its tensors are the stored form of :class:`~analysis.rws.Signature`
-(per kept tensor ``NAME::codes`` (uint8, packed), ``NAME::lo`` and ``NAME::step``, or ``NAME`` in
-float32 when unquantised), so its architecture is a ``raw`` config (tensor names, dtypes, shapes: it
-cannot be run or evaluated, only applied). Its lineage edges (op ``rws.extract``) come from the robust
-model (role ``robust``), the base it was fine-tuned from (``base``) and the clean fine-tune whose
-direction was projected out (``clean``); the edge params hold :meth:`Signature.meta` (the target
-architecture, kept layers and shapes, bits, granularity, projection, corruption, severity, layer
-shares), which is all :func:`load_signature` needs besides the tensors. Hyperparameters (``corruption``,
-``severity``, ``bits``, ``granularity``, ``n_layers``, ``projection``), metrics (``storage_ratio`` =
-robust model bytes / signature bytes, ``kept_share``, ``quant_error``) and tags (``rws``,
-``rws:CORRUPTION``) make signatures queryable in SQL. A population holds one architecture, so the
-default population is ``<robust population>/rws-<k>L-<bits>bit-<granularity>`` (``-noproj`` without
-the projection): one population per layout.
+(per kept tensor its parts, see :mod:`analysis.rws.forms`: ``NAME::codes`` (uint8, packed),
+``NAME::lo`` and ``NAME::step``, or ``NAME`` in float32; low rank ``NAME::left...``/``NAME::right...``;
+sparse ``NAME::values...`` and ``NAME::mask`` or ``NAME::index``), so its architecture is a ``raw``
+config (tensor names, dtypes, shapes: it cannot be run or evaluated, only applied). Its lineage edges
+(op ``rws.extract``) come from the robust model (role ``robust``), the base it was fine-tuned from
+(``base``) and the clean fine-tune whose direction was projected out (``clean``); the edge params hold
+:meth:`Signature.meta` (the target architecture, kept layers, each tensor's layout (shape, form, bits,
+granularity, rank or count and coding), projection, corruption, severity, layer shares, errors), which
+is all :func:`load_signature` needs besides the tensors. Hyperparameters (``corruption``, ``severity``,
+``bits``, ``granularity``, ``n_layers``, ``projection``, ``form``, ``rank``, ``energy``, ``density``),
+metrics (``storage_ratio`` = robust model bytes / signature bytes, ``kept_share``, ``quant_error``,
+``approx_error``, ``relative_error``) and tags (``rws``, ``rws:CORRUPTION``) make signatures
+queryable in SQL. A population holds one architecture, so the default population is
+``<robust population>/rws-<layout>`` (:func:`layout_tag`): one population per layout.
 
 **A patched model is a model row** of the patched model's architecture, in
 ``<model population>/patched`` by default, with op ``patch.rws``, parents ``{model: "model",
 signature: "signature", ...}`` and params ``alpha``, ``coefficients``, ``signatures`` (ids, in order),
-``normalize``, ``aligned`` (and the permutations used), ``bn_reset``. :func:`unpatch_model` reads them
+``normalize``, ``aligned`` (and the permutations used), ``bn_reset``, ``alpha_selection`` (``alpha="auto"``:
+the validation choice, :func:`analysis.rws.choose_alpha`). :func:`unpatch_model` reads them
 back and takes the signatures off (op ``unpatch.rws`` when stored).
 
     from analysis.rws import extract_signature, patch_model, evaluate_corruptions
@@ -36,6 +39,7 @@ import torch
 from torch import Tensor
 
 from analysis.rws.patch import alpha_list, check_applicable, coefficients, combined_delta, permute_signature
+from analysis.rws.select import alpha_grid, bn_data, check_budget, choose_alpha, has_bn, recompute_bn
 from analysis.rws.signature import Signature, extract
 from zoo.errors import ConfigError, DuplicateError, MismatchError, NotFoundError
 from zoo.models.architectures import config_hash, is_classifier, normalize_config
@@ -73,8 +77,20 @@ def find_clean(zoo: Any, robust: Any, base: Any) -> Any:
 
 
 def layout_tag(sig: Signature) -> str:
-    """``1L-8bit-tensor``, ``2L-fp32``, ... (``-noproj`` without the projection): the layout of a signature."""
+    """``1L-8bit-tensor``, ``2L-fp32``, ``1L-r8-4bit-tensor``, ``2L-r8_f-8bit-tensor`` (rank 8, then dense),
+    ``1L-e0.9-r7-8bit-tensor`` (energy 0.9 came to rank 7), ``1L-d0.2-8bit-tensor`` (``-noproj`` without the
+    projection): a signature's layout, so that one population holds signatures of one set of tensor shapes."""
     q = "fp32" if sig.bits is None else f"{sig.bits}bit-{sig.granularity}"
+    if sig.energy is not None:  # the ranks it came to: a population holds one set of tensor shapes
+        got = [next((f.rank for t, f in (sig.forms or {}).items() if t.rsplit(".", 1)[0] == n and f.rank), None)
+               for n in sig.layers]  # fmt: skip
+        q = f"e{sig.energy:g}-r" + "_".join("f" if r is None else str(r) for r in got) + f"-{q}"
+    elif sig.density is not None:
+        q = f"d{sig.density:g}-{q}"
+    elif sig.rank is not None:
+        ranks = [sig.rank.get(n) for n in sig.layers] if isinstance(sig.rank, dict) else sig.rank
+        ranks = ranks if isinstance(ranks, list) else [ranks]
+        q = "r" + "_".join("f" if r is None else str(r) for r in ranks) + f"-{q}"
     return f"{len(sig.layers)}L-{q}" + ("" if sig.projection else "-noproj")
 
 
@@ -109,6 +125,17 @@ def _same_arch(a: Any, b: Any, what: str) -> None:
                             "have different architectures; a signature needs models of one architecture")  # fmt: skip
 
 
+def _form_name(sig: Signature) -> str:
+    """``lowrank`` / ``sparse`` when any kept tensor is stored so, else ``dense``."""
+    forms = {f.form for f in (sig.forms or {}).values()}
+    return "lowrank" if "lowrank" in forms else "sparse" if "sparse" in forms else "dense"
+
+
+def _max_rank(sig: Signature) -> int | None:
+    ranks = [f.rank for f in (sig.forms or {}).values() if f.rank is not None]
+    return max(ranks) if ranks else None
+
+
 # ------------------------------------------------------------------------------------------ extract
 def extract_signature(
     zoo: Any,
@@ -121,10 +148,16 @@ def extract_signature(
     bits: int | None = 8,
     granularity: str = "tensor",
     projection: bool = True,
+    rank: int | Sequence[int | None] | Mapping[str, int | None] | None = None,
+    energy: float | None = None,
+    density: float | None = None,
     population: str | None = None,
     name: str | None = None,
 ) -> Any:
     """Extract the signature of stored model ``robust`` and store it (op ``rws.extract``); its record.
+
+    ``rank`` / ``energy`` / ``density`` store the kept weights low rank or sparse (see
+    :func:`analysis.rws.extract`); the edge params say per tensor which form it has.
 
     ``base`` defaults to ``robust``'s finetune parent, ``clean`` to that parent's null fine-tune
     (:func:`find_clean`). Corruption and severity are read from ``robust``'s hyperparameters
@@ -143,7 +176,7 @@ def extract_signature(
     sig = extract(rec.state_dict(), base_rec.state_dict(), clean_rec.state_dict() if clean_rec else None,
                   config=rec.arch_config, layers=layers, norm_share=norm_share, bits=bits, granularity=granularity,
                   projection=projection, corruption=hp.get("change_corruption"),
-                  severity=hp.get("change_severity"))  # fmt: skip
+                  severity=hp.get("change_severity"), rank=rank, energy=energy, density=density)  # fmt: skip
     tag = layout_tag(sig)
     population = population or f"{rec.population or 'rws'}/rws-{tag}"
     name = name or f"{rec.name or f'model-{rec.id}'}/rws-{tag}"
@@ -160,8 +193,11 @@ def extract_signature(
     params = {**sig.meta(), "robust": rec.id, "base": base_rec.id, "clean": clean_rec.id if clean_rec else None,
               "full_nbytes": rec.nbytes}  # fmt: skip
     hparams = {"corruption": sig.corruption, "severity": sig.severity, "bits": sig.bits or 32,
-               "granularity": sig.granularity, "n_layers": len(sig.layers), "projection": sig.projection}  # fmt: skip
-    metrics = {"storage_ratio": rec.nbytes / max(1, sig.nbytes), "kept_share": sig.kept_share, "quant_error": sig.quantization_error}
+               "granularity": sig.granularity, "n_layers": len(sig.layers), "projection": sig.projection,
+               "form": _form_name(sig), "rank": _max_rank(sig), "energy": sig.energy, "density": sig.density}  # fmt: skip
+    metrics = {"storage_ratio": rec.nbytes / max(1, sig.nbytes), "kept_share": sig.kept_share,
+               "quant_error": sig.quantization_error, "approx_error": sig.approximation_error,
+               "relative_error": sig.relative_error}  # fmt: skip
     tags = ["rws"] + ([f"rws:{sig.corruption}"] if sig.corruption else [])
     return zoo.add(sig.state_dict(), population=population, name=name, parents=parents, op=EXTRACT_OP, params=params,
                    hparams={k: v for k, v in hparams.items() if v is not None}, metrics=metrics, tags=tags)  # fmt: skip
@@ -211,33 +247,19 @@ def _align_perms(sig: Signature, model_state: Mapping[str, Tensor], base_state: 
     return sub, {p: v for p, v in res.perm(0).items() if p in sub.perms}
 
 
-def _bn_data(config: Mapping[str, Any], sigs: Sequence[Signature], dataset: str, dataset_root: str | None) -> Tensor:
-    """The clean training split plus one corrupted copy per signature's corruption (for BatchNorm statistics)."""
-    from zoo.build.finetune import shard_data
-    from zoo.models.datasets import load_dataset
-
-    ds = load_dataset(dataset, root=dataset_root).for_architecture(config)
-    changes = [{"kind": "robust", "corruption": s.corruption, "severity": int(s.severity or 3)} for s in sigs if s.corruption]
-    if not changes:
-        return ds.X_train
-    return shard_data(ds, changes, [0] * len(changes)).X_train
-
-
-def _has_bn(state: Mapping[str, Tensor]) -> bool:
-    return any(k.endswith("running_mean") for k in state)
-
-
 def patch_model(
     zoo: Any,
     model: int | str,
     signatures: Sequence[int | str],
     *,
-    alpha: float | Sequence[float] = 1.0,
+    alpha: float | Sequence[float] | str = 1.0,
     normalize: bool = True,
     strict: bool = True,
     align: bool = False,
     seed: int = 0,
     bn_reset: bool | None = None,
+    max_clean_drop: float = 0.01,
+    alphas: Sequence[float] | None = None,
     to_zoo: bool = True,
     population: str | None = None,
     name: str | None = None,
@@ -249,7 +271,10 @@ def patch_model(
 
     Args:
         alpha: one scale or one per signature; each signature is added at ``alpha_k / K``
-            (``normalize``, the paper's composition) or ``alpha_k``.
+            (``normalize``, the paper's composition) or ``alpha_k``. ``"auto"``: one alpha chosen on
+            the validation split from ``alphas`` (default 0.25..2), the best corrupted accuracy
+            losing at most ``max_clean_drop`` clean accuracy (:func:`analysis.rws.choose_alpha`);
+            the choice and what every candidate did are stored in the lineage params.
         strict: the model must have the signatures' architecture (else: only the kept tensors' shapes).
         align: first weight-match the model to each signature's base (re-basin, :mod:`analysis.align`)
             and move the signature into the model's neuron order (for models of other seeds/subsets).
@@ -274,7 +299,18 @@ def patch_model(
     if len({r.id for r in sig_recs}) != len(sig_recs):
         raise ConfigError("a signature is given twice; give each once (scale it with alpha instead)")
     sigs = [load_signature(zoo, r.id) for r in sig_recs]
-    coefs = coefficients(len(sigs), alpha, normalize=normalize)
+    auto = isinstance(alpha, str)
+    if auto:
+        if alpha != "auto":
+            raise ConfigError(f"alpha must be a number, one number per signature, or 'auto' (chosen on the validation "
+                              f"split), got {alpha!r}")  # fmt: skip
+        check_budget(max_clean_drop)
+        alpha_grid(alphas)
+        missing = [r.id for r, s in zip(sig_recs, sigs, strict=True) if not s.corruption]
+        if missing:
+            raise ConfigError(f"signature(s) {missing} record no corruption to choose alpha on; give alpha as a number")
+    else:
+        coefficients(len(sigs), alpha, normalize=normalize)
     cfg = normalize_config(rec.arch_config)
     state = rec.state_dict()
     for r, s in zip(sig_recs, sigs, strict=True):
@@ -292,19 +328,23 @@ def patch_model(
             moved.append(permute_signature(s, sub, invert_permutation(perms)))
             perms_used.append({p: v.tolist() for p, v in perms.items()})
         sigs = moved
+    choice = None
+    if auto:
+        choice = choose_alpha(cfg, state, sigs, alphas=alphas, max_clean_drop=max_clean_drop, normalize=normalize,
+                              strict=strict, bn_reset=bn_reset, dataset=dataset, dataset_root=dataset_root)  # fmt: skip
+        alpha = choice.alpha
+    coefs = coefficients(len(sigs), alpha, normalize=normalize)  # type: ignore[arg-type]
     total = combined_delta(sigs, coefs)
     out = {k: (v.float() + total[k]).to(v.dtype) if k in total else v for k, v in state.items()}
-    do_bn = _has_bn(out) if bn_reset is None else bool(bn_reset)
-    if do_bn and _has_bn(out):
-        from analysis.lmc import reset_bn_stats
-
-        X = _bn_data(cfg, sigs, dataset, dataset_root)
-        out = {k: v[0] for k, v in reset_bn_stats(cfg, {k: v.unsqueeze(0) for k, v in out.items()}, X).items()}
-    alphas = alpha_list(len(sigs), alpha)
-    params = {"alpha": alphas[0] if len(set(alphas)) == 1 else alphas, "coefficients": coefs, "normalize": normalize,
+    do_bn = has_bn(out) if bn_reset is None else bool(bn_reset)
+    if do_bn and has_bn(out):
+        X = bn_data(cfg, sigs, dataset, dataset_root)
+        out = {k: v[0] for k, v in recompute_bn(cfg, {k: v.unsqueeze(0) for k, v in out.items()}, X).items()}
+    used = alpha_list(len(sigs), alpha)  # type: ignore[arg-type]
+    params = {"alpha": used[0] if len(set(used)) == 1 else used, "coefficients": coefs, "normalize": normalize,
               "signatures": [r.id for r in sig_recs], "corruptions": [s.corruption for s in sigs], "model": rec.id,
-              "aligned": align, "perms": perms_used if align else None, "bn_reset": bool(do_bn and _has_bn(out)),
-              "strict": strict}  # fmt: skip
+              "aligned": align, "perms": perms_used if align else None, "bn_reset": bool(do_bn and has_bn(out)),
+              "strict": strict, "alpha_selection": choice.params() if choice is not None else None}  # fmt: skip
     result = PatchResult(out, cfg, rec.id, [r.id for r in sig_recs], coefs, params)
     if not to_zoo:
         return result

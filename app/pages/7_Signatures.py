@@ -35,8 +35,9 @@ def _sig_label(i: int) -> str:
     if row.empty:
         return str(i)
     r = row.iloc[0]
-    return (f"{i} · {r.get('hp_corruption', '?')} sev {r.get('hp_severity', '?')} · {r.get('hp_n_layers', '?')} layer(s), "
-            f"{r.get('hp_bits', '?')} bit · {r['name']}")  # fmt: skip
+    form = {"lowrank": f", rank <= {r.get('hp_rank')}", "sparse": f", density {r.get('hp_density')}"}.get(r.get("hp_form"), "")
+    return (f"{i} · {r.get('hp_corruption', '?')} sev {r.get('hp_severity', '?')} · {r.get('hp_n_layers', '?')} layer(s)"
+            f"{form}, {r.get('hp_bits', '?')} bit · {r['name']}")  # fmt: skip
 
 
 def _plot(df: pd.DataFrame, names: dict[int, str], key: str) -> None:
@@ -50,7 +51,7 @@ def _plot(df: pd.DataFrame, names: dict[int, str], key: str) -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _accuracy(root: str, gen: int, model: int, sigs: tuple[int, ...], alpha: float, normalize: bool, align: bool,
+def _accuracy(root: str, gen: int, model: int, sigs: tuple[int, ...], alpha: float | str, normalize: bool, align: bool,
               kinds: tuple[str, ...], sevs: tuple[int, ...]) -> tuple[pd.DataFrame, dict]:  # fmt: skip
     import torch
 
@@ -59,7 +60,7 @@ def _accuracy(root: str, gen: int, model: int, sigs: tuple[int, ...], alpha: flo
         before = z.state_dict(model)
     both = {k: torch.stack([before[k], res.state[k]]) for k in res.state}
     df = rws.corruption_accuracy(res.config, both, corruptions=list(kinds), severities=list(sevs))
-    return df, {"coefficients": res.coefficients}
+    return df, {"coefficients": res.coefficients, "alpha": res.params["alpha"], "selection": res.params.get("alpha_selection")}
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -100,7 +101,9 @@ with apply_tab:
         c1, c2, c3 = st.columns([3, 2, 2])
         model = c1.selectbox("model to patch", cands, index=cands.index(default) if default in cands else 0,
                              format_func=label, key="sg_model")  # fmt: skip
-        alpha = c2.slider("alpha", 0.0, 3.0, 1.0, 0.05, key="sg_alpha")
+        auto = c2.checkbox("choose alpha on the validation split", value=False, key="sg_auto",
+                           help="the best corrupted validation accuracy losing at most 1 point of clean validation accuracy")  # fmt: skip
+        alpha: float | str = "auto" if auto else c2.slider("alpha", 0.0, 3.0, 1.0, 0.05, key="sg_alpha")
         normalize = c3.checkbox("alpha / K (compose)", value=True, key="sg_norm")
         align = c3.checkbox("align to the signature's base first", value=False, key="sg_align")
         kinds_all = rws.corruption_names(None)
@@ -108,20 +111,28 @@ with apply_tab:
         c4, c5 = st.columns([3, 1])
         kinds = c4.multiselect("corruptions shown", kinds_all, default=own, key="sg_kinds")
         sevs = c5.multiselect("severities", [1, 2, 3, 4, 5], default=[int(first.severity or 3)], key="sg_sevs")
-        st.caption(f"kept layers {', '.join(first.layers)}; patched = model + sum_k c_k * signature_k")
+        shaped = [f"{k} rank {f.rank}" if f.form == "lowrank" else f"{k} {f.count} entries"
+                  for k, f in (first.forms or {}).items() if f.form != "dense"]  # fmt: skip
+        st.caption(f"kept layers {', '.join(first.layers)}" + (f" ({'; '.join(shaped)})" if shaped else "")
+                   + "; patched = model + sum_k c_k * signature_k")  # fmt: skip
         if model is not None and kinds and sevs:
             try:
                 with st.spinner("patching and evaluating ..."):
-                    df, info = _accuracy(C.zoo_location()[0], C.generation(), int(model), tuple(chosen), float(alpha),
-                                         normalize, align, tuple(kinds), tuple(sorted(sevs)))  # fmt: skip
+                    df, info = _accuracy(C.zoo_location()[0], C.generation(), int(model), tuple(chosen),
+                                         alpha if auto else float(alpha), normalize, align, tuple(kinds),
+                                         tuple(sorted(sevs)))  # fmt: skip
             except ZooError as e:
                 st.error(f"cannot patch: {e}")
                 st.stop()
+            if (sel := info["selection"]) is not None:
+                st.caption(f"alpha {sel['alpha']:g} chosen on the validation split from {sel['grid']}"
+                           + ("" if sel["within_budget"] else " (no candidate within 1 point of clean accuracy: the least loss)"))  # fmt: skip
             st.caption("coefficients " + ", ".join(f"{c:g}" for c in info["coefficients"]) + " (preview: nothing written)")
             _plot(df, {0: f"model {model}", 1: "patched"}, key="sg_plot")
             if st.button("Store the patched model", type="primary", key="sg_store"):
                 with C.shown_errors("nothing was stored"), st.spinner("storing and evaluating ..."):
-                    res = rws.patch_model(z, int(model), chosen, alpha=float(alpha), normalize=normalize, align=align)
+                    res = rws.patch_model(z, int(model), chosen, alpha=alpha if auto else float(alpha), normalize=normalize,
+                                          align=align)  # fmt: skip
                     st.success(f"stored the patched model as model {res.record.id} in `{res.record.population}` "
                                "(op patch.rws)")  # fmt: skip
                     C.model_link(res.record.id)

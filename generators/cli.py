@@ -12,6 +12,7 @@ Plugged into the ``weightzoo`` CLI through the ``weightzoo.commands`` entry-poin
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from typing import Any
 
@@ -111,14 +112,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inner_common(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A copy of the common options whose defaults are "not given" (``SUPPRESS``), for the parsers of
+    ``generate train|sample``: argparse copies a sub-parser's values over those the outer parser already
+    parsed, so with plain defaults ``generate --root R train`` would lose ``--root R``. With this copy the
+    options work before and after ``train``/``sample``; the shared ``common`` parser is left untouched."""
+    inner = copy.deepcopy(common)
+    for action in inner._actions:  # argparse has no public way to change an inherited option's default
+        action.default = argparse.SUPPRESS
+    return inner
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``generate train`` and ``generate sample`` to the ``weightzoo`` subcommands."""
     g = sub.add_parser("generate", parents=[common], help="weight generators: train on a population, sample new models and judge them",
                        description="generate train: learn a population's weights (flow matching or diffusion) and store the "
                                    "generator; generate sample: sample new models, evaluate them against the memorisation "
-                                   "baselines and store them. Give --root etc. after the subcommand.")  # fmt: skip
+                                   "baselines and store them. --root etc. go before or after train/sample.")  # fmt: skip
     gs = g.add_subparsers(dest="generate_command", required=True)
-    s = gs.add_parser("train", parents=[common], help="train a flow-matching or diffusion generator and store it",
+    inner = _inner_common(common)
+    s = gs.add_parser("train", parents=[inner], help="train a flow-matching or diffusion generator and store it",
                       description="Canonicalise (weight matching), normalise, and learn the population's weights.")  # fmt: skip
     s.add_argument("-p", "--population", required=True)
     s.add_argument("--method", default="flow", choices=["flow", "diffusion"])
@@ -134,7 +147,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_train)
 
-    s = gs.add_parser("sample", parents=[common], help="sample models from a stored generator, evaluate and store them")
+    s = gs.add_parser("sample", parents=[inner], help="sample models from a stored generator, evaluate and store them")
     s.add_argument("generator", help="the generator's model name or id")
     s.add_argument("-n", type=int, default=100, help="how many models (default 100)")
     s.add_argument("--condition", help="the condition value (an accuracy, a hyperparameter value, a class)")

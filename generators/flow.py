@@ -65,6 +65,8 @@ class FlowGenerator(Generator):
         condition_kind: ``"scalar"``/``"class"``; None guesses from the condition's dtype.
         sampler, steps: the default ODE sampler and its number of steps.
         time_sampling: ``"uniform"`` or ``"logit_normal"`` training times.
+        latent_dim: learn and sample in this many whitened principal components of the prepared
+            training weights (:class:`~generators.latent.PCALatent`); 0: in the flat view itself.
         seed: seeds initialisation, batches and noise.
     """
 
@@ -85,6 +87,7 @@ class FlowGenerator(Generator):
         sampler: str = "heun",
         steps: int = 20,
         time_sampling: str = "uniform",
+        latent_dim: int = 0,
         seed: int = 0,
     ) -> None:
         denoiser_params = denoiser_params or {}

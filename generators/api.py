@@ -31,7 +31,7 @@ from generators.base import MIN_MODELS, Generator, load_generator_state
 from generators.registry import make_generator
 from zoo.errors import ConfigError, DuplicateError, MismatchError, NotFoundError
 
-__all__ = ["train", "sample", "store_run", "store_generator", "generator_from_zoo", "SampleRun", "GENERATOR_POPULATION", "ACC_ALIASES"]
+__all__ = ["train", "sample", "store_run", "store_generator", "generator_from_zoo", "SampleRun", "finetune_inits", "GENERATOR_POPULATION", "ACC_ALIASES"]
 
 GENERATOR_POPULATION = "generators"
 #: ``--condition acc`` conditions on the validation accuracy (nothing is chosen on the test split).
@@ -272,6 +272,7 @@ def sample(
     steps: int | None = None,
     sampler: str | None = None,
     seed: int = 0,
+    temperature: float = 1.0,
     arch: Mapping[str, Any] | str | None = None,
     evaluate: bool = True,
     store: bool = True,
@@ -280,6 +281,7 @@ def sample(
     """Sample ``n`` models from a stored generator, evaluate the run against the baselines and (``store``)
     write the samples to population ``<generator name>/samples`` with lineage and metrics.
 
+    ``temperature`` scales the starting noise (below 1: nearer the learned modes, less diverse).
     ``arch``: the architecture (config or population name) the caller wants; refused unless it is the
     one the generator was trained on. Everything is checked before anything is written.
     """
@@ -294,13 +296,15 @@ def sample(
     if int(n) < 1:
         raise ConfigError(f"ask for at least one sample, not {n}")
     t0 = time.perf_counter()
-    samples = gen.sample(int(n), condition=condition, guidance=guidance, steps=steps, sampler=sampler, seed=seed)
+    samples = gen.sample(int(n), condition=condition, guidance=guidance, steps=steps, sampler=sampler, seed=seed,
+                         temperature=temperature)  # fmt: skip
     t_sample = time.perf_counter() - t0
     name = rec.name or f"generator-{rec.id}"
     run = _run_name(zoo, name)
     cond_value = None if condition is None else (condition.tolist() if hasattr(condition, "tolist") else condition)
     params = {"method": gen.name, "sampler": gen.last_sampler_, "steps": gen.last_steps_, "nfe": gen.nfe_,
-              "seed": int(seed), "condition": cond_value, "guidance": float(guidance), "run": run}  # fmt: skip
+              "seed": int(seed), "condition": cond_value, "guidance": float(guidance), "temperature": float(temperature),
+              "run": run}  # fmt: skip
     out = SampleRun(rec.id, gen.name, run, samples, params, seconds={"sample": t_sample})
     if evaluate:
         from generators.evaluate import evaluate_run
@@ -390,3 +394,60 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, float):
         return round(x, 5)
     return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Generated models as initialisations
+
+
+def finetune_inits(
+    zoo: Any,
+    generator: int | str,
+    n: int = 20,
+    *,
+    corruption: str | None = "gaussian_noise",
+    severity: int = 5,
+    train_fraction: float = 1.0,
+    epochs: int = 24,
+    lr: float = 5e-3,
+    seed: int = 0,
+    temperature: float = 1.0,
+    store: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune ``n`` generated models, ``n`` random inits and ``n`` of the generator's training models on a
+    shifted digits task (:func:`generators.transfer.shifted_task`) with one recipe, and report the epochs each
+    group needs to reach the random inits' final validation accuracy, as a ratio of ``epochs``
+    (:func:`generators.transfer.init_speedup`). ``store``: the median curves go to the derived table
+    ``<generator>_inits<k>`` (produced by the generator). Classifiers only.
+    """
+    from generators.transfer import init_speedup, shifted_task
+    from zoo.datasets import load_dataset
+
+    gen, rec = generator_from_zoo(zoo, generator)
+    if gen.arch_.get("family") == "siren":
+        raise ConfigError("generated initialisations are measured on classifiers; this generator makes SIRENs")
+    if gen.cond_kind_ != "none":
+        raise ConfigError("measure initialisations with an unconditioned generator (this one needs a condition)")
+    if int(n) < 1:
+        raise ConfigError(f"ask for at least one model per group, not {n}")
+    data = shifted_task(load_dataset("digits").for_architecture(gen.arch_), corruption=corruption, severity=severity,
+                        train_fraction=train_fraction, seed=seed)  # fmt: skip
+    train_ids = sorted(e.parent for e in rec.parents() if e.role == "train")
+    pick = np.random.default_rng(seed).choice(len(train_ids), size=min(int(n), len(train_ids)), replace=False)
+    inits = {"generated": gen.sample(int(n), seed=seed, temperature=temperature),
+             "training": zoo.stack([train_ids[i] for i in sorted(pick)])}  # fmt: skip
+    out = init_speedup(gen.arch_, inits, data, n_random=int(n), epochs=int(epochs), lr=float(lr), seed=seed)
+    out["task"] = {"corruption": corruption, "severity": severity, "train_fraction": float(train_fraction), "lr": lr}
+    if store:
+        rows = [{"group": g, "epoch": e, "val_acc": v["val"][e], "test_acc": v["test"][e]}
+                for g, v in out["groups"].items() for e in range(int(epochs) + 1)]  # fmt: skip
+        base = f"{_table_safe(rec.name or f'generator-{rec.id}')}_inits"
+        taken, k = {t.name for t in zoo.tables()}, 1
+        while f"{base}{k}" in taken:
+            k += 1
+        summary = {g: {"epochs_to_target": v["epochs_to_target"], "ratio": v["ratio"]} for g, v in out["groups"].items()}
+        zoo.write_table(f"{base}{k}", pd.DataFrame(rows), produced_by=rec.id,
+                        description=f"fine-tuning from generated / random / training inits on {json.dumps(out['task'])}: "
+                                    f"target val acc {out['target']:.4f}; " + json.dumps(summary))  # fmt: skip
+        out["table"] = f"{base}{k}"
+    return out

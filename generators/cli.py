@@ -1,4 +1,4 @@
-"""``weightzoo generate train|sample``: weight generators from the shell.
+"""``weightzoo generate train|sample|finetune``: weight generators from the shell.
 
 Plugged into the ``weightzoo`` CLI through the ``weightzoo.commands`` entry-point group
 (``generate = "generators.cli:register"`` in pyproject.toml).
@@ -7,6 +7,7 @@ Plugged into the ``weightzoo`` CLI through the ``weightzoo.commands`` entry-poin
     weightzoo generate train --population digits-inr --method diffusion --condition label --name inr-ddim
     weightzoo generate sample mlp-flow -n 100 --seed 0 --png run.png
     weightzoo generate sample inr-ddim -n 50 --condition 3 --guidance 2.0
+    weightzoo generate finetune mlp-flow -n 20 --corruption gaussian_noise --severity 5
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
         check_png_path(args.png, overwrite=args.overwrite, zoo_roots=[z.root])
     run = sample(z, args.generator, n=args.n, condition=_number(args.condition), guidance=args.guidance, steps=args.steps,
-                 sampler=args.sampler, seed=args.seed, arch=args.for_population, store=not args.no_store)  # fmt: skip
+                 sampler=args.sampler, seed=args.seed, temperature=args.temperature, arch=args.for_population,
+                 store=not args.no_store)  # fmt: skip
     out = run.to_dict()
     if args.png:
         from generators.evaluate import plot_run
@@ -121,6 +123,28 @@ def _inner_common(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     for action in inner._actions:  # argparse has no public way to change an inherited option's default
         action.default = argparse.SUPPRESS
     return inner
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from generators.api import finetune_inits
+
+    z = _open(args)
+    corruption = None if args.corruption in ("", "none") else args.corruption
+    out = finetune_inits(z, args.generator, n=args.n, corruption=corruption, severity=args.severity,
+                         train_fraction=args.train_fraction, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                         store=not args.no_store)  # fmt: skip
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"shifted task {out['task']}: random-init final val acc (the target) {out['target']:.4f} after {out['epochs']} epochs")
+    print(f"{'init':<12}{'n':>4}{'start test':>12}{'final test':>12}{'epochs to target':>18}{'ratio':>8}")
+    for name, g in out["groups"].items():
+        e = "never" if g["epochs_to_target"] is None else str(g["epochs_to_target"])
+        r = "-" if g["ratio"] is None else f"{g['ratio']:.3f}"
+        print(f"{name:<12}{g['n']:>4}{g['start_test']:>12.4f}{g['final_test']:>12.4f}{e:>18}{r:>8}")
+    if "table" in out:
+        print(f"curves: table {out['table']}")
+    return 0
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -155,8 +179,25 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--steps", type=int, help="sampling steps (default: the generator's)")
     s.add_argument("--sampler", choices=["euler", "heun", "midpoint", "ddim", "ddpm"])
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--temperature", type=float, default=1.0, help="scale of the starting noise (default 1; below 1: "
+                                                                  "nearer the learned modes, less diverse)")  # fmt: skip
     s.add_argument("--for-population", help="refuse unless the generator was trained on this population's architecture")
     s.add_argument("--png", help="write the accuracy-vs-novelty plot to this .png file")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --png file")
     s.add_argument("--no-store", action="store_true", help="evaluate only; write nothing to the zoo")
     s.set_defaults(func=cmd_sample)
+
+    s = gs.add_parser("finetune", parents=[inner], help="generated models as initialisations on a shifted digits task",
+                      description="Fine-tune N generated models, N random inits and N training models with one recipe on "
+                                  "digits with every split corrupted (and/or a smaller training subset); report the epochs "
+                                  "each needs to reach the random inits' final validation accuracy.")  # fmt: skip
+    s.add_argument("generator", help="the generator's model name or id (an unconditioned classifier generator)")
+    s.add_argument("-n", type=int, default=20, help="models per group (default 20)")
+    s.add_argument("--corruption", default="gaussian_noise", help="zoo.corruptions kind applied to every split, or 'none'")
+    s.add_argument("--severity", type=int, default=5, help="1..5 (default 5)")
+    s.add_argument("--train-fraction", type=float, default=1.0, help="keep this fraction of the training split (default 1)")
+    s.add_argument("--epochs", type=int, default=24)
+    s.add_argument("--lr", type=float, default=5e-3)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-store", action="store_true", help="write nothing to the zoo")
+    s.set_defaults(func=cmd_finetune)

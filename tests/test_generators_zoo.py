@@ -147,3 +147,41 @@ def test_condition_outside_the_trained_range_writes_nothing(gzoo, snapshot) -> N
         generators.sample(gzoo, "g-ddim", n=2, condition=1.5)
     assert main(["generate", "sample", "g-ddim", "--root", str(gzoo.root), "-n", "2", "--condition", "-3"]) == 2
     assert snapshot(gzoo) == before
+
+
+def test_common_options_work_before_the_generate_subcommand(gzoo, capsys) -> None:
+    from zoo.cli import main
+
+    # `generate --root R --json sample ...`: the options given before `sample` are kept
+    assert main(["generate", "--root", str(gzoo.root), "--json", "sample", "g-flow", "-n", "2", "--steps", "2",
+                 "--no-store", "--temperature", "0.5"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["params"]["temperature"] == 0.5 and out["params"]["nfe"] == 4 and out["sample_ids"] == []
+
+
+def test_generated_initialisations_on_a_shifted_task(gzoo, snapshot) -> None:
+    from generators.transfer import shifted_task
+    from zoo.datasets import load_dataset
+
+    ds = load_dataset("digits").flat()
+    shifted = shifted_task(ds, corruption="gaussian_noise", severity=5, train_fraction=0.5)
+    assert len(shifted.y_train) == round(len(ds.y_train) * 0.5) and torch.equal(shifted.y_test, ds.y_test)
+    assert not torch.equal(shifted.X_test, ds.X_test) and shifted.X_val.shape == ds.X_val.shape
+    out = generators.finetune_inits(gzoo, "g-flow", n=3, epochs=3, seed=1)
+    assert set(out["groups"]) == {"random", "generated", "training"}
+    rnd = out["groups"]["random"]
+    assert rnd["val"][-1] == pytest.approx(out["target"]) and rnd["epochs_to_target"] <= 3
+    for g in out["groups"].values():
+        assert len(g["val"]) == len(g["test"]) == 4 and g["n"] == 3
+        first = g["epochs_to_target"]
+        if first is not None:  # the first epoch whose median val accuracy reaches the target
+            assert g["val"][first] >= out["target"] - 1e-9 and all(v < out["target"] for v in g["val"][:first])
+            assert g["ratio"] == pytest.approx(first / 3)
+    table = gzoo.table(out["table"])
+    assert len(table) == 3 * 4 and set(table["group"]) == set(out["groups"])
+    if "g-ddim" not in {r.name for r in gzoo.models().tag("generator")}:
+        generators.train(gzoo, "seeds-mlp", "diffusion", name="g-ddim", condition="acc", holdout=2, params=FAST)
+    before = snapshot(gzoo)
+    with pytest.raises(ConfigError, match="unconditioned"):
+        generators.finetune_inits(gzoo, "g-ddim", n=2, epochs=1)
+    assert snapshot(gzoo) == before

@@ -66,7 +66,9 @@ class FlowGenerator(Generator):
         sampler, steps: the default ODE sampler and its number of steps.
         time_sampling: ``"uniform"`` or ``"logit_normal"`` training times.
         latent_dim: learn and sample in this many whitened principal components of the prepared
-            training weights (:class:`~generators.latent.PCALatent`); 0: in the flat view itself.
+            training weights (:class:`~generators.latent.PCALatent`, capped at the training set's rank);
+            0: in the flat view itself (measured on digits-mlp-seeds: median accuracy 0.54 there, 0.93 in
+            the latent; docs/generators.md).
         seed: seeds initialisation, batches and noise.
     """
 
@@ -87,7 +89,7 @@ class FlowGenerator(Generator):
         sampler: str = "heun",
         steps: int = 20,
         time_sampling: str = "uniform",
-        latent_dim: int = 0,
+        latent_dim: int = 32,
         seed: int = 0,
     ) -> None:
         denoiser_params = denoiser_params or {}

@@ -134,7 +134,7 @@ def run_inits(z, generator: str, seed: int, n: int) -> list[dict]:
                              seed=seed, store=False)  # fmt: skip
         rows.append({"kind": "inits", "seed": seed, "generator": generator, "task": out["task"], "target": out["target"],
                      "seconds": time.perf_counter() - t0,
-                     "groups": {k: {kk: v[kk] for kk in ("epochs_to_target", "ratio", "start_test", "final_test")}
+                     "groups": {k: {kk: v[kk] for kk in ("epochs_to_target", "ratio", "vs_random", "start_test", "final_test")}
                                 for k, v in out["groups"].items()}})  # fmt: skip
     return rows
 

@@ -137,11 +137,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 0
     print(f"shifted task {out['task']}: random-init final val acc (the target) {out['target']:.4f} after {out['epochs']} epochs")
-    print(f"{'init':<12}{'n':>4}{'start test':>12}{'final test':>12}{'epochs to target':>18}{'ratio':>8}")
+    print(f"{'init':<12}{'n':>4}{'start test':>12}{'final test':>12}{'epochs to target':>18}{'/ epochs':>10}{'/ random':>10}")
     for name, g in out["groups"].items():
         e = "never" if g["epochs_to_target"] is None else str(g["epochs_to_target"])
         r = "-" if g["ratio"] is None else f"{g['ratio']:.3f}"
-        print(f"{name:<12}{g['n']:>4}{g['start_test']:>12.4f}{g['final_test']:>12.4f}{e:>18}{r:>8}")
+        vr = "-" if g["vs_random"] is None else f"{g['vs_random']:.3f}"
+        print(f"{name:<12}{g['n']:>4}{g['start_test']:>12.4f}{g['final_test']:>12.4f}{e:>18}{r:>10}{vr:>10}")
     if "table" in out:
         print(f"curves: table {out['table']}")
     return 0

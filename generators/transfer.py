@@ -8,7 +8,9 @@ e.g. rotated or noisy digits) and/or a smaller random subset of the training spl
 samples, training models) with the same recipe, evaluates every epoch, and reports per group the
 median validation and test accuracy curves, the random-init final accuracy (the target: the median
 *validation* accuracy of the random inits after ``epochs``), the first epoch at which each group's
-median validation accuracy reaches it, and that epoch as a ratio of ``epochs``. Nothing is chosen on
+median validation accuracy reaches it, and that epoch as a ratio of ``epochs`` (``ratio``: of the random
+inits' training budget) and of the epoch at which the random inits' own median curve first reaches it
+(``vs_random``: their curve often plateaus before the last epoch). Nothing is chosen on
 the test split: the target and the epochs are read on validation accuracy; test accuracy is reported.
 
 Shapes: stacked inits ``name -> [n, *shape]``; curves ``[epochs + 1]`` (epoch 0 = the init itself).
@@ -72,7 +74,7 @@ def init_speedup(config: Mapping[str, Any], inits: Mapping[str, Mapping[str, Ten
 
     Returns ``{"target": random-init final median val acc, "epochs": epochs, "groups": {name: {"val":
     median val curve, "test": median test curve, "epochs_to_target": int | None, "ratio": float | None,
-    "final_test": ...}}}`` (``epochs_to_target`` None: never reached within ``epochs``).
+    "vs_random": float | None, "final_test": ...}}}`` (``epochs_to_target`` None: never reached within ``epochs``).
     """
     from zoo.architectures import init_state
 
@@ -92,4 +94,8 @@ def init_speedup(config: Mapping[str, Any], inits: Mapping[str, Mapping[str, Ten
         out["groups"][name] = {"n": int(c["val"].shape[0]), "val": val.tolist(), "test": test.tolist(),
                                "epochs_to_target": first, "ratio": None if first is None else first / int(epochs),
                                "final_test": float(test[-1]), "start_test": float(test[0])}  # fmt: skip
+    first_random = out["groups"]["random"]["epochs_to_target"]  # <= epochs: its median curve ends at the target
+    for g in out["groups"].values():
+        e = g["epochs_to_target"]
+        g["vs_random"] = None if e is None else (e / first_random if first_random else float(e == 0))
     return out

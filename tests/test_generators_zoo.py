@@ -177,6 +177,7 @@ def test_generated_initialisations_on_a_shifted_task(gzoo, snapshot) -> None:
         if first is not None:  # the first epoch whose median val accuracy reaches the target
             assert g["val"][first] >= out["target"] - 1e-9 and all(v < out["target"] for v in g["val"][:first])
             assert g["ratio"] == pytest.approx(first / 3)
+    assert rnd["vs_random"] == 1.0
     table = gzoo.table(out["table"])
     assert len(table) == 3 * 4 and set(table["group"]) == set(out["groups"])
     if "g-ddim" not in {r.name for r in gzoo.models().tag("generator")}:

@@ -150,6 +150,7 @@ def main() -> None:
     ap.add_argument("--config", default="{}", help="generator options (JSON; default: the shipped defaults)")
     ap.add_argument("--acc-condition", action="store_true", help="the accuracy-conditioning target on digits-mlp")
     ap.add_argument("--guidance", nargs="+", type=float, default=[1.0, 2.0])
+    ap.add_argument("--acc-config", default=None, help="generator options of the --acc-condition runs (JSON; default --config)")
     ap.add_argument("--inits", action="store_true", help="generated initialisations on shifted tasks (mlp flow generators)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help="append JSON lines here")
@@ -186,7 +187,9 @@ def main() -> None:
     if args.acc_condition:
         t_build = ensure_population(z, "digits-mlp")
         for seed in args.seeds:
-            for row in run_acc_condition(z, seed, min(args.n, 500), params, args.guidance):
+            acc_params = json.loads(args.acc_config) if args.acc_config else params
+            for row in run_acc_condition(z, seed, min(args.n, 500), acc_params, args.guidance):
+                row["params"] = acc_params
                 row["build_seconds"] = t_build
                 emit(row)
                 print(f"  acc condition seed {seed} guidance {row['guidance']}: top-decile hit val {row['hit_val']:.1%} "

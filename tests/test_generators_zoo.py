@@ -186,3 +186,16 @@ def test_generated_initialisations_on_a_shifted_task(gzoo, snapshot) -> None:
     with pytest.raises(ConfigError, match="unconditioned"):
         generators.finetune_inits(gzoo, "g-ddim", n=2, epochs=1)
     assert snapshot(gzoo) == before
+
+
+def test_cli_finetune_prints_the_epochs_to_target(gzoo, capsys, snapshot) -> None:
+    from zoo.cli import main
+
+    before = snapshot(gzoo)
+    assert main(["generate", "finetune", "g-flow", "--root", str(gzoo.root), "-n", "2", "--epochs", "2",
+                 "--corruption", "none", "--train-fraction", "0.2", "--no-store"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "random-init final val acc" in out and "generated" in out and "/ random" in out
+    assert snapshot(gzoo) == before  # --no-store writes nothing
+    assert main(["generate", "finetune", "g-flow", "--root", str(gzoo.root), "--corruption", "fog"]) == 2
+    assert "unknown corruption 'fog'" in capsys.readouterr().err

@@ -8,16 +8,9 @@ import torch
 from generators.base import load_generator_state
 from generators.latent import PCALatent
 from generators.registry import make_generator
+from tests.test_generators_toy import _one_thread  # noqa: F401  (autouse: small networks train faster on one thread)
 from weightspace.spec import PermutationSpec
 from zoo.errors import ConfigError, MismatchError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _low_rank(n: int = 40, d: int = 30, rank: int = 3, seed: int = 0) -> torch.Tensor:

@@ -111,6 +111,9 @@ def test_class_conditional_inr_generator(gzoo) -> None:
     # training SIRENs are scored on their own images: their PSNR is their fit, not a neighbour's image
     train = run.result["groups"]["train"].scores
     assert np.median(train["quality"]) > np.median(run.result["groups"]["held_out"].scores["quality"])
+    # so "degenerate" is judged against what new (held-out) SIRENs reach on their nearest training image
+    held = run.result["groups"]["held_out"].scores["quality"]
+    assert run.verdict["quality_floor"] == pytest.approx(float(np.quantile(held, 0.05)))
 
 
 def test_bad_input_is_refused_and_nothing_is_written(gzoo, snapshot) -> None:

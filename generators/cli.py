@@ -4,7 +4,7 @@ Plugged into the ``weightzoo`` CLI through the ``weightzoo.commands`` entry-poin
 (``generate = "generators.cli:register"`` in pyproject.toml).
 
     weightzoo generate train --population digits-mlp-seeds --method flow --name mlp-flow
-    weightzoo generate train --population digits-inr --method diffusion --condition label --name inr-ddim
+    weightzoo generate train --population digits-inr-shared --method diffusion --condition label --name inr-ddim
     weightzoo generate sample mlp-flow -n 100 --seed 0 --png run.png
     weightzoo generate sample inr-ddim -n 50 --condition 3 --guidance 2.0
     weightzoo generate finetune mlp-flow -n 20 --corruption gaussian_noise --severity 5

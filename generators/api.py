@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,25 @@ __all__ = ["train", "sample", "store_run", "store_generator", "generator_from_zo
 GENERATOR_POPULATION = "generators"
 #: ``--condition acc`` conditions on the validation accuracy (nothing is chosen on the test split).
 ACC_ALIASES = {"acc": "val_acc", "accuracy": "val_acc"}
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run a block with ``threads`` torch intra-op threads, restored afterwards (``None``: leave torch's
+    setting). The generators' matmuls are small; with more threads than free cores the OpenMP workers
+    spin while another process holds a CPU: measured at load 12 on 2 cores, 200 training steps took
+    5-8 s on 1 thread and 110-175 s on 2 (the CLI's default is 1)."""
+    if threads is None or threads == torch.get_num_threads():
+        yield
+        return
+    if int(threads) < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _population_frame(zoo: Any, population: str, final: bool) -> pd.DataFrame:
@@ -105,6 +125,7 @@ def train(
     params: Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: bool = False,
+    threads: int | None = None,
 ) -> Any:
     """Train a generator on a population's (final-checkpoint) models and store it in the zoo as ``name``.
 
@@ -113,7 +134,8 @@ def train(
     kept out of training as the "what new looks like" reference; or ``held_out_population``: a population
     of the same recipe (other seeds) to use instead (then nothing of ``population`` is held out).
     ``params``: the generator's options (see :class:`~generators.flow.FlowGenerator`). Returns the stored
-    :class:`~zoo.ModelRecord` (``.generator`` holds the fitted object).
+    :class:`~zoo.ModelRecord` (``.generator`` holds the fitted object). ``threads``: torch threads while
+    training (:func:`torch_threads`).
     """
     if not name or not isinstance(name, str):
         raise ConfigError("give the generator a name (name=...)")
@@ -152,7 +174,8 @@ def train(
     train_ids = [ids[i] for i in tr]
     X = zoo.stack(train_ids)
     t0 = time.perf_counter()
-    gen.fit(X, config=config, condition=None if cond is None else cond[tr], progress=progress)
+    with torch_threads(threads):
+        gen.fit(X, config=config, condition=None if cond is None else cond[tr], progress=progress)
     seconds = time.perf_counter() - t0
     rec = store_generator(zoo, gen, name=name, train_ids=train_ids, held_out_ids=held_ids, trained_on=pop_name,
                           condition=cond_col, seconds=seconds)  # fmt: skip
@@ -277,14 +300,25 @@ def sample(
     evaluate: bool = True,
     store: bool = True,
     n_baseline: int | None = None,
+    threads: int | None = None,
 ) -> SampleRun:
     """Sample ``n`` models from a stored generator, evaluate the run against the baselines and (``store``)
     write the samples to population ``<generator name>/samples`` with lineage and metrics.
 
     ``temperature`` scales the starting noise (below 1: nearer the learned modes, less diverse).
     ``arch``: the architecture (config or population name) the caller wants; refused unless it is the
-    one the generator was trained on. Everything is checked before anything is written.
+    one the generator was trained on. ``threads``: torch threads while sampling and evaluating
+    (:func:`torch_threads`). Everything is checked before anything is written.
     """
+    with torch_threads(threads):
+        return _sample(zoo, generator, n, condition=condition, guidance=guidance, steps=steps, sampler=sampler,
+                       seed=seed, temperature=temperature, arch=arch, evaluate=evaluate, store=store,
+                       n_baseline=n_baseline)  # fmt: skip
+
+
+def _sample(zoo: Any, generator: int | str, n: int, *, condition: Any, guidance: float, steps: int | None,
+            sampler: str | None, seed: int, temperature: float, arch: Mapping[str, Any] | str | None, evaluate: bool,
+            store: bool, n_baseline: int | None) -> SampleRun:  # fmt: skip
     from zoo.architectures import config_hash, normalize_config
 
     gen, rec = generator_from_zoo(zoo, generator)
@@ -413,12 +447,13 @@ def finetune_inits(
     seed: int = 0,
     temperature: float = 1.0,
     store: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``n`` generated models, ``n`` random inits and ``n`` of the generator's training models on a
     shifted digits task (:func:`generators.transfer.shifted_task`) with one recipe, and report the epochs each
     group needs to reach the random inits' final validation accuracy, as a ratio of ``epochs``
     (:func:`generators.transfer.init_speedup`). ``store``: the median curves go to the derived table
-    ``<generator>_inits<k>`` (produced by the generator). Classifiers only.
+    ``<generator>_inits<k>`` (produced by the generator). Classifiers only. ``threads``: see :func:`torch_threads`.
     """
     from generators.transfer import init_speedup, shifted_task
     from zoo.datasets import load_dataset
@@ -436,7 +471,8 @@ def finetune_inits(
     pick = np.random.default_rng(seed).choice(len(train_ids), size=min(int(n), len(train_ids)), replace=False)
     inits = {"generated": gen.sample(int(n), seed=seed, temperature=temperature),
              "training": zoo.stack([train_ids[i] for i in sorted(pick)])}  # fmt: skip
-    out = init_speedup(gen.arch_, inits, data, n_random=int(n), epochs=int(epochs), lr=float(lr), seed=seed)
+    with torch_threads(threads):
+        out = init_speedup(gen.arch_, inits, data, n_random=int(n), epochs=int(epochs), lr=float(lr), seed=seed)
     out["task"] = {"corruption": corruption, "severity": severity, "train_fraction": float(train_fraction), "lr": lr}
     if store:
         rows = [{"group": g, "epoch": e, "val_acc": v["val"][e], "test_acc": v["test"][e]}

@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     z = _open(args)
     rec = train(z, args.population, args.method, name=args.name, condition=args.condition, holdout=holdout,
                 held_out_population=args.held_out_population, params=params, seed=args.seed,
-                progress=not args.no_progress)  # fmt: skip
+                progress=not args.no_progress, threads=args.threads)  # fmt: skip
     g = rec.generator
     out = {"model_id": rec.id, "name": rec.name, "population": rec.population, "method": g.name,
            "n_train": len([e for e in rec.parents() if e.role == "train"]), "condition": args.condition,
@@ -93,7 +93,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         check_png_path(args.png, overwrite=args.overwrite, zoo_roots=[z.root])
     run = sample(z, args.generator, n=args.n, condition=_number(args.condition), guidance=args.guidance, steps=args.steps,
                  sampler=args.sampler, seed=args.seed, temperature=args.temperature, arch=args.for_population,
-                 store=not args.no_store)  # fmt: skip
+                 store=not args.no_store, threads=args.threads)  # fmt: skip
     out = run.to_dict()
     if args.png:
         from generators.evaluate import plot_run
@@ -132,7 +132,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     corruption = None if args.corruption in ("", "none") else args.corruption
     out = finetune_inits(z, args.generator, n=args.n, corruption=corruption, severity=args.severity,
                          train_fraction=args.train_fraction, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                         store=not args.no_store)  # fmt: skip
+                         store=not args.no_store, threads=args.threads)  # fmt: skip
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return 0
@@ -146,6 +146,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if "table" in out:
         print(f"curves: table {out['table']}")
     return 0
+
+
+def _threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the generators' matmuls "
+                                                              "are small, and more threads than free cores stall them)")  # fmt: skip
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -170,6 +175,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--held-out-population", help="a population of other seeds of the same recipe as the reference instead")
     s.add_argument("--config", help="generator options as JSON, e.g. '{\"denoiser_params\": {\"width\": 256}}'")
     s.add_argument("--seed", type=int, default=0)
+    _threads_option(s)
     s.set_defaults(func=cmd_train)
 
     s = gs.add_parser("sample", parents=[inner], help="sample models from a stored generator, evaluate and store them")
@@ -186,6 +192,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--png", help="write the accuracy-vs-novelty plot to this .png file")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --png file")
     s.add_argument("--no-store", action="store_true", help="evaluate only; write nothing to the zoo")
+    _threads_option(s)
     s.set_defaults(func=cmd_sample)
 
     s = gs.add_parser("finetune", parents=[inner], help="generated models as initialisations on a shifted digits task",
@@ -201,4 +208,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--lr", type=float, default=5e-3)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-store", action="store_true", help="write nothing to the zoo")
+    _threads_option(s)
     s.set_defaults(func=cmd_finetune)

@@ -202,3 +202,16 @@ def test_cli_finetune_prints_the_epochs_to_target(gzoo, capsys, snapshot) -> Non
     assert snapshot(gzoo) == before  # --no-store writes nothing
     assert main(["generate", "finetune", "g-flow", "--root", str(gzoo.root), "--corruption", "fog"]) == 2
     assert "unknown corruption 'fog'" in capsys.readouterr().err
+
+
+def test_torch_threads_is_set_for_the_block_and_restored() -> None:
+    from generators.api import torch_threads
+
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    with torch_threads(other):
+        assert torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="threads must be >= 1"), torch_threads(0):
+        pass
+    assert torch.get_num_threads() == before

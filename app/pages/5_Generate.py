@@ -66,7 +66,8 @@ temperature = st.slider("temperature (scale of the starting noise; below 1: near
 if st.button("Sample and evaluate", type="primary", key="gen_go"):
     with C.shown_errors("sampling failed"), st.spinner("sampling, aligning and evaluating ..."):
         st.session_state["gen_run"] = G.sample(z, rec.id, n=n, condition=condition, guidance=guidance,
-                                               steps=steps or None, seed=seed, temperature=temperature, store=False)  # fmt: skip
+                                               steps=steps or None, seed=seed, temperature=temperature, store=False,
+                                               threads=1)  # fmt: skip
 
 run = st.session_state.get("gen_run")
 if run is not None and run.generator_id == rec.id and run.result:

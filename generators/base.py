@@ -2,8 +2,10 @@
 
 * configuration is only the constructor's arguments (:meth:`Generator.get_params`), JSON-able;
 * ``fit(X, *, config, condition=None, spec=None, align=None)`` returns ``self``; learned state ends in ``_``
-  (``prep_``: the :class:`~generators.prepare.WeightPreparer`, ``net_``: the denoiser);
-* ``sample(n, condition=None, guidance=1.0, steps=None, seed=0)`` returns a stacked population
+  (``prep_``: the :class:`~generators.prepare.WeightPreparer`, ``latent_``: the
+  :class:`~generators.latent.PCALatent` the denoiser works in when ``latent_dim > 0``, ``net_``: the
+  denoiser);
+* ``sample(n, condition=None, guidance=1.0, steps=None, seed=0, temperature=1.0)`` returns a stacked population
   ``{name: [n, *shape]}`` of the architecture it was fitted on; ``nfe_`` is the number of network
   evaluations per sample of the last call;
 * :meth:`Generator.state` / :func:`load_generator_state` round-trip a fitted generator through JSON +

@@ -44,6 +44,9 @@ __all__ = ["Generator", "load_generator_state", "MIN_MODELS"]
 
 #: The fewest training models a generator accepts.
 MIN_MODELS = 16
+#: ``latent_dim=None``: this many principal components, except for denoisers that read the token view.
+DEFAULT_LATENT_DIM = 32
+TOKEN_DENOISERS = ("transformer",)
 Stacked = Mapping[str, Tensor]
 
 
@@ -61,7 +64,7 @@ class Generator:
     ema: float
     prepare: dict
     condition_kind: str | None
-    latent_dim: int
+    latent_dim: int | None
     seed: int
 
     def _store_params(self, params: Mapping[str, Any]) -> None:
@@ -167,7 +170,8 @@ class Generator:
         cond = self._fit_condition(condition, n)
         self.prep_ = WeightPreparer(**self.prepare)
         data = self.prep_.fit_transform(X, spec=spec, config=config, align=align).float()
-        self.latent_ = PCALatent(int(self.latent_dim)).fit(data) if self.latent_dim else None
+        k = self.latent_dim if self.latent_dim is not None else (0 if self.denoiser in TOKEN_DENOISERS else DEFAULT_LATENT_DIM)
+        self.latent_ = PCALatent(int(k)).fit(data) if k else None
         if self.latent_ is not None:
             data = self.latent_.transform(data)
         torch.manual_seed(int(self.seed))

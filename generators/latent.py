@@ -56,7 +56,8 @@ class PCALatent:
         x = flat.double()
         self.mean_ = x.mean(0)
         _, s, vh = torch.linalg.svd(x - self.mean_, full_matrices=False)
-        rank = int((s > s[0] * 1e-9).sum()) if len(s) and s[0] > 0 else 0
+        tol = float(s[0]) * max(x.shape) * torch.finfo(flat.dtype).eps if len(s) else 0.0  # numpy's matrix_rank tolerance
+        rank = int((s > tol).sum()) if len(s) and s[0] > 0 else 0
         k = max(1, min(int(self.dim), x.shape[0] - 1, x.shape[1], rank))  # no direction without variance
         sd = s[:k] / (x.shape[0] - 1) ** 0.5
         self.components_ = vh[:k].contiguous()  # [k, D], orthonormal rows

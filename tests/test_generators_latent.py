@@ -79,3 +79,15 @@ def test_a_generator_in_the_latent_samples_inside_the_training_span(method: str)
     torch.testing.assert_close(again.sample(5, seed=2, steps=4)["w"], gen.sample(5, seed=2, steps=4)["w"])
     with pytest.raises(ConfigError, match="temperature"):
         gen.sample(2, temperature=0.0)
+
+
+def test_the_default_latent_depends_on_the_denoiser() -> None:
+    x = {"w": _low_rank(n=40, d=50, rank=3).float()}
+    spec = PermutationSpec({"w": (None,)})
+    fast = {"train_steps": 2, "prepare": {"canonicalize": False}}
+    mlp = make_generator("flow", **fast).fit(x, spec=spec)
+    assert mlp.latent_dim is None and mlp.latent_.dim_ == 3  # 32 asked, capped at the rank
+    tok = make_generator("flow", denoiser="transformer", denoiser_params={"width": 16, "depth": 1, "heads": 2},
+                         **fast).fit(x, spec=spec)  # fmt: skip
+    assert tok.latent_ is None and tok.space_dim == 50  # the transformer reads the token view
+    assert make_generator("flow", latent_dim=0, **fast).fit(x, spec=spec).latent_ is None

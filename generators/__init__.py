@@ -14,13 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["train", "sample", "generator_from_zoo", "store_generator", "SampleRun", "GENERATORS", "DENOISERS",
-           "make_generator", "WeightPreparer", "Generator", "evaluate_run"]  # fmt: skip
+           "make_generator", "WeightPreparer", "Generator", "evaluate_run", "finetune_inits"]  # fmt: skip
 
 _WHERE = {
     "train": "generators.api", "sample": "generators.api", "generator_from_zoo": "generators.api",
     "store_generator": "generators.api", "SampleRun": "generators.api", "GENERATORS": "generators.registry",
     "DENOISERS": "generators.registry", "make_generator": "generators.registry", "WeightPreparer": "generators.prepare",
-    "Generator": "generators.base", "evaluate_run": "generators.evaluate",
+    "Generator": "generators.base", "evaluate_run": "generators.evaluate", "finetune_inits": "generators.api",
 }  # fmt: skip
 
 

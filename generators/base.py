@@ -2,8 +2,10 @@
 
 * configuration is only the constructor's arguments (:meth:`Generator.get_params`), JSON-able;
 * ``fit(X, *, config, condition=None, spec=None, align=None)`` returns ``self``; learned state ends in ``_``
-  (``prep_``: the :class:`~generators.prepare.WeightPreparer`, ``net_``: the denoiser);
-* ``sample(n, condition=None, guidance=1.0, steps=None, seed=0)`` returns a stacked population
+  (``prep_``: the :class:`~generators.prepare.WeightPreparer`, ``latent_``: the
+  :class:`~generators.latent.PCALatent` the denoiser works in when ``latent_dim > 0``, ``net_``: the
+  denoiser);
+* ``sample(n, condition=None, guidance=1.0, steps=None, seed=0, temperature=1.0)`` returns a stacked population
   ``{name: [n, *shape]}`` of the architecture it was fitted on; ``nfe_`` is the number of network
   evaluations per sample of the last call;
 * :meth:`Generator.state` / :func:`load_generator_state` round-trip a fitted generator through JSON +
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from generators.latent import PCALatent
 from generators.prepare import AlignFn, WeightPreparer
 from generators.registry import DENOISERS
 from weightspace.spec import PermutationSpec
@@ -41,6 +44,9 @@ __all__ = ["Generator", "load_generator_state", "MIN_MODELS"]
 
 #: The fewest training models a generator accepts.
 MIN_MODELS = 16
+#: ``latent_dim=None``: this many principal components, except for denoisers that read the token view.
+DEFAULT_LATENT_DIM = 32
+TOKEN_DENOISERS = ("transformer",)
 Stacked = Mapping[str, Tensor]
 
 
@@ -58,6 +64,7 @@ class Generator:
     ema: float
     prepare: dict
     condition_kind: str | None
+    latent_dim: int | None
     seed: int
 
     def _store_params(self, params: Mapping[str, Any]) -> None:
@@ -130,11 +137,17 @@ class Generator:
 
     # -- fitting -----------------------------------------------------------------------------------
 
+    @property
+    def space_dim(self) -> int:
+        """The number of coordinates the denoiser works on: the latent's, else the flat view's."""
+        return self.latent_.dim_ if self.latent_ is not None else self.prep_.dim_
+
     def _build_net(self) -> nn.Module:
         cls = DENOISERS.get(self.denoiser)
         n_classes = len(self.cond_info_.get("classes", []))
+        layout = [self.latent_.dim_] if self.latent_ is not None else self.prep_.numels_
         try:
-            return cls(self.prep_.dim_, cond_kind=self.cond_kind_, n_classes=n_classes, layout=self.prep_.numels_,
+            return cls(self.space_dim, cond_kind=self.cond_kind_, n_classes=n_classes, layout=layout,
                        token_size=int(self.prep_.token_size), **self.denoiser_params)  # fmt: skip
         except TypeError as e:
             raise ConfigError(f"bad denoiser_params for denoiser {self.denoiser!r}: {e}") from None
@@ -157,6 +170,10 @@ class Generator:
         cond = self._fit_condition(condition, n)
         self.prep_ = WeightPreparer(**self.prepare)
         data = self.prep_.fit_transform(X, spec=spec, config=config, align=align).float()
+        k = self.latent_dim if self.latent_dim is not None else (0 if self.denoiser in TOKEN_DENOISERS else DEFAULT_LATENT_DIM)
+        self.latent_ = PCALatent(int(k)).fit(data) if k else None
+        if self.latent_ is not None:
+            data = self.latent_.transform(data)
         torch.manual_seed(int(self.seed))
         self.net_ = self._build_net()
         self._setup()
@@ -235,11 +252,16 @@ class Generator:
 
     @torch.no_grad()
     def sample_flat(self, n: int, *, condition: Any = None, guidance: float = 1.0, steps: int | None = None,
-                    sampler: str | None = None, seed: int = 0) -> Tensor:  # fmt: skip
-        """``n`` prepared (normalised, canonical) flat vectors ``[n, D]``; sets ``nfe_``."""
+                    sampler: str | None = None, seed: int = 0, temperature: float = 1.0) -> Tensor:  # fmt: skip
+        """``n`` prepared (normalised, canonical) flat vectors ``[n, D]``; sets ``nfe_``.
+
+        ``temperature`` scales the starting noise (below 1: samples nearer the modes the generator
+        learned, less diverse; 1: the trained distribution)."""
         self._check_fitted()
         if int(n) < 1:
             raise ConfigError(f"ask for at least one sample, not {n}")
+        if not float(temperature) > 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
         sampler = sampler or self.sampler  # type: ignore[attr-defined]
         steps = int(steps or self.default_steps(sampler))
         if steps < 1:
@@ -248,17 +270,18 @@ class Generator:
             raise ConfigError(f"guidance must be >= 0, got {guidance}")
         cond = self.encode_condition(condition, int(n))
         gen = torch.Generator().manual_seed(int(seed))
-        noise = torch.randn(int(n), self.prep_.dim_, generator=gen)
+        noise = torch.randn(int(n), self.space_dim, generator=gen) * float(temperature)
         self.net_.eval()
         out, nfe = self._sample_flat(noise, cond, float(guidance), steps, sampler, gen)
         self.nfe_ = nfe * (2 if cond is not None and float(guidance) != 1.0 else 1)
         self.last_steps_, self.last_sampler_ = steps, sampler
-        return out
+        return self.latent_.inverse_transform(out) if self.latent_ is not None else out
 
     def sample(self, n: int, *, condition: Any = None, guidance: float = 1.0, steps: int | None = None,
-               sampler: str | None = None, seed: int = 0) -> dict[str, Tensor]:  # fmt: skip
+               sampler: str | None = None, seed: int = 0, temperature: float = 1.0) -> dict[str, Tensor]:  # fmt: skip
         """``n`` new models as a stacked population ``{name: [n, *shape]}``."""
-        flat = self.sample_flat(n, condition=condition, guidance=guidance, steps=steps, sampler=sampler, seed=seed)
+        flat = self.sample_flat(n, condition=condition, guidance=guidance, steps=steps, sampler=sampler, seed=seed,
+                                temperature=temperature)  # fmt: skip
         return self.prep_.inverse_transform(flat)
 
     # -- persistence -------------------------------------------------------------------------------
@@ -272,6 +295,9 @@ class Generator:
             "history_": self.history_, "arch_": self.arch_}}  # fmt: skip
         tensors = {f"net.{k}": v.detach().contiguous() for k, v in self.net_.state_dict().items()}
         tensors.update({f"prep.{k}": v for k, v in prep_t.items()})
+        if self.latent_ is not None:
+            doc["state"]["latent_"], lat_t = self.latent_.state()
+            tensors.update({f"latent.{k}": v for k, v in lat_t.items()})
         return doc, tensors
 
 
@@ -285,6 +311,9 @@ def load_generator_state(doc: Mapping[str, Any], tensors: Mapping[str, Tensor]) 
         gen.prep_ = WeightPreparer.from_state(st["prep_"], {k[5:]: v for k, v in tensors.items() if k.startswith("prep.")})
         gen.cond_kind_, gen.cond_info_ = st["cond_kind_"], dict(st["cond_info_"])
         gen.history_, gen.arch_ = list(st["history_"]), st["arch_"]
+        lat = st.get("latent_")
+        gen.latent_ = None if lat is None else PCALatent.from_state(lat, {k[7:]: v for k, v in tensors.items()
+                                                                          if k.startswith("latent.")})  # fmt: skip
     except (KeyError, TypeError) as e:
         raise CorruptFileError(f"not a saved generator document ({e})") from None
     gen.net_ = gen._build_net()

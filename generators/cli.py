@@ -1,17 +1,19 @@
-"""``weightzoo generate train|sample``: weight generators from the shell.
+"""``weightzoo generate train|sample|finetune``: weight generators from the shell.
 
 Plugged into the ``weightzoo`` CLI through the ``weightzoo.commands`` entry-point group
 (``generate = "generators.cli:register"`` in pyproject.toml).
 
     weightzoo generate train --population digits-mlp-seeds --method flow --name mlp-flow
-    weightzoo generate train --population digits-inr --method diffusion --condition label --name inr-ddim
+    weightzoo generate train --population digits-inr-shared --method diffusion --condition label --name inr-ddim
     weightzoo generate sample mlp-flow -n 100 --seed 0 --png run.png
     weightzoo generate sample inr-ddim -n 50 --condition 3 --guidance 2.0
+    weightzoo generate finetune mlp-flow -n 20 --corruption gaussian_noise --severity 5
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from typing import Any
 
@@ -50,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     z = _open(args)
     rec = train(z, args.population, args.method, name=args.name, condition=args.condition, holdout=holdout,
                 held_out_population=args.held_out_population, params=params, seed=args.seed,
-                progress=not args.no_progress)  # fmt: skip
+                progress=not args.no_progress, threads=args.threads)  # fmt: skip
     g = rec.generator
     out = {"model_id": rec.id, "name": rec.name, "population": rec.population, "method": g.name,
            "n_train": len([e for e in rec.parents() if e.role == "train"]), "condition": args.condition,
@@ -90,7 +92,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
         check_png_path(args.png, overwrite=args.overwrite, zoo_roots=[z.root])
     run = sample(z, args.generator, n=args.n, condition=_number(args.condition), guidance=args.guidance, steps=args.steps,
-                 sampler=args.sampler, seed=args.seed, arch=args.for_population, store=not args.no_store)  # fmt: skip
+                 sampler=args.sampler, seed=args.seed, temperature=args.temperature, arch=args.for_population,
+                 store=not args.no_store, threads=args.threads)  # fmt: skip
     out = run.to_dict()
     if args.png:
         from generators.evaluate import plot_run
@@ -111,14 +114,54 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inner_common(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A copy of the common options whose defaults are "not given" (``SUPPRESS``), for the parsers of
+    ``generate train|sample``: argparse copies a sub-parser's values over those the outer parser already
+    parsed, so with plain defaults ``generate --root R train`` would lose ``--root R``. With this copy the
+    options work before and after ``train``/``sample``; the shared ``common`` parser is left untouched."""
+    inner = copy.deepcopy(common)
+    for action in inner._actions:  # argparse has no public way to change an inherited option's default
+        action.default = argparse.SUPPRESS
+    return inner
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from generators.api import finetune_inits
+
+    z = _open(args)
+    corruption = None if args.corruption in ("", "none") else args.corruption
+    out = finetune_inits(z, args.generator, n=args.n, corruption=corruption, severity=args.severity,
+                         train_fraction=args.train_fraction, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                         store=not args.no_store, threads=args.threads)  # fmt: skip
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"shifted task {out['task']}: random-init final val acc (the target) {out['target']:.4f} after {out['epochs']} epochs")
+    print(f"{'init':<12}{'n':>4}{'start test':>12}{'final test':>12}{'epochs to target':>18}{'/ epochs':>10}{'/ random':>10}")
+    for name, g in out["groups"].items():
+        e = "never" if g["epochs_to_target"] is None else str(g["epochs_to_target"])
+        r = "-" if g["ratio"] is None else f"{g['ratio']:.3f}"
+        vr = "-" if g["vs_random"] is None else f"{g['vs_random']:.3f}"
+        print(f"{name:<12}{g['n']:>4}{g['start_test']:>12.4f}{g['final_test']:>12.4f}{e:>18}{r:>10}{vr:>10}")
+    if "table" in out:
+        print(f"curves: table {out['table']}")
+    return 0
+
+
+def _threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the generators' matmuls "
+                                                              "are small, and more threads than free cores stall them)")  # fmt: skip
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``generate train`` and ``generate sample`` to the ``weightzoo`` subcommands."""
     g = sub.add_parser("generate", parents=[common], help="weight generators: train on a population, sample new models and judge them",
                        description="generate train: learn a population's weights (flow matching or diffusion) and store the "
                                    "generator; generate sample: sample new models, evaluate them against the memorisation "
-                                   "baselines and store them. Give --root etc. after the subcommand.")  # fmt: skip
+                                   "baselines and store them. --root etc. go before or after train/sample.")  # fmt: skip
     gs = g.add_subparsers(dest="generate_command", required=True)
-    s = gs.add_parser("train", parents=[common], help="train a flow-matching or diffusion generator and store it",
+    inner = _inner_common(common)
+    s = gs.add_parser("train", parents=[inner], help="train a flow-matching or diffusion generator and store it",
                       description="Canonicalise (weight matching), normalise, and learn the population's weights.")  # fmt: skip
     s.add_argument("-p", "--population", required=True)
     s.add_argument("--method", default="flow", choices=["flow", "diffusion"])
@@ -132,9 +175,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--held-out-population", help="a population of other seeds of the same recipe as the reference instead")
     s.add_argument("--config", help="generator options as JSON, e.g. '{\"denoiser_params\": {\"width\": 256}}'")
     s.add_argument("--seed", type=int, default=0)
+    _threads_option(s)
     s.set_defaults(func=cmd_train)
 
-    s = gs.add_parser("sample", parents=[common], help="sample models from a stored generator, evaluate and store them")
+    s = gs.add_parser("sample", parents=[inner], help="sample models from a stored generator, evaluate and store them")
     s.add_argument("generator", help="the generator's model name or id")
     s.add_argument("-n", type=int, default=100, help="how many models (default 100)")
     s.add_argument("--condition", help="the condition value (an accuracy, a hyperparameter value, a class)")
@@ -142,8 +186,27 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--steps", type=int, help="sampling steps (default: the generator's)")
     s.add_argument("--sampler", choices=["euler", "heun", "midpoint", "ddim", "ddpm"])
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--temperature", type=float, default=1.0, help="scale of the starting noise (default 1; below 1: "
+                                                                  "nearer the learned modes, less diverse)")  # fmt: skip
     s.add_argument("--for-population", help="refuse unless the generator was trained on this population's architecture")
     s.add_argument("--png", help="write the accuracy-vs-novelty plot to this .png file")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --png file")
     s.add_argument("--no-store", action="store_true", help="evaluate only; write nothing to the zoo")
+    _threads_option(s)
     s.set_defaults(func=cmd_sample)
+
+    s = gs.add_parser("finetune", parents=[inner], help="generated models as initialisations on a shifted digits task",
+                      description="Fine-tune N generated models, N random inits and N training models with one recipe on "
+                                  "digits with every split corrupted (and/or a smaller training subset); report the epochs "
+                                  "each needs to reach the random inits' final validation accuracy.")  # fmt: skip
+    s.add_argument("generator", help="the generator's model name or id (an unconditioned classifier generator)")
+    s.add_argument("-n", type=int, default=20, help="models per group (default 20)")
+    s.add_argument("--corruption", default="gaussian_noise", help="zoo.models.corruptions kind applied to every split, or 'none'")
+    s.add_argument("--severity", type=int, default=5, help="1..5 (default 5)")
+    s.add_argument("--train-fraction", type=float, default=1.0, help="keep this fraction of the training split (default 1)")
+    s.add_argument("--epochs", type=int, default=24)
+    s.add_argument("--lr", type=float, default=5e-3)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-store", action="store_true", help="write nothing to the zoo")
+    _threads_option(s)
+    s.set_defaults(func=cmd_finetune)

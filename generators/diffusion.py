@@ -68,6 +68,7 @@ class DiffusionGenerator(Generator):
         train_timesteps: int = 1000,
         beta_schedule: str = "linear",
         prediction_type: str = "v_prediction",
+        latent_dim: int | None = None,
         seed: int = 0,
     ) -> None:
         denoiser_params = denoiser_params or {}

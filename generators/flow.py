@@ -65,6 +65,11 @@ class FlowGenerator(Generator):
         condition_kind: ``"scalar"``/``"class"``; None guesses from the condition's dtype.
         sampler, steps: the default ODE sampler and its number of steps.
         time_sampling: ``"uniform"`` or ``"logit_normal"`` training times.
+        latent_dim: learn and sample in this many whitened principal components of the prepared
+            training weights (:class:`~generators.latent.PCALatent`, capped at the training set's rank);
+            0: in the flat view itself (measured on digits-mlp-seeds: median accuracy 0.54 there, 0.935 in
+            the latent; docs/generators.md); None: 32 for the ``mlp`` denoiser, 0 for the ``transformer``
+            (it reads the token view).
         seed: seeds initialisation, batches and noise.
     """
 
@@ -85,6 +90,7 @@ class FlowGenerator(Generator):
         sampler: str = "heun",
         steps: int = 20,
         time_sampling: str = "uniform",
+        latent_dim: int | None = None,
         seed: int = 0,
     ) -> None:
         denoiser_params = denoiser_params or {}

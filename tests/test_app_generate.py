@@ -46,6 +46,8 @@ def test_generate_page_samples_judges_and_saves(gen_root, monkeypatch) -> None:
     assert "page-flow" in at.selectbox(key="gen_pick").value
     at.number_input(key="gen_n").set_value(8)
     at.number_input(key="gen_steps").set_value(3)
+    at.slider(key="gen_temperature").set_value(0.5)
+    assert "latent: " in at.caption[0].value  # the default generator learns in a PCA latent
     at.button(key="gen_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
     shown = "\n".join(str(e.value) for e in [*at.success, *at.warning])
@@ -59,6 +61,8 @@ def test_generate_page_samples_judges_and_saves(gen_root, monkeypatch) -> None:
     with Zoo.open(gen_root, create=False) as z:
         assert z.models().count() == before + 8
         assert z.models().population("page-flow/samples").count() == 8
+        edge = z.models().population("page-flow/samples").first().parents()[0]
+        assert edge.params["temperature"] == 0.5
 
 
 def test_generate_page_without_generators_says_how_to_train_one(tmp_path, monkeypatch) -> None:

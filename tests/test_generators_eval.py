@@ -74,7 +74,11 @@ def test_verdict_against_the_noise_curve() -> None:
     # beyond the noise curve's far end: new, but less accurate than the noisiest copies
     assert verdict(_s(0.55, 9.0), NOISE)["verdict"] == "poor"
     assert verdict(_s(0.65, 9.0), NOISE)["verdict"] == "novel"
-    assert verdict(_s(5.0, 9.0), [_s(20.0, 0.0), _s(10.0, 4.0)], classifier=False, train_quality_min=15.0)["verdict"] == "degenerate"
+    assert verdict(_s(5.0, 9.0), [_s(20.0, 0.0), _s(10.0, 4.0)], classifier=False, quality_floor=15.0)["verdict"] == "degenerate"
+    # class-conditional SIRENs: a good PSNR does not save renders that mostly draw another digit
+    sirens = [_s(20.0, 0.0), _s(10.0, 4.0)]
+    assert verdict(_s(16.0, 9.0), sirens, classifier=False, quality_floor=15.0, class_match=0.4)["verdict"] == "degenerate"
+    assert verdict(_s(16.0, 9.0), sirens, classifier=False, quality_floor=15.0, class_match=0.9)["verdict"] == "novel"
 
 
 def test_summary_uses_median_and_5th_percentile_of_all_models() -> None:

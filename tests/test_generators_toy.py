@@ -43,7 +43,7 @@ def _mode_stats(x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
 def _fit(method: str, condition=None, **kw):
     X, _ = _mixture()  # the same draw as the labels of callers that condition on the mode
     params = {"denoiser_params": NET, "train_steps": 800, "batch_size": 128, "lr": 2e-3,
-              "prepare": {"canonicalize": False}, **kw}
+              "prepare": {"canonicalize": False}, "latent_dim": 0, **kw}  # the samplers on the raw coordinates
     return make_generator(method, **params).fit(X, spec=SPEC, condition=condition)
 
 

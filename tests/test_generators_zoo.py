@@ -111,6 +111,9 @@ def test_class_conditional_inr_generator(gzoo) -> None:
     # training SIRENs are scored on their own images: their PSNR is their fit, not a neighbour's image
     train = run.result["groups"]["train"].scores
     assert np.median(train["quality"]) > np.median(run.result["groups"]["held_out"].scores["quality"])
+    # so "degenerate" is judged against what new (held-out) SIRENs reach on their nearest training image
+    held = run.result["groups"]["held_out"].scores["quality"]
+    assert run.verdict["quality_floor"] == pytest.approx(float(np.quantile(held, 0.05)))
 
 
 def test_bad_input_is_refused_and_nothing_is_written(gzoo, snapshot) -> None:
@@ -147,3 +150,68 @@ def test_condition_outside_the_trained_range_writes_nothing(gzoo, snapshot) -> N
         generators.sample(gzoo, "g-ddim", n=2, condition=1.5)
     assert main(["generate", "sample", "g-ddim", "--root", str(gzoo.root), "-n", "2", "--condition", "-3"]) == 2
     assert snapshot(gzoo) == before
+
+
+def test_common_options_work_before_the_generate_subcommand(gzoo, capsys) -> None:
+    from zoo.cli import main
+
+    # `generate --root R --json sample ...`: the options given before `sample` are kept
+    assert main(["generate", "--root", str(gzoo.root), "--json", "sample", "g-flow", "-n", "2", "--steps", "2",
+                 "--no-store", "--temperature", "0.5"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["params"]["temperature"] == 0.5 and out["params"]["nfe"] == 4 and out["sample_ids"] == []
+
+
+def test_generated_initialisations_on_a_shifted_task(gzoo, snapshot) -> None:
+    from generators.transfer import shifted_task
+    from zoo.models.datasets import load_dataset
+
+    ds = load_dataset("digits").flat()
+    shifted = shifted_task(ds, corruption="gaussian_noise", severity=5, train_fraction=0.5)
+    assert len(shifted.y_train) == round(len(ds.y_train) * 0.5) and torch.equal(shifted.y_test, ds.y_test)
+    assert not torch.equal(shifted.X_test, ds.X_test) and shifted.X_val.shape == ds.X_val.shape
+    out = generators.finetune_inits(gzoo, "g-flow", n=3, epochs=3, seed=1)
+    assert set(out["groups"]) == {"random", "generated", "training"}
+    rnd = out["groups"]["random"]
+    assert rnd["val"][-1] == pytest.approx(out["target"]) and rnd["epochs_to_target"] <= 3
+    for g in out["groups"].values():
+        assert len(g["val"]) == len(g["test"]) == 4 and g["n"] == 3
+        first = g["epochs_to_target"]
+        if first is not None:  # the first epoch whose median val accuracy reaches the target
+            assert g["val"][first] >= out["target"] - 1e-9 and all(v < out["target"] for v in g["val"][:first])
+            assert g["ratio"] == pytest.approx(first / 3)
+    assert rnd["vs_random"] == 1.0
+    table = gzoo.table(out["table"])
+    assert len(table) == 3 * 4 and set(table["group"]) == set(out["groups"])
+    if "g-ddim" not in {r.name for r in gzoo.models().tag("generator")}:
+        generators.train(gzoo, "seeds-mlp", "diffusion", name="g-ddim", condition="acc", holdout=2, params=FAST)
+    before = snapshot(gzoo)
+    with pytest.raises(ConfigError, match="unconditioned"):
+        generators.finetune_inits(gzoo, "g-ddim", n=2, epochs=1)
+    assert snapshot(gzoo) == before
+
+
+def test_cli_finetune_prints_the_epochs_to_target(gzoo, capsys, snapshot) -> None:
+    from zoo.cli import main
+
+    before = snapshot(gzoo)
+    assert main(["generate", "finetune", "g-flow", "--root", str(gzoo.root), "-n", "2", "--epochs", "2",
+                 "--corruption", "none", "--train-fraction", "0.2", "--no-store"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "random-init final val acc" in out and "generated" in out and "/ random" in out
+    assert snapshot(gzoo) == before  # --no-store writes nothing
+    assert main(["generate", "finetune", "g-flow", "--root", str(gzoo.root), "--corruption", "fog"]) == 2
+    assert "unknown corruption 'fog'" in capsys.readouterr().err
+
+
+def test_torch_threads_is_set_for_the_block_and_restored() -> None:
+    from generators.api import torch_threads
+
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    with torch_threads(other):
+        assert torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="threads must be >= 1"), torch_threads(0):
+        pass
+    assert torch.get_num_threads() == before

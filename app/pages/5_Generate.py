@@ -43,6 +43,7 @@ n_train = len([e for e in rec.parents() if e.role == "train"])
 st.caption(
     f"{hp['generator']} generator trained on **{hp.get('trained_on')}** ({n_train} models, "
     f"{len(json.loads(hp.get('held_out_ids', '[]')))} held out); denoiser `{doc['params']['denoiser']}`; "
+    f"{'latent: ' + str(doc['state']['latent_']['dim_']) + ' principal components' if doc['state'].get('latent_') else 'flat view'}; "
     f"condition: {hp.get('condition') or 'none'}"
 )
 
@@ -59,11 +60,14 @@ elif cond_kind == "scalar":
     condition = c4.slider(f"{hp.get('condition')}", min_value=lo, max_value=hi, value=hi, key="gen_cond")
 if cond_kind != "none":
     guidance = st.slider("guidance scale (classifier-free; 1 = plain conditional)", 0.0, 5.0, 1.0, 0.5, key="gen_guidance")
+temperature = st.slider("temperature (scale of the starting noise; below 1: nearer the learned modes, less new)",
+                        0.1, 2.0, 1.0, 0.1, key="gen_temperature")  # fmt: skip
 
 if st.button("Sample and evaluate", type="primary", key="gen_go"):
     with C.shown_errors("sampling failed"), st.spinner("sampling, aligning and evaluating ..."):
         st.session_state["gen_run"] = G.sample(z, rec.id, n=n, condition=condition, guidance=guidance,
-                                               steps=steps or None, seed=seed, store=False)  # fmt: skip
+                                               steps=steps or None, seed=seed, temperature=temperature, store=False,
+                                               threads=1)  # fmt: skip
 
 run = st.session_state.get("gen_run")
 if run is not None and run.generator_id == rec.id and run.result:

@@ -47,6 +47,16 @@ def _memcpy(W: dict) -> None:
         torch.empty_like(v).copy_(v)
 
 
+def _file_copy(path: Path) -> None:
+    """The floor of a first read: the same bytes copied out of a freshly mapped file (in the page cache)
+    into new memory, as a fresh process's stack() does from its packs."""
+    import numpy as np
+
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    np.array(mm, copy=True)
+    del mm
+
+
 def bench_stack_case(tmp: Path, label: str, z: Zoo, query, repeat: int = 9) -> dict:
     """ours (cold: first stack on a fresh Zoo; warm: repeated) vs a folder of files, torch.load, memcpy."""
     ids = query.ids()
@@ -58,6 +68,8 @@ def bench_stack_case(tmp: Path, label: str, z: Zoo, query, repeat: int = 9) -> d
         save_file(sd, str(folder / f"model_{i:05d}.safetensors"))
     torch.save({"ids": ids, "weights": {k: v.clone() for k, v in W.items()}}, tmp / f"{label}.pt")
     src = {k: v.clone() for k, v in W.items()}
+    raw = tmp / f"{label}.bin"
+    raw.write_bytes(b"".join(v.contiguous().numpy().tobytes() for v in src.values()))
 
     def usual():
         files = sorted(folder.glob("*.safetensors"))
@@ -82,7 +94,8 @@ def bench_stack_case(tmp: Path, label: str, z: Zoo, query, repeat: int = 9) -> d
 
     usual(), dataset_pt(), query.stack()  # warm the page cache
     res = {"label": label, "n": len(ids), "mb": _nbytes(W) / 1e6}
-    for name, fn in (("usual", usual), ("dataset_pt", dataset_pt), ("ours", query.stack), ("memcpy", lambda: _memcpy(src))):
+    for name, fn in (("usual", usual), ("dataset_pt", dataset_pt), ("ours", query.stack), ("memcpy", lambda: _memcpy(src)),
+                     ("file_copy", lambda: _file_copy(raw))):
         res[name] = timeit(fn, repeat)[0]
     res["ours_touch"] = timeit(lambda: [v.sum() for v in query.stack().values()], repeat)[0]
     res["ours_cold_catalog"] = statistics.median(cold(cached=False) for _ in range(5))
@@ -100,7 +113,8 @@ def print_stack(r: dict) -> None:
           f"+touching every byte {r['ours_touch'] * 1e3:.1f} ms), memcpy {r['memcpy'] * 1e3:.2f} ms -> "
           f"{r['usual'] / r['ours']:.1f}x folder, {r['ours'] / r['memcpy']:.2f}x memcpy "
           f"(cold {r['usual'] / r['ours_cold']:.1f}x folder, {r['ours_cold'] / r['memcpy']:.2f}x memcpy; uncached "
-          f"{r['usual'] / r['ours_cold_catalog']:.1f}x folder, {r['ours_cold_catalog'] / r['memcpy']:.2f}x memcpy)")  # fmt: skip
+          f"{r['usual'] / r['ours_cold_catalog']:.1f}x folder, {r['ours_cold_catalog'] / r['memcpy']:.2f}x memcpy); "
+          f"copy out of a fresh file map {r['file_copy'] * 1e3:.2f} ms: cold {r['ours_cold'] / r['file_copy']:.2f}x it")  # fmt: skip
 
 
 def bench_stack(tmp: Path, n: int) -> dict:

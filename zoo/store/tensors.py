@@ -75,6 +75,8 @@ class TensorReader:
         self._loc_layout: int | None = None
         # manifests of recent stack() selects, keyed by (SQL, params, generation): any write invalidates
         self._manifests: dict[Any, tuple | None] = {}
+        # whole population manifests by their versioned key (see zoo.store.manifests)
+        self._pop_manifests: dict[PopulationKey, Manifest] = {}
 
     def _locations(self, model_ids_select: Any) -> list[tuple[int, str, BlobLocation]]:
         q = (
@@ -168,8 +170,12 @@ class TensorReader:
         """Population ``key``'s whole manifest: from its file, else from the catalog (then saved) when the
         selection is at least a quarter of it; None to read just the selection from the catalog."""
         files = self.b.manifest_files
-        m = files.load(key)
+        m = self._pop_manifests.get(key)
+        if m is None:
+            m = files.load(key)
         if m is not None or 4 * selected < key.n_models or key.n_models < files.min_models:
+            if m is not None:
+                self._remember(key, m)
             return m
         qp = select(S.TensorEntry.model_id, S.TensorEntry.name, S.TensorEntry.blob_id, S.TensorEntry.position).where(
             S.TensorEntry.model_id.in_(select(S.Model.id).where(S.Model.population_id == key.population_id)))
@@ -182,7 +188,14 @@ class TensorReader:
         m = Manifest(mid, ncode, pos, pc2.astype(np.int64), of, kc2.astype(np.int64), names,
                      [self._loc_packs[int(i)] for i in used_p], [self._loc_kinds[int(i)] for i in used_k])  # fmt: skip
         files.save(key, m)
+        self._remember(key, m)
         return m
+
+    def _remember(self, key: PopulationKey, m: Manifest) -> None:
+        """Keep a few population manifests in memory (keys are versioned: a stale one is never asked for)."""
+        if key not in self._pop_manifests and len(self._pop_manifests) >= 4:
+            self._pop_manifests.pop(next(iter(self._pop_manifests)))
+        self._pop_manifests[key] = m
 
     def _from_population_manifests(self, c: Connection, ordered: list[int] | None, ids: Any,
                                    names: Sequence[str] | None) -> tuple | None:
@@ -270,8 +283,8 @@ class TensorReader:
             cached = self._manifests.get(key) if key is not None else None
             if cached is None:
                 cached = self._from_population_manifests(c, ordered, ids, names)
-            if cached is None:
-                cached = self._manifest(c, q)
+                if cached is None:
+                    cached = self._manifest(c, q)
                 if key is not None:
                     if len(self._manifests) >= 8:
                         self._manifests.pop(next(iter(self._manifests)))

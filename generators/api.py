@@ -19,8 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,31 +30,13 @@ import torch
 from generators.base import MIN_MODELS, Generator, load_generator_state
 from generators.registry import make_generator
 from zoo.errors import ConfigError, DuplicateError, MismatchError, NotFoundError
+from zoo.threads import torch_threads
 
 __all__ = ["train", "sample", "store_run", "store_generator", "generator_from_zoo", "SampleRun", "finetune_inits", "GENERATOR_POPULATION", "ACC_ALIASES"]
 
 GENERATOR_POPULATION = "generators"
 #: ``--condition acc`` conditions on the validation accuracy (nothing is chosen on the test split).
 ACC_ALIASES = {"acc": "val_acc", "accuracy": "val_acc"}
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run a block with ``threads`` torch intra-op threads, restored afterwards (``None``: leave torch's
-    setting). The generators' matmuls are small; with more threads than free cores the OpenMP workers
-    spin while another process holds a CPU: measured at load 12 on 2 cores, 200 training steps took
-    5-8 s on 1 thread and 110-175 s on 2 (the CLI's default is 1)."""
-    if threads is None or threads == torch.get_num_threads():
-        yield
-        return
-    if int(threads) < 1:
-        raise ConfigError(f"threads must be >= 1, got {threads}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _population_frame(zoo: Any, population: str, final: bool) -> pd.DataFrame:

@@ -205,13 +205,13 @@ def test_cli_finetune_prints_the_epochs_to_target(gzoo, capsys, snapshot) -> Non
 
 
 def test_torch_threads_is_set_for_the_block_and_restored() -> None:
-    from generators.api import torch_threads
+    from zoo.threads import torch_threads
 
     before = torch.get_num_threads()
     other = 2 if before == 1 else 1
     with torch_threads(other):
         assert torch.get_num_threads() == other
     assert torch.get_num_threads() == before
-    with pytest.raises(ConfigError, match="threads must be >= 1"), torch_threads(0):
+    with pytest.raises(ConfigError, match="threads must be an integer >= 1"), torch_threads(0):
         pass
     assert torch.get_num_threads() == before

@@ -34,6 +34,7 @@ from zoo.errors import ConfigError, MismatchError
 from zoo.io.outpath import guard_output_dir
 from zoo.models.architectures import is_classifier
 from zoo.progress import progress_bar
+from zoo.threads import torch_threads
 
 __all__ = ["MergeResult", "check_config", "merge", "merge_state_dicts"]
 
@@ -119,16 +120,10 @@ def merge(
         NotFoundError: an input that does not exist.
     """
     if threads is not None and threads != torch.get_num_threads():
-        if threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {threads}")
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             return merge(config, out_dir=out_dir, zoo=zoo, to_zoo=to_zoo, population=population, name=name, tags=tags,
                          max_shard_size=max_shard_size, overwrite=overwrite, evaluate=evaluate, dataset=dataset,
                          progress=progress, offline=offline)  # fmt: skip
-        finally:
-            torch.set_num_threads(before)
     t0 = time.perf_counter()
     cfg = config if isinstance(config, MergeConfig) else (
         MergeConfig.from_dict(config) if isinstance(config, Mapping) else MergeConfig.from_yaml(config))  # fmt: skip

@@ -22,6 +22,7 @@ from weightspace.interpret.fields import DEFAULT_FIELDS, FIELDS, Field
 from weightspace.interpret.heads import HeadLayout, multihead
 from weightspace.interpret.model import VIEWS, DiffInterpreter, load_interpreter
 from weightspace.interpret.render import Description, describe, sentence
+from weightspace.interpret.run import TrainResult, train_interpreter
 from weightspace.interpret.store import (
     Explanation,
     explain_diff,
@@ -35,5 +36,5 @@ __all__ = [
     "DiffSet", "load_diffs", "lineage_parent", "pair_diff", "split_by_parent",
     "Field", "FIELDS", "DEFAULT_FIELDS", "HeadLayout", "multihead",
     "DiffInterpreter", "VIEWS", "load_interpreter", "Description", "describe", "sentence",
-    "Explanation", "explain_diff", "find_interpreter", "interpreter_from_zoo", "store_interpreter", "write_predictions",
+    "TrainResult", "train_interpreter", "Explanation", "explain_diff", "find_interpreter", "interpreter_from_zoo", "store_interpreter", "write_predictions",
 ]  # fmt: skip

@@ -1,7 +1,7 @@
 """Interpreters in the zoo: stored as models with lineage, predictions as a derived table, explain one diff.
 
 * :func:`store_interpreter` -- the interpreter's networks as one zoo model (op ``train.interpreter``,
-  population ``interpreters/<encoder>-<trained on>``), its configuration and learned state in the
+  population ``interpreters/<encoder>-<trained on>-<layout hash>``), its configuration and learned state in the
   hyperparameter ``interpreter_doc``, its held-out scores as metrics (``test_acc_kind``, ...), and a
   lineage edge from every child whose diff it trained on (role ``train``).
 * :func:`interpreter_from_zoo` rebuilds it; :func:`find_interpreter` picks the newest stored one for an
@@ -45,8 +45,12 @@ def store_interpreter(
     ``trained_on``: the diffs it was fitted on (their children become its lineage parents);
     ``metrics``: held-out scores to record (``None`` values are skipped).
     """
+    import hashlib
+
     doc, tensors = interp.to_doc()
-    pop = f"{population}/{interp.encoder}-{trained_on.population}"
+    # a population holds one architecture (one set of tensor shapes): interpreters of other sizes get their own
+    layout = hashlib.sha1(json.dumps(sorted((k, list(v.shape)) for k, v in tensors.items())).encode()).hexdigest()[:8]
+    pop = f"{population}/{interp.encoder}-{trained_on.population}-{layout}"
     return zoo.add(
         tensors,
         population=pop,

@@ -320,3 +320,23 @@ def test_bad_input_is_refused_and_writes_nothing(zoo, trained, snapshot, tmp_pat
         explain_diff(zoo, child, child, interpreter=trained.interpreter)
     other.close()
     assert snapshot(zoo) == before
+
+
+# ------------------------------------------------------------------------------- explorer page
+def test_diffs_page_shows_the_reading(zoo, trained, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    store_interpreter(zoo, trained.interpreter, trained_on=trained.train)
+    child = trained.test.child_ids[0]
+    monkeypatch.setenv("WEIGHTZOO_HOME", str(zoo.root))
+    monkeypatch.delenv("WEIGHTZOO_URL", raising=False)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "pages" / "6_Diffs.py"), default_timeout=120)
+    at.query_params["model"] = str(child)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="df_parent").value == trained.test.parent_ids[0]
+    want = explain_diff(zoo, child, interpreter=at.selectbox(key="df_interp").value).sentence.split(" (confidence")[0]
+    assert any(want in str(m.value) for m in at.markdown)
+    reading = [d.value for d in at.dataframe if "field" in d.value.columns]
+    assert reading and reading[0]["field"].iloc[0] == "kind"
+    assert any("Label recorded by the fine-tune" in str(c.value) for c in at.caption)

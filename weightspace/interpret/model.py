@@ -14,8 +14,11 @@ a torch encoder (``np``, ``gmn``, ``probe``, ``flat_mlp``) is trained once with 
 one classifier per field, trained on the diffs that field applies to.
 
 Views (``view``): ``diff`` (child - parent, the default; same names, shapes and neuron permutations as
-the models, so every encoder and augmentation applies unchanged) or ``child`` (the child's weights
-alone, the parent unseen: a control that says how much the parent contributes).
+the models, so every encoder and augmentation applies unchanged); ``pair`` (the diff and the parent's
+weights stacked as channels: ``np`` becomes :mod:`np_pair <weightspace.interpret.pair>`, which also
+reads their product, i.e. the change relative to the weight it changed; ``flat_mlp`` and ``stats`` read
+both tensor sets); or ``child`` (the child's weights alone, the parent unseen: a control that says how
+much the parent contributes).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from zoo.errors import ConfigError, CorruptFileError, MismatchError, NotFoundErr
 
 __all__ = ["DiffInterpreter", "VIEWS", "load_interpreter"]
 
-VIEWS = ("diff", "child")
+VIEWS = ("diff", "pair", "child")
+#: the encoder a view uses in place of the one named (the NP encoder reads a pair through np_pair)
+PAIR_ENCODERS = {"np": "np_pair"}
 
 
 class DiffInterpreter:
@@ -74,7 +79,7 @@ class DiffInterpreter:
             raise ConfigError(f"unknown interpreter view {self.view!r}; valid: {', '.join(VIEWS)}")
         if "task" in self.config:
             raise ConfigError("the interpreter sets the encoder's task itself; drop 'task' from its config")
-        get_encoder(self.encoder)  # lists the valid names when unknown
+        get_encoder(self.encoder_name())  # lists the valid names when unknown
 
     @property
     def fitted(self) -> bool:
@@ -106,8 +111,16 @@ class DiffInterpreter:
         if self.view == "diff":
             return dict(diff)
         if parent is None:
-            raise ConfigError("the 'child' view needs the parents' weights as well as the diffs")
+            raise ConfigError(f"the {self.view!r} view needs the parents' weights as well as the diffs")
+        if self.view == "pair":
+            from weightspace.interpret.pair import PARENT
+
+            return {**diff, **{PARENT + k: parent[k] for k in diff}}
         return {k: diff[k] + parent[k] for k in diff}
+
+    def encoder_name(self) -> str:
+        """The registered encoder the view uses (``np`` reads a pair as ``np_pair``)."""
+        return PAIR_ENCODERS.get(self.encoder, self.encoder) if self.view == "pair" else self.encoder
 
     # --------------------------------------------------------------------------------------- fit
     def fit(self, data: DiffSet, *, progress: bool = False) -> DiffInterpreter:
@@ -125,7 +138,7 @@ class DiffInterpreter:
         layout = HeadLayout.fit(values, self.fields, preset)
         X = self._X(data)
         spec = _spec(self.arch_)
-        cls = get_encoder(self.encoder)
+        cls = get_encoder(self.encoder_name())
         torch.manual_seed(int(self.seed))
         if isinstance(cls, type) and issubclass(cls, TorchEncoder):
             enc = multihead(cls)(**{"seed": self.seed, **self.config, "task": "classification"})
@@ -144,7 +157,7 @@ class DiffInterpreter:
                 if len(set(map(str, ys))) < 2:
                     continue  # one value only: nothing to learn (the field is then read as that value)
                 t = torch.as_tensor(xs, dtype=torch.long)
-                enc = make_encoder(self.encoder, **{"seed": self.seed, **self.config, "task": "classification"})
+                enc = make_encoder(self.encoder_name(), **{"seed": self.seed, **self.config, "task": "classification"})
                 enc.fit({k: v[t] for k, v in X.items()}, np.asarray([str(y) for y in ys]), spec=spec, arch=self.arch_)
                 self.encoders_[f] = enc
         self.vocab_ = layout.vocab
@@ -217,7 +230,7 @@ class DiffInterpreter:
             out.arch_, out.n_train_ = state["arch_"], int(state["n_train_"])
             out.image_hw_ = list(state["image_hw_"]) if state.get("image_hw_") else None
             out.encoders_ = {}
-            base = get_encoder(params["encoder"])
+            base = get_encoder(out.encoder_name())
             for f, e in state["encoders_"].items():
                 enc = (multihead(base) if f == "*" else base)(**e["params"])
                 own = {k[len(f) + 1:]: v for k, v in tensors.items() if k.startswith(f + "/")}

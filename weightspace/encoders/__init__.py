@@ -19,8 +19,8 @@ from weightspace.encoders.stats import StatsEncoder, weight_statistics
 
 # torch_geometric costs seconds to import: "gmn" is imported on first use (weightspace.encoders.gmn.GMNEncoder)
 register_lazy("gmn", "weightspace.encoders.gmn", "install it with pip install 'weightzoo[graph]' (torch_geometric)")
-# the diff interpreter's NP over (diff, parent) pairs lives with the interpreter (weightspace.interpret.pair)
-register_lazy("np_pair", "weightspace.interpret.pair")
+# the diff interpreter's NP for weight diffs lives with the interpreter (weightspace.interpret.pair)
+register_lazy("np_diff", "weightspace.interpret.pair")
 
 __all__ = [
     "Encoder",

@@ -15,9 +15,9 @@ one classifier per field, trained on the diffs that field applies to.
 
 Views (``view``): ``diff`` (child - parent, the default; same names, shapes and neuron permutations as
 the models, so every encoder and augmentation applies unchanged); ``pair`` (the diff and the parent's
-weights stacked as channels: ``np`` becomes :mod:`np_pair <weightspace.interpret.pair>`, which also
-reads their product, i.e. the change relative to the weight it changed; ``flat_mlp`` and ``stats`` read
-both tensor sets); or ``child`` (the child's weights alone, the parent unseen: a control that says how
+weights stacked as channels: :mod:`np_diff <weightspace.interpret.pair>` reads them and their product,
+i.e. the change relative to the weight it changed; ``flat_mlp`` and ``stats`` read both tensor sets);
+or ``child`` (the child's weights alone, the parent unseen: a control that says how
 much the parent contributes).
 """
 
@@ -42,22 +42,22 @@ from zoo.errors import ConfigError, CorruptFileError, MismatchError, NotFoundErr
 __all__ = ["DiffInterpreter", "VIEWS", "load_interpreter"]
 
 VIEWS = ("diff", "pair", "child")
-#: the encoder a view uses in place of the one named (the NP encoder reads a pair through np_pair)
-PAIR_ENCODERS = {"np": "np_pair"}
+
 
 
 class DiffInterpreter:
     """Predicts what a fine-tune changed (kind, classes, corruption, trigger, target) from its weights.
 
     Args:
-        encoder: a registered encoder name (``np`` default).
+        encoder: a registered encoder name (default ``np_diff``: NP layers over the diff, with the parent as
+            channels in the ``pair`` view, and per-tensor statistics; see :mod:`weightspace.interpret.pair`).
         config: the encoder's options (``{"epochs": 60, "hidden": 64, "augment": ["permute"]}``); ``task`` is set.
         fields: the fields to predict (``kind`` always; see :data:`~weightspace.interpret.fields.FIELDS`).
         view: ``diff`` (child - parent) or ``child``.
         seed: seeds the encoder.
     """
 
-    def __init__(self, encoder: str = "np", config: Mapping[str, Any] | None = None,
+    def __init__(self, encoder: str = "np_diff", config: Mapping[str, Any] | None = None,
                  fields: Sequence[str] = DEFAULT_FIELDS, view: str = "diff", seed: int = 0) -> None:  # fmt: skip
         self.encoder = encoder
         self.config = dict(config or {})
@@ -119,8 +119,8 @@ class DiffInterpreter:
         return {k: diff[k] + parent[k] for k in diff}
 
     def encoder_name(self) -> str:
-        """The registered encoder the view uses (``np`` reads a pair as ``np_pair``)."""
-        return PAIR_ENCODERS.get(self.encoder, self.encoder) if self.view == "pair" else self.encoder
+        """The registered encoder (``np`` cannot read a pair's parent channels: in the pair view it is ``np_diff``)."""
+        return "np_diff" if self.view == "pair" and self.encoder == "np" else self.encoder
 
     # --------------------------------------------------------------------------------------- fit
     def fit(self, data: DiffSet, *, progress: bool = False) -> DiffInterpreter:

@@ -189,17 +189,25 @@ def test_load_diffs_reads_labels_and_parents(zoo):
     assert not {ds.parent_ids[i] for i in tr} & {ds.parent_ids[i] for i in te} and len(te) == 6
 
 
-def test_interpreter_is_invariant_to_hidden_permutations(trained):
-    """Permuting the hidden neurons of child and parent alike permutes the diff: the description is unchanged."""
+def _permuted(d: dict, perm: torch.Tensor) -> dict:
+    return {"layers.0.weight": d["layers.0.weight"][:, perm], "layers.0.bias": d["layers.0.bias"][:, perm],
+            "layers.1.weight": d["layers.1.weight"][:, :, perm], "layers.1.bias": d["layers.1.bias"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("encoder,view", [("np", "diff"), ("np_diff", "diff"), ("np_diff", "pair")])
+def test_interpreter_is_invariant_to_hidden_permutations(trained, encoder, view):
+    """Permuting the hidden neurons of child and parent alike permutes the diff (and the parent): the
+    reading is unchanged."""
     interp, test = trained.interpreter, trained.test
+    if (encoder, view) != ("np", "diff"):
+        cfg = {"epochs": 2, "hidden": 8, "head_hidden": 8, "n_layers": 1}
+        interp = DiffInterpreter(encoder, cfg, view=view).fit(trained.train)
     perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
-    d = test.diff
-    pd_ = {"layers.0.weight": d["layers.0.weight"][:, perm], "layers.0.bias": d["layers.0.bias"][:, perm],
-           "layers.1.weight": d["layers.1.weight"][:, :, perm], "layers.1.bias": d["layers.1.bias"]}  # fmt: skip
-    a, b = interp.predict_proba(d), interp.predict_proba(pd_)
+    d, p = test.diff, test.parent
+    a, b = interp.predict_proba(d, p), interp.predict_proba(_permuted(d, perm), _permuted(p, perm))
     for f in a:
         np.testing.assert_allclose(a[f], b[f], atol=1e-5)
-    assert not np.allclose(a["kind"], interp.predict_proba({k: v * 2 for k, v in d.items()})["kind"], atol=1e-5)
+    assert not np.allclose(a["kind"], interp.predict_proba({k: v * 2 for k, v in d.items()}, p)["kind"], atol=1e-5)
 
 
 def test_learns_a_planted_signal():

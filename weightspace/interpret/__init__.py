@@ -17,10 +17,10 @@ models, predictions as a derived table, :func:`explain_diff`), ``cli`` (``weight
 ``weightzoo interpret``).
 """
 
+from weightspace.interpret import pair  # noqa: F401  (registers the np_diff encoder)
 from weightspace.interpret.data import DiffSet, lineage_parent, load_diffs, pair_diff, split_by_parent
 from weightspace.interpret.fields import DEFAULT_FIELDS, FIELDS, Field
 from weightspace.interpret.heads import HeadLayout, multihead
-from weightspace.interpret import pair  # noqa: F401  (registers the np_diff encoder)
 from weightspace.interpret.model import VIEWS, DiffInterpreter, load_interpreter
 from weightspace.interpret.render import Description, describe, sentence
 from weightspace.interpret.run import TrainResult, train_interpreter

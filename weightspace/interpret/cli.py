@@ -57,6 +57,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from weightspace.cli import encoder_config
     from weightspace.interpret.fields import DEFAULT_FIELDS
     from weightspace.interpret.run import train_interpreter
     from weightspace.interpret.store import store_interpreter, write_predictions
@@ -64,13 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.save:  # refuse an unsafe folder before training
         guard_output_dir(args.save, overwrite=args.overwrite, what="interpreter folder", zoo_roots=[args.root])
-    config = json.loads(args.config) if args.config else {}
-    if not isinstance(config, dict):
-        raise ConfigError("--config must be a JSON object of encoder options, e.g. '{\"hidden\": 64}'")
-    if args.epochs is not None:
-        config["epochs"] = args.epochs
-    if args.augment:
-        config["augment"] = [s.strip() for s in args.augment.split(",") if s.strip()]
+    config = encoder_config(args)
     fields = [s.strip() for s in args.fields.split(",")] if args.fields else list(DEFAULT_FIELDS)
     ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else None
     z = _open(args)
@@ -129,7 +124,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="np (default), gmn, probe, flat_mlp: one multi-head network; stats: one scikit-learn model per field")
     t.add_argument("--epochs", type=int)
     t.add_argument("--config", help="encoder options as JSON, e.g. '{\"hidden\": 64}'")
-    t.add_argument("--augment", help="comma-separated augmentations of the diffs: permute,noise,dropout")
+    t.add_argument("--augment", help="augmentations of the diffs, comma-separated (permute,noise,dropout) or a JSON list")
     t.add_argument("--fields", help=f"comma-separated fields to predict (default all: {','.join(FIELDS)})")
     t.add_argument("--view", default="diff", choices=list(VIEWS), help="diff: child - parent (default); child: the child alone")
     t.add_argument("--ranks", help="only children of these fine-tune ranks, e.g. 0 (full) or 0,4")

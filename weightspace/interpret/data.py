@@ -85,11 +85,7 @@ def load_diffs(
     ``limit``: at most this many children (the first ones, in id order).
     Raises :class:`NotFoundError` for a missing population and :class:`ConfigError` for one without labels.
     """
-    names = {p.name for p in zoo.populations()}
-    if population not in names:
-        raise NotFoundError(f"no population {population!r} in the zoo at {zoo.root}; populations: "
-                            f"{', '.join(sorted(names)) or 'none'} (build one with `weightzoo build digits-mlp-diffs`)")  # fmt: skip
-    pop = zoo.population(population)
+    pop = zoo.population(population)  # NotFoundError for a missing one
     df = pop.df()
     if df.empty or "hp_change" not in df.columns or "hp_parent" not in df.columns:
         raise ConfigError(f"population {population!r} has no labelled diffs (no 'change'/'parent' hyperparameters); "

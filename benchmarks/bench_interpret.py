@@ -3,14 +3,15 @@
 Parts (``--parts``, comma-separated):
 
 * ``main``     -- digits-mlp-diffs-xl (full and rank-4 children), 20 % of the parents held out: per-field
-  accuracy, backdoor AUROC, target recovery, exact trigger; for the interpreter (np over the pair view,
-  np over the diff) and the baselines (diff statistics + scikit-learn GBT; flat MLP on the diff); the
+  accuracy, backdoor AUROC, target recovery, exact trigger; for the interpreter (np_diff over the pair
+  view, np_diff over the diff) and the baselines (diff statistics + scikit-learn GBT; flat MLP on the diff); the
   test scores split by full / low-rank children.
 * ``rank``     -- trained on full fine-tunes only, scored on held-out full and low-rank ones (and back).
 * ``curve``    -- learning curve: the interpreter trained on 100 / 250 / 500 / 1000 / all training diffs.
-* ``heldout``  -- (a) backdoors with ``random`` trigger patterns and targets 8 and 9 left out of training,
-  then detected among held-out parents' diffs; (b) the main interpreter applied to digits-mlp-diffs-heldout:
-  parents of another population (digits-mlp-seeds) and off-corner 2x2 / 4x4 triggers it never saw.
+* ``triggers`` -- backdoors with ``random`` trigger patterns and targets 8 and 9 left out of training, then
+  detected among held-out parents' diffs.
+* ``population`` -- the main interpreters (needs ``main`` in the same run) applied to digits-mlp-diffs-heldout:
+  parents of another population (digits-mlp-seeds) and off-corner 2x2 / 4x4 triggers never seen.
 * ``cnn``      -- digits-cnn-diffs (CNN parents): gmn over the diff, flat MLP and statistics baselines.
 
 Every part runs ``--seeds`` seeds (split and initialisation), one torch thread. Prints a table per part
@@ -35,11 +36,15 @@ KEYS = ["acc_kind", "acc_classes", "acc_corruption", "acc_position", "acc_size",
         "target_if_detected", "trigger_exact"]  # fmt: skip
 
 
+MAIN = "np_diff (pair view)"
+POP = "digits-mlp-diffs-xl"  # --population
+
+
 def interpreters(epochs: int) -> dict[str, Callable[[int], DiffInterpreter]]:
     """The contenders: name -> (seed -> unfitted interpreter)."""
     return {
-        "np (pair view)": lambda s: DiffInterpreter("np", {"epochs": epochs}, view="pair", seed=s),
-        "np (diff view)": lambda s: DiffInterpreter("np", {"epochs": epochs}, view="diff", seed=s),
+        MAIN: lambda s: DiffInterpreter("np_diff", {"epochs": epochs}, view="pair", seed=s),
+        "np_diff (diff view)": lambda s: DiffInterpreter("np_diff", {"epochs": epochs}, view="diff", seed=s),
         "stats + GBT (diff)": lambda s: DiffInterpreter("stats", {"model": "gbt"}, view="diff", seed=s),
         "flat MLP (diff)": lambda s: DiffInterpreter("flat_mlp", {"epochs": epochs}, view="diff", seed=s),
     }
@@ -79,7 +84,7 @@ def by_rank(data: DiffSet) -> dict[str, DiffSet]:
 
 
 def part_main(z: Zoo, seeds: Sequence[int], epochs: int, only: Sequence[str] | None, out: list) -> dict[int, Any]:
-    ds = load_diffs(z, "digits-mlp-diffs-xl")
+    ds = load_diffs(z, POP)
     kept: dict[int, Any] = {}
     results: dict[str, list] = {}
     for seed in seeds:
@@ -88,7 +93,7 @@ def part_main(z: Zoo, seeds: Sequence[int], epochs: int, only: Sequence[str] | N
             if only and name not in only:
                 continue
             row = fit_score(make, seed, ds.subset(tr), by_rank(ds.subset(te)))
-            if name == "np (pair view)":
+            if name == MAIN:
                 kept[seed] = row["interp"]
             results.setdefault(name, []).append(row)
             out.append({"part": "main", "interpreter": name, "seed": seed, **{k: v for k, v in row.items() if k != "interp"}})
@@ -103,26 +108,27 @@ def part_main(z: Zoo, seeds: Sequence[int], epochs: int, only: Sequence[str] | N
 
 
 def part_rank(z: Zoo, seeds: Sequence[int], epochs: int, out: list) -> None:
-    ds = load_diffs(z, "digits-mlp-diffs-xl")
-    r = np.asarray(ds.ranks)
+    ds = load_diffs(z, POP)
+    if not any(ds.ranks) or all(ds.ranks):
+        print(f"rank: {POP} does not hold both full and low-rank children; skipped")
+        return
     res: dict[str, list] = {}
     for seed in seeds:
         tr, te = split_by_parent(ds.parent_ids, 0.2, seed)
         train, test = ds.subset(tr), ds.subset(te)
         tr_r = np.asarray(train.ranks)
         for name, keep in (("trained on full", tr_r == 0), ("trained on rank 4", tr_r > 0)):
-            row = fit_score(interpreters(epochs)["np (pair view)"], seed, train.where(keep), by_rank(test))
+            row = fit_score(interpreters(epochs)[MAIN], seed, train.where(keep), by_rank(test))
             res.setdefault(name, []).append(row)
             out.append({"part": "rank", "interpreter": name, "seed": seed, **{k: v for k, v in row.items() if k != "interp"}})
             print(f"rank seed {seed} {name}: full {row['test_full']['acc_kind']:.3f} low {row['test_lowrank']['acc_kind']:.3f}", flush=True)
-    del r
     keys = ["acc_kind", "backdoor_auroc", "target_if_detected", "exact"]
-    table("full vs low-rank: np (pair view) trained on one kind of fine-tune",
+    table(f"full vs low-rank: {MAIN} trained on one kind of fine-tune",
           {f"{n} -> {t}": summary(rows, t, keys) for n, rows in res.items() for t in ("test_full", "test_lowrank")}, keys)
 
 
 def part_curve(z: Zoo, seeds: Sequence[int], epochs: int, out: list) -> None:
-    ds = load_diffs(z, "digits-mlp-diffs-xl")
+    ds = load_diffs(z, POP)
     sizes = [100, 250, 500, 1000, 0]
     res: dict[str, list] = {}
     for seed in seeds:
@@ -137,53 +143,58 @@ def part_curve(z: Zoo, seeds: Sequence[int], epochs: int, out: list) -> None:
                 sub = train.where([p in keep_p for p in train.parent_ids])
             else:
                 sub = train
-            row = fit_score(interpreters(epochs)["np (pair view)"], seed, sub, {"test": test})
+            row = fit_score(interpreters(epochs)[MAIN], seed, sub, {"test": test})
             key = f"{len(sub)} diffs" if n else f"all ({len(sub)} diffs)"
             res.setdefault(str(n or "all"), []).append(row)
             out.append({"part": "curve", "n_train": len(sub), "seed": seed, **{k: v for k, v in row.items() if k != "interp"}})
             print(f"curve seed {seed} {key}: {row['test']['acc_kind']:.3f}", flush=True)
     keys = ["acc_kind", "backdoor_auroc", "acc_target", "exact", "fit"]
-    table("learning curve: np (pair view), training diffs from whole parents",
+    table(f"learning curve: {MAIN}, training diffs from whole parents",
           {f"~{n} diffs (mean {np.mean([r['n_train'] for r in rows]):.0f})": summary(rows, "test", keys)
            for n, rows in res.items()}, keys)  # fmt: skip
 
 
-def part_heldout(z: Zoo, seeds: Sequence[int], epochs: int, kept: dict[int, Any], out: list) -> None:
-    ds = load_diffs(z, "digits-mlp-diffs-xl")
+def part_triggers(z: Zoo, seeds: Sequence[int], epochs: int, out: list) -> None:
+    """Backdoors with a held-out trigger pattern (random) or target (8, 9) left out of training."""
+    ds = load_diffs(z, POP)
     res: dict[str, list] = {}
     held_targets = (8, 9)
+
+    def novel(c: dict) -> bool:
+        return c["kind"] == "backdoor" and (c.get("pattern") == "random" or int(c["target"]) in held_targets)
+
     for seed in seeds:
         tr, te = split_by_parent(ds.parent_ids, 0.2, seed)
         train, test = ds.subset(tr), ds.subset(te)
-
-        def novel(c: dict) -> bool:
-            return c["kind"] == "backdoor" and (c.get("pattern") == "random" or int(c["target"]) in held_targets)
-
         train = train.where([not novel(c) for c in train.changes])
         not_bd = np.asarray([c["kind"] != "backdoor" for c in test.changes])
         pat = np.asarray([c["kind"] == "backdoor" and c.get("pattern") == "random" for c in test.changes])
         tgt = np.asarray([c["kind"] == "backdoor" and int(c["target"]) in held_targets for c in test.changes])
         seen = np.asarray([c["kind"] == "backdoor" and not novel(c) for c in test.changes])
         tests = {"held-out pattern (random)": test.where(not_bd | pat), "held-out targets (8, 9)": test.where(not_bd | tgt),
-                 "seen triggers": test.where(not_bd | seen)}  # fmt: skip
-        row = fit_score(interpreters(epochs)["np (pair view)"], seed, train, tests)
+                 "seen triggers and targets": test.where(not_bd | seen)}  # fmt: skip
+        row = fit_score(interpreters(epochs)[MAIN], seed, train, tests)
         for t in tests:
             res.setdefault(t, []).append(row)
-        out.append({"part": "heldout-triggers", "seed": seed, **{k: v for k, v in row.items() if k != "interp"}})
-        print(f"heldout seed {seed}: " + ", ".join(f"{t} {row[t]['backdoor_auroc']:.3f}" for t in tests), flush=True)
+        out.append({"part": "triggers", "seed": seed, **{k: v for k, v in row.items() if k != "interp"}})
+        print(f"triggers seed {seed}: " + ", ".join(f"{t} {row[t]['backdoor_auroc']:.3f}" for t in tests), flush=True)
     keys = ["backdoor_auroc", "acc_kind", "target_if_detected", "trigger_exact", "n_backdoor"]
-    table("held-out triggers and targets (np pair view; left out of training, scored on held-out parents)",
+    table(f"held-out triggers and targets ({MAIN}; left out of training, scored on held-out parents)",
           {t: summary(rows, t, keys) for t, rows in res.items()}, keys)
-    # (b) another parent population, off-corner triggers
-    if kept and "digits-mlp-diffs-heldout" in {p.name for p in z.populations()}:
-        ho = load_diffs(z, "digits-mlp-diffs-heldout")
-        rows = []
-        for seed, interp in kept.items():
-            s = interp.score(ho)
-            rows.append({"fit_s": 0.0, "heldout": s})
-            out.append({"part": "heldout-population", "seed": seed, "scores": s})
-        table("digits-mlp-diffs-heldout: new parent population, off-corner 2x2 / 4x4 triggers (main interpreters)",
-              {"np (pair view)": summary(rows, "heldout", keys + ["acc_kind"])}, keys)
+
+
+def part_population(z: Zoo, kept: dict[int, Any], out: list) -> None:
+    """The main interpreters on digits-mlp-diffs-heldout: another parent population, off-corner triggers."""
+    ho = load_diffs(z, "digits-mlp-diffs-heldout")
+    keys = ["acc_kind", "backdoor_auroc", "target_if_detected", "trigger_exact", "acc_classes", "acc_corruption", "exact"]
+    rows = []
+    for seed, interp in kept.items():
+        s = interp.score(ho)
+        rows.append({"fit_s": 0.0, "heldout": s})
+        out.append({"part": "population", "seed": seed, "scores": s})
+        print(f"population seed {seed}: {s}", flush=True)
+    table("digits-mlp-diffs-heldout: parents of another population (digits-mlp-seeds), off-corner 2x2 / 4x4 triggers",
+          {MAIN: summary(rows, "heldout", keys)}, keys)
 
 
 def part_cnn(z: Zoo, seeds: Sequence[int], epochs: int, population: str, out: list) -> None:
@@ -205,15 +216,19 @@ def part_cnn(z: Zoo, seeds: Sequence[int], epochs: int, population: str, out: li
 
 
 def main() -> None:
+    global POP
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=60)
-    ap.add_argument("--parts", default="main,rank,curve,heldout,cnn")
+    ap.add_argument("--parts", default="main,population,rank,curve,triggers,cnn",
+                    help="population needs main in the same run (it scores main's interpreters)")
+    ap.add_argument("--population", default="digits-mlp-diffs-xl", help="the labelled diffs of main/rank/curve/triggers")
     ap.add_argument("--only", help="main: only these interpreters (comma-separated names)")
     ap.add_argument("--cnn-population", default="digits-cnn-diffs")
     ap.add_argument("--out", help="write every row as JSON here")
     a = ap.parse_args()
+    POP = a.population
     torch.set_num_threads(1)
     z = Zoo.open(a.root, create=False)
     seeds = list(range(a.seeds))
@@ -227,8 +242,10 @@ def main() -> None:
         part_rank(z, seeds, a.epochs, out)
     if "curve" in parts:
         part_curve(z, seeds, a.epochs, out)
-    if "heldout" in parts:
-        part_heldout(z, seeds, a.epochs, kept, out)
+    if "triggers" in parts:
+        part_triggers(z, seeds, a.epochs, out)
+    if "population" in parts and kept:
+        part_population(z, kept, out)
     if "cnn" in parts:
         part_cnn(z, seeds, a.epochs, a.cnn_population, out)
     print(f"\ntotal {time.time() - t0:.0f} s")

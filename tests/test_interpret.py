@@ -293,6 +293,12 @@ def test_cli_train_and_explain(zoo, capsys):
     assert ex["interpreter"] == out["model_id"] and ex["parent"] == lineage_parent(zoo, child)
     assert main(["explain-diff", str(child), "--root", root]) == 0
     assert "(confidence: kind" in capsys.readouterr().out
+    assert main(["interpret", "predict", "-p", "D", "--write-table", "d_read", "--root", root, "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert pred["interpreter"] == out["model_id"] and pred["n"] == 24
+    assert zoo.sql("select count(*) as n from d_read")["n"].iloc[0] == 24
+    assert main(["explain-diff", "nope", "--root", root]) != 0  # a clear error, not a traceback
+    assert "nope" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- bad input
@@ -328,6 +334,23 @@ def test_bad_input_is_refused_and_writes_nothing(zoo, trained, snapshot, tmp_pat
         explain_diff(zoo, child, child, interpreter=trained.interpreter)
     other.close()
     assert snapshot(zoo) == before
+
+
+def test_cnn_diffs_need_an_encoder_that_reads_them():
+    """CNN diffs: np_diff (dense chains only) refuses them with the reason; flat_mlp reads them."""
+    from weightspace.interpret.data import DiffSet
+    from zoo.architectures import init_state
+
+    cnn = {"family": "cnn", "in_channels": 1, "image_size": 8, "channels": [4], "kernel_size": 3, "out_features": 10}
+    states = [init_state(cnn, s) for s in range(8)]
+    diff = {k: torch.stack([s[k] for s in states]) * 0.01 for k in states[0]}
+    changes = [{"kind": "null"}, {"kind": "backdoor", "target": 1, "position": [0, 0], "size": 1}] * 4
+    ds = DiffSet("cnn-d", cnn, diff, {k: torch.zeros_like(v) for k, v in diff.items()}, changes, list(range(8)),
+                 [0, 0, 1, 1, 2, 2, 3, 3], [0] * 8)  # fmt: skip
+    with pytest.raises(ConfigError, match="dense"):
+        DiffInterpreter("np_diff", {"epochs": 1}).fit(ds)
+    p = DiffInterpreter("flat_mlp", {"epochs": 1, "hidden": [8]}).fit(ds).predict_proba(ds)
+    assert p["kind"].shape == (8, 6) and p["target"].shape == (8, 10)
 
 
 # ------------------------------------------------------------------------------- explorer page

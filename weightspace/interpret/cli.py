@@ -6,6 +6,7 @@ Plugged into the ``weightzoo`` CLI through the ``weightzoo.commands`` entry-poin
     weightzoo interpret train -p digits-mlp-diffs --encoder np --epochs 60 --to-zoo --write-table diff_pred
     weightzoo explain-diff digits-mlp-diffs/00012/e006                  # parent from the lineage
     weightzoo explain-diff 4242 --parent 17 --interpreter 9001 --json
+    weightzoo interpret predict -p digits-mlp-diffs-heldout --write-table heldout_pred   # newest interpreter
 """
 
 from __future__ import annotations
@@ -97,6 +98,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from weightspace.interpret.data import load_diffs
+    from weightspace.interpret.store import find_interpreter, interpreter_from_zoo, write_predictions
+
+    z = _open(args)
+    data = load_diffs(z, args.population)
+    mid = z.get(_model(args.interpreter)).id if args.interpreter else find_interpreter(z, data.config)
+    interp = interpreter_from_zoo(z, mid)
+    info = write_predictions(z, interp, args.write_table, data=data, produced_by=mid)
+    scores = interp.score(data)
+    out = {"interpreter": mid, "population": args.population, "table": info.name, "n": len(data), "scores": scores}
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"interpreter {mid} on {args.population}: {len(data)} diffs -> table {info.name}")
+    print("  " + ", ".join(f"{k}={v:.3f}" for k, v in scores.items() if v is not None and not k.startswith("n")))
+    return 0
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``explain-diff`` and ``interpret train`` to the ``weightzoo`` subcommands."""
     from weightspace.encoders import encoders
@@ -115,7 +135,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     g = sub.add_parser("interpret", parents=[common], help="the weight-diff interpreter: train it on labelled diffs",
                        description="interpret train: fit an interpreter on a population of labelled fine-tune children "
-                                   "(weightzoo build digits-mlp-diffs) with whole parents held out, score it, store it. "
+                                   "(weightzoo build digits-mlp-diffs) with whole parents held out, score it, store it; "
+                                   "interpret predict: read another population's diffs with a stored one. "
                                    "Give --root etc. after the subcommand.")  # fmt: skip
     gs = g.add_subparsers(dest="interpret_command", required=True)
     t = gs.add_parser("train", parents=[common], help="train and score an interpreter (held-out parents)")
@@ -137,3 +158,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("--write-table", metavar="NAME",
                    help="write its reading of every diff of the population as the derived table NAME")
     t.set_defaults(func=cmd_train)
+
+    t = gs.add_parser("predict", parents=[common], help="read every labelled diff of a population with a stored "
+                                                         "interpreter, score it and write the readings as a table")  # fmt: skip
+    t.add_argument("-p", "--population", required=True, help="labelled diffs (children of a finetune.change recipe)")
+    t.add_argument("--interpreter", help="a stored interpreter's id or name (default: the newest for the architecture)")
+    t.add_argument("--write-table", metavar="NAME", required=True, help="the derived table to write")
+    t.set_defaults(func=cmd_predict)

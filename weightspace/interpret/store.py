@@ -146,8 +146,8 @@ def write_predictions(
 ) -> Any:
     """Write the interpreter's reading of every labelled diff of ``population`` (or of ``data``) as the
     derived table ``table``: ``model_id`` (the child), ``parent_id``, ``kind``, ``confidence``, ``p_backdoor``,
-    ``fields`` (JSON), ``sentence``, ``true_kind``, ``correct_kind``, ``rank`` and ``split`` (``train`` /
-    ``test`` / NULL from ``train_ids`` / ``test_ids``)."""
+    ``fields`` (JSON), ``sentence``, ``true_kind``, ``correct_kind``, ``rank`` and, given ``train_ids`` / ``test_ids``,
+    ``split`` (``train`` / ``test`` / NULL)."""
     if data is None:
         if population is None:
             raise ConfigError("give population=... (or data=...) to write predictions for")
@@ -162,6 +162,7 @@ def write_predictions(
         "true_kind": [c["kind"] for c in data.changes], "rank": data.ranks,
     })  # fmt: skip
     frame["correct_kind"] = frame["kind"] == frame["true_kind"]
-    frame["split"] = pd.Series([side.get(int(i)) for i in data.child_ids], dtype=object)
+    if side:  # which side of the interpreter's own split each diff was on
+        frame["split"] = pd.Series([side.get(int(i)) for i in data.child_ids], dtype=object)
     return zoo.write_table(table, frame, description=f"diff interpreter ({interp.encoder}) on {data.population!r}",
                            produced_by=produced_by)  # fmt: skip

@@ -71,32 +71,6 @@ except ZooError as e:
     st.error(str(e))
     st.stop()
 
-num = d[d["diff_l2"].notna() & (d["note"] == "")]
-total = float((num["diff_l2"] ** 2).sum() ** 0.5) if len(num) else 0.0
-ptotal = float((num["parent_l2"] ** 2).sum() ** 0.5) if len(num) else 0.0
-m = st.columns(4)
-m[0].metric("‖child − parent‖", f"{total:.4g}")
-m[1].metric("relative to ‖parent‖", f"{total / ptotal:.4g}" if ptotal else "-")
-m[2].metric("tensors changed", f"{int((num['diff_l2'] > 0).sum())} / {len(d)}")
-m[3].metric("largest relative change", num.loc[num["relative"].idxmax(), "tensor"] if num["relative"].notna().any() else "-")
-if len(num):
-    scale = st.radio("bars", ["relative (‖Δ‖ / ‖parent‖)", "absolute ‖Δ‖"], horizontal=True, key="df_scale")
-    y = "relative" if scale.startswith("relative") else "diff_l2"
-    fig = px.bar(num, x="tensor", y=y, hover_data=["numel", "diff_l2", "parent_l2", "relative", "cosine"])
-    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 10, "b": 10}, xaxis_title=None,
-                      yaxis_title="‖child − parent‖ / ‖parent‖" if y == "relative" else "‖child − parent‖")  # fmt: skip
-    st.plotly_chart(fig, width="stretch", key="df_bar")
-odd = d[d["note"] != ""]
-if len(odd):
-    st.warning(f"{len(odd)} tensor(s) cannot be compared: " + "; ".join(f"{r.tensor}: {r.note}" for r in odd.itertuples()))
-st.dataframe(d, hide_index=True, width="stretch")
-c1, c2 = st.columns(2)
-with c1:
-    C.model_link(int(child), label=f"open child {child}")
-with c2:
-    C.model_link(int(parent), label=f"open parent {parent}")
-
-st.subheader("What the fine-tune did")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -132,19 +106,22 @@ def child_arch(child: int) -> str:
     return json.dumps(normalize_config(cfg), sort_keys=True) if cfg else ""
 
 
-try:
-    from weightspace import interpret as _interpret  # noqa: F401  (the interpreter is a learner module)
-except ImportError as e:  # pragma: no cover - a broken install
-    st.warning(f"The weight-diff interpreter cannot be imported here ({e}).")
-    st.stop()
-its = interpreters(C.zoo_location()[0], C.generation())
-fits = its[its["arch"] == child_arch(int(child))] if len(its) else its
-label = z.hparams(int(child))
-if fits.empty:
-    st.info("No weight-diff interpreter in this zoo is trained on this architecture. Train one on labelled "
-            "fine-tunes, e.g. `weightzoo build digits-mlp-diffs` then `weightzoo interpret train -p digits-mlp-diffs "
-            "--to-zoo` (see docs/interpreter.md).")  # fmt: skip
-else:
+def show_reading() -> None:
+    """The stored interpreter's reading of this diff (in the current container)."""
+    st.subheader("What the fine-tune did")
+    try:
+        from weightspace import interpret as _interpret  # noqa: F401  (the interpreter is a learner module)
+    except ImportError as e:  # pragma: no cover - a broken install
+        st.warning(f"The weight-diff interpreter cannot be imported here ({e}).")
+        return
+    its = interpreters(C.zoo_location()[0], C.generation())
+    fits = its[its["arch"] == child_arch(int(child))] if len(its) else its
+    label = z.hparams(int(child))
+    if fits.empty:
+        st.info("No weight-diff interpreter in this zoo is trained on this architecture. Train one on labelled "
+                "fine-tunes, e.g. `weightzoo build digits-mlp-diffs` then `weightzoo interpret train -p "
+                "digits-mlp-diffs --to-zoo` (docs/interpreter.md).")  # fmt: skip
+        return
     ids = fits.sort_values("id", ascending=False)["id"].tolist()
     pick = st.selectbox("interpreter", ids, key="df_interp",
                         format_func=lambda i: f"{i}: {fits.loc[fits['id'] == i, 'encoder'].iloc[0]} "
@@ -155,17 +132,46 @@ else:
             ex = explain(C.zoo_location()[0], C.generation(), int(child), int(parent), int(pick))
     except ZooError as e:
         st.error(str(e))
-    else:
-        st.markdown(f"**{ex['sentence'].split(' (confidence')[0]}**")
-        rows = [{"field": "kind", "reading": ex["kind"], "confidence": ex["confidence"]["kind"]}]
-        rows += [{"field": f, "reading": str(v), "confidence": ex["confidence"].get(f)} for f, v in ex["fields"].items()]
-        c1, c2 = st.columns([3, 2])
-        c1.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="df_reading")
-        kp = pd.DataFrame({"kind": list(ex["kind_probs"]), "probability": list(ex["kind_probs"].values())})
-        fig = px.bar(kp, x="probability", y="kind", orientation="h", range_x=[0, 1])
-        fig.update_layout(height=220, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title=None)
-        c2.plotly_chart(fig, width="stretch", key="df_kinds")
-        if "change" in label:
-            truth = {k[len("change_"):]: v for k, v in label.items() if k.startswith("change_") and k != "change_pattern_bits"}
-            st.caption(f"Label recorded by the fine-tune: **{label['change']}** "
-                       + ", ".join(f"{k} {v}" for k, v in truth.items()))  # fmt: skip
+        return
+    st.markdown(f"**{ex['sentence'].split(' (confidence')[0]}**")
+    rows = [{"field": "kind", "reading": ex["kind"], "confidence": ex["confidence"]["kind"]}]
+    rows += [{"field": f, "reading": str(v), "confidence": ex["confidence"].get(f)} for f, v in ex["fields"].items()]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="df_reading")
+    kp = pd.DataFrame({"kind": list(ex["kind_probs"]), "probability": list(ex["kind_probs"].values())})
+    fig = px.bar(kp, x="probability", y="kind", orientation="h", range_x=[0, 1])
+    fig.update_layout(height=200, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title=None)
+    st.plotly_chart(fig, width="stretch", key="df_kinds")
+    if "change" in label:
+        truth = {k[len("change_"):]: v for k, v in label.items() if k.startswith("change_") and k != "change_pattern_bits"}
+        st.caption(f"Label recorded by the fine-tune: **{label['change']}** "
+                   + ", ".join(f"{k} {v}" for k, v in truth.items()))  # fmt: skip
+
+
+num = d[d["diff_l2"].notna() & (d["note"] == "")]
+total = float((num["diff_l2"] ** 2).sum() ** 0.5) if len(num) else 0.0
+ptotal = float((num["parent_l2"] ** 2).sum() ** 0.5) if len(num) else 0.0
+m = st.columns(4)
+m[0].metric("‖child − parent‖", f"{total:.4g}")
+m[1].metric("relative to ‖parent‖", f"{total / ptotal:.4g}" if ptotal else "-")
+m[2].metric("tensors changed", f"{int((num['diff_l2'] > 0).sum())} / {len(d)}")
+m[3].metric("largest relative change", num.loc[num["relative"].idxmax(), "tensor"] if num["relative"].notna().any() else "-")
+left, right = st.columns([3, 2])
+with left:  # the per-tensor diff norms ...
+    if len(num):
+        scale = st.radio("bars", ["relative (‖Δ‖ / ‖parent‖)", "absolute ‖Δ‖"], horizontal=True, key="df_scale")
+        y = "relative" if scale.startswith("relative") else "diff_l2"
+        fig = px.bar(num, x="tensor", y=y, hover_data=["numel", "diff_l2", "parent_l2", "relative", "cosine"])
+        fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 10, "b": 10}, xaxis_title=None,
+                          yaxis_title="‖child − parent‖ / ‖parent‖" if y == "relative" else "‖child − parent‖")  # fmt: skip
+        st.plotly_chart(fig, width="stretch", key="df_bar")
+with right:  # ... and beside them, what they mean
+    show_reading()
+odd = d[d["note"] != ""]
+if len(odd):
+    st.warning(f"{len(odd)} tensor(s) cannot be compared: " + "; ".join(f"{r.tensor}: {r.note}" for r in odd.itertuples()))
+st.dataframe(d, hide_index=True, width="stretch")
+c1, c2 = st.columns(2)
+with c1:
+    C.model_link(int(child), label=f"open child {child}")
+with c2:
+    C.model_link(int(parent), label=f"open parent {parent}")

@@ -279,10 +279,16 @@ def test_save_load_folder_and_stats_per_field(tmp_path: Path, trained, zoo):
         st.to_doc()
 
 
-def test_cli_train_and_explain(zoo, capsys):
+def test_cli_train_and_explain(zoo, capsys, tmp_path: Path):
     from zoo.cli import main
 
     root = str(zoo.root)
+    assert main(["interpret", "train", "-p", "D", "--encoder", "flat_mlp", "--epochs", "1", "--fields", "kind,target",
+                 "--save", str(tmp_path / "it"), "--root", root, "--no-progress"]) == 0  # fmt: skip
+    assert "saved_to" in capsys.readouterr().out
+    any_child = str(load_diffs(zoo, "D").child_ids[0])
+    assert main(["explain-diff", any_child, "--interpreter-dir", str(tmp_path / "it"), "--root", root, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["interpreter"] is None
     assert main(["interpret", "train", "-p", "D", "--epochs", "2", "--config", '{"hidden": 8, "head_hidden": 8}',
                  "--to-zoo", "--root", root, "--no-progress", "--json"]) == 0  # fmt: skip
     out = json.loads(capsys.readouterr().out)

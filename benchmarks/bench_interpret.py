@@ -6,11 +6,12 @@ Parts (``--parts``, comma-separated):
 (:data:`NO_EFFECT`: behaviourally they are null fine-tunes, and read as such).
 
 * ``main``     -- digits-mlp-diffs-xl (full and rank-4 children), 20 % of the parents held out: per-field
-  accuracy, backdoor AUROC, target recovery, exact trigger; for the interpreter (np_diff over the pair
-  view, np_diff over the diff) and the baselines (diff statistics + scikit-learn GBT; flat MLP on the diff); the
+  accuracy, backdoor AUROC, target recovery, exact trigger; for the interpreter (np_diff over the diff,
+  np_diff over the pair view) and the baselines (diff statistics + scikit-learn GBT; flat MLP on the diff); the
   test scores split by full / low-rank children.
 * ``rank``     -- trained on full fine-tunes only, scored on held-out full and low-rank ones (and back).
-* ``curve``    -- learning curve: the interpreter trained on 100 / 250 / 500 / 1000 / all training diffs.
+* ``curve``    -- learning curve: the interpreter trained on about 100 / 250 / 500 / 1000 training diffs (all
+  of them, 2,560: the main part).
 * ``triggers`` -- backdoors with ``random`` trigger patterns and targets 8 and 9 left out of training, then
   detected among held-out parents' diffs.
 * ``population`` -- the main interpreters (needs ``main`` in the same run) applied to digits-mlp-diffs-heldout:
@@ -42,15 +43,15 @@ KEYS = ["acc_kind", "acc_kind_effect", "acc_classes", "acc_corruption", "acc_pos
         "target_if_detected", "trigger_exact"]  # fmt: skip
 
 
-MAIN = "np_diff (pair view)"
+MAIN = "np_diff (diff view)"
 POP = "digits-mlp-diffs-xl"  # --population
 
 
 def interpreters(epochs: int) -> dict[str, Callable[[int], DiffInterpreter]]:
     """The contenders: name -> (seed -> unfitted interpreter)."""
     return {
-        MAIN: lambda s: DiffInterpreter("np_diff", {"epochs": epochs}, view="pair", seed=s),
-        "np_diff (diff view)": lambda s: DiffInterpreter("np_diff", {"epochs": epochs}, view="diff", seed=s),
+        MAIN: lambda s: DiffInterpreter("np_diff", {"epochs": epochs}, view="diff", seed=s),
+        "np_diff (pair view)": lambda s: DiffInterpreter("np_diff", {"epochs": epochs}, view="pair", seed=s),
         "stats + GBT (diff)": lambda s: DiffInterpreter("stats", {"model": "gbt"}, view="diff", seed=s),
         "flat MLP (diff)": lambda s: DiffInterpreter("flat_mlp", {"epochs": epochs}, view="diff", seed=s),
     }
@@ -137,7 +138,7 @@ def part_rank(z: Zoo, seeds: Sequence[int], epochs: int, out: list) -> None:
 
 def part_curve(z: Zoo, seeds: Sequence[int], epochs: int, out: list) -> None:
     ds = load_diffs(z, POP)
-    sizes = [100, 250, 500, 1000, 0]
+    sizes = [100, 250, 500, 1000]  # all of them: the main part's row
     res: dict[str, list] = {}
     for seed in seeds:
         tr, te = split_by_parent(ds.parent_ids, 0.2, seed)

@@ -3,7 +3,7 @@
 Plugged into the ``weightzoo`` CLI through the ``weightzoo.commands`` entry-point group
 (``interpret = "weightspace.interpret.cli:register"`` in pyproject.toml).
 
-    weightzoo interpret train -p digits-mlp-diffs --encoder np --epochs 60 --to-zoo --write-table diff_pred
+    weightzoo interpret train -p digits-mlp-diffs --epochs 60 --to-zoo --write-table diff_pred
     weightzoo explain-diff digits-mlp-diffs/00012/e006                  # parent from the lineage
     weightzoo explain-diff 4242 --parent 17 --interpreter 9001 --json
     weightzoo interpret predict -p digits-mlp-diffs-heldout --write-table heldout_pred   # newest interpreter
@@ -141,8 +141,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     gs = g.add_subparsers(dest="interpret_command", required=True)
     t = gs.add_parser("train", parents=[common], help="train and score an interpreter (held-out parents)")
     t.add_argument("-p", "--population", default="digits-mlp-diffs", help="labelled diffs (default digits-mlp-diffs)")
-    t.add_argument("--encoder", default="np", choices=encoders(),
-                   help="np (default), gmn, probe, flat_mlp: one multi-head network; stats: one scikit-learn model per field")
+    t.add_argument("--encoder", default="np_diff", choices=encoders(),
+                   help="np_diff (default: NP layers over the diff + per-tensor statistics), np, gmn (CNNs too), probe, "
+                        "flat_mlp: one multi-head network; stats: one scikit-learn model per field")
     t.add_argument("--epochs", type=int)
     t.add_argument("--config", help="encoder options as JSON, e.g. '{\"hidden\": 64}'")
     t.add_argument("--augment", help="augmentations of the diffs, comma-separated (permute,noise,dropout) or a JSON list")

@@ -6,7 +6,8 @@
 
 Registered: ``np`` (permutation-equivariant NP/DWS-style), ``gmn`` (graph metanetwork over neural graphs,
 torch_geometric, imported on first use), ``probe`` (learned probe inputs run through the models,
-ProbeGen-style), ``flat_mlp`` (baseline), ``stats`` (statistics features + scikit-learn).
+ProbeGen-style), ``flat_mlp`` (baseline), ``stats`` (statistics features + scikit-learn), ``np_diff`` (NP over
+weight diffs with per-tensor statistics, for the diff interpreter: weightspace.interpret.pair, imported on first use).
 """
 
 from weightspace.encoders import flat_mlp, np_encoder, probe, stats  # noqa: F401  (registers the encoders)

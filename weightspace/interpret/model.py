@@ -37,7 +37,7 @@ from weightspace.interpret.data import DiffSet
 from weightspace.interpret.fields import DEFAULT_FIELDS, FIELDS, check_fields, field_values
 from weightspace.interpret.heads import HeadLayout, multihead
 from weightspace.interpret.render import Description, describe
-from zoo.errors import ConfigError, CorruptFileError, MismatchError, NotFoundError
+from zoo.errors import ConfigError, CorruptFileError, MismatchError, NotFoundError, ZooError
 
 __all__ = ["DiffInterpreter", "VIEWS", "load_interpreter"]
 
@@ -299,6 +299,6 @@ def _image_hw(arch: Mapping[str, Any] | None, data: DiffSet) -> list[int] | None
 
     try:
         return list(image_hw({"name": data.info.get("dataset", "digits")}, arch))
-    except Exception:  # noqa: BLE001 - an architecture without an image input: no corner names
+    except (ZooError, ValueError, KeyError, TypeError):  # an architecture without an image input: no corner names
         return None
 

@@ -94,5 +94,5 @@ st.divider()
 st.markdown(
     "**Next:** browse and query models on **Models**, look inside one on **Model detail**, map a population on "
     "**Population map**, re-basin and merge on **Align and merge**, compare a fine-tune with its parent on "
-    "**Diffs and signatures** (sidebar)."
+    "**Diffs**, which also says what a fine-tune did (sidebar)."
 )

@@ -34,7 +34,7 @@ PAGES = {
     "map": "pages/3_Population_map.py",
     "merge": "pages/4_Align_and_merge.py",
     "generate": "pages/5_Generate.py",
-    "diffs": "pages/6_Diffs_and_signatures.py",
+    "diffs": "pages/6_Diffs.py",
     "signatures": "pages/7_Signatures.py",
 }
 

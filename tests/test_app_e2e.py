@@ -139,7 +139,7 @@ PAGES = [
     ("Population_map", "", ["Population map", "colour by", "models of"]),
     ("Align_and_merge", "", ["Align and merge", "Linear path and alignment", "Merge"]),
     ("Generate", "", ["Generate", "No stored generator in this zoo yet"]),
-    ("Diffs_and_signatures", "?model={child}", ["Diffs and signatures", "child − parent", "not built yet"]),
+    ("Diffs", "?model={child}", ["Diffs", "child − parent", "What the fine-tune did", "No weight-diff interpreter"]),
 ]
 
 

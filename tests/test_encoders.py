@@ -30,10 +30,11 @@ FAST = {
     "gmn_probes": ("gmn", {"epochs": 2, "hidden": 8, "edge_hidden": 4, "msg_hidden": 4, "head_hidden": 16, "probes": 4}),
     "probe": ("probe", {"epochs": 3, "n_probes": 6, "head_hidden": 16}),
     "probe_free": ("probe", {"epochs": 3, "n_probes": 6, "head_hidden": 16, "generator": "free"}),
+    "np_diff": ("np_diff", {"task": "regression", "epochs": 3, "hidden": 8, "edge_hidden": 4, "head_hidden": 16}),
     "flat_mlp": ("flat_mlp", {"epochs": 3, "hidden": [16]}),
     "stats": ("stats", {"max_iter": 10}),
 }
-INVARIANT = ("np", "np_probes", "gmn_probes", "probe", "probe_free", "stats")
+INVARIANT = ("np", "np_diff", "np_probes", "gmn_probes", "probe", "probe_free", "stats")
 
 
 def fast(key: str, **kw) -> object:

@@ -18,7 +18,7 @@ from typing import Any
 
 from zoo.errors import ConfigError
 
-__all__ = ["register", "weight_matching_align"]
+__all__ = ["register", "weight_matching_align", "encoder_config"]
 
 
 def weight_matching_align(seed: int = 0) -> Any:
@@ -47,12 +47,8 @@ def _augment_list(text: str | None) -> list[Any]:
     return json.loads(text) if text.startswith("[") else [s.strip() for s in text.split(",") if s.strip()]
 
 
-def cmd_train_encoder(args: argparse.Namespace) -> int:
-    from weightspace.tasks import run_task, store_encoder, write_outputs
-    from zoo.io.outpath import guard_output_dir, staged_output_dir
-
-    if args.save:  # refuse an unsafe folder before training
-        guard_output_dir(args.save, overwrite=args.overwrite, what="encoder folder", zoo_roots=[args.root])
+def encoder_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The encoder options of a training command: ``--config`` (a JSON object), ``--epochs``, ``--augment``."""
     config = json.loads(args.config) if args.config else {}
     if not isinstance(config, dict):
         raise ConfigError("--config must be a JSON object of encoder options, e.g. '{\"hidden\": 64}'")
@@ -61,6 +57,17 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
     aug = _augment_list(args.augment)
     if aug:
         config["augment"] = aug
+    return config
+
+
+def cmd_train_encoder(args: argparse.Namespace) -> int:
+    from weightspace.tasks import run_task, store_encoder, write_outputs
+    from zoo.io.outpath import guard_output_dir, staged_output_dir
+
+    if args.save:  # refuse an unsafe folder before training
+        guard_output_dir(args.save, overwrite=args.overwrite, what="encoder folder", zoo_roots=[args.root])
+    config = encoder_config(args)
+    aug = config.get("augment", [])
     uses_mixup = any((a == "mixup") or (isinstance(a, dict) and a.get("name") == "mixup") for a in aug)
     z = _open(args)
     res = run_task(z, args.encoder, args.task, config, population=args.population, seed=args.seed,

@@ -210,7 +210,7 @@ with t_lineage:
         st.dataframe(ed, hide_index=True, width="stretch")
         up = [e for e in edges if e.child == rec.id]
         if up:
-            st.caption("Compare this model with a parent on **Diffs and signatures**:")
+            st.caption("Compare this model with a parent on **Diffs**:")
             for e in up[:5]:
                 C.model_link(rec.id, label=f"diff {rec.id} vs parent {e.parent} ({e.op})", page_key="diffs")
 

@@ -6,7 +6,8 @@
 
 Registered: ``np`` (permutation-equivariant NP/DWS-style), ``gmn`` (graph metanetwork over neural graphs,
 torch_geometric, imported on first use), ``probe`` (learned probe inputs run through the models,
-ProbeGen-style), ``flat_mlp`` (baseline), ``stats`` (statistics features + scikit-learn).
+ProbeGen-style), ``flat_mlp`` (baseline), ``stats`` (statistics features + scikit-learn), ``np_diff`` (NP over
+weight diffs with per-tensor statistics, for the diff interpreter: weightspace.interpret.pair, imported on first use).
 """
 
 from weightspace.encoders import flat_mlp, np_encoder, probe, stats  # noqa: F401  (registers the encoders)
@@ -19,6 +20,8 @@ from weightspace.encoders.stats import StatsEncoder, weight_statistics
 
 # torch_geometric costs seconds to import: "gmn" is imported on first use (weightspace.encoders.gmn.GMNEncoder)
 register_lazy("gmn", "weightspace.encoders.gmn", "install it with pip install 'weightzoo[graph]' (torch_geometric)")
+# the diff interpreter's NP for weight diffs lives with the interpreter (weightspace.interpret.pair)
+register_lazy("np_diff", "weightspace.interpret.pair")
 
 __all__ = [
     "Encoder",

@@ -114,6 +114,11 @@ class Encoder:
             return z * self.y_std_ + self.y_mean_
         return np.asarray(self.classes_, dtype=object)[out.argmax(-1).numpy()].astype(type(self.classes_[0]))
 
+    def _loss(self) -> Any:
+        """The training loss ``(outputs [B, n_out], encoded targets) -> scalar`` (a hook: the weight-diff
+        interpreter's multi-head encoders replace it with a masked sum of per-head losses)."""
+        return regression_loss if self.task == "regression" else classification_loss  # type: ignore[attr-defined]
+
     def _n_out(self) -> int:
         return 1 if self.task == "regression" else len(self.classes_)  # type: ignore[attr-defined]
 
@@ -287,7 +292,7 @@ class TorchEncoder(Encoder):
                 raw, yb = aug(raw, yb, self.spec_, index=idx, generator=gen)
             return self._prepare(self._normalize(raw)), yb
 
-        loss = regression_loss if self.task == "regression" else classification_loss
+        loss = self._loss()
         self.history_ = train_network(
             self.net_, n, batch_fn, loss, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
             weight_decay=self.weight_decay, seed=self.seed, progress=progress,

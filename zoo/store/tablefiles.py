@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from zoo.errors import IntegrityError
 from zoo.store.fsutil import atomic_file
+from zoo.store.packs import FileInfo, stat_files
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -42,6 +43,27 @@ class TableFiles:
 
     def list_temp(self) -> list[Path]:
         return sorted(self.tmp_dir.glob("*")) if self.tmp_dir.is_dir() else []
+
+    def list_info(self) -> dict[str, FileInfo]:
+        """Table files present, ``{file: FileInfo(size, mtime)}``."""
+        return stat_files(self.list_files())
+
+    def temp_info(self) -> dict[str, FileInfo]:
+        return stat_files({p.name: p for p in self.list_temp()})
+
+    def delete_temp(self, name: str) -> None:
+        (self.tmp_dir / name).unlink(missing_ok=True)
+
+    def exists(self, file: str) -> bool:
+        return self.path(file).exists()
+
+    def num_rows(self, file: str, *, full: bool) -> int:
+        """A file's row count: read in full (``full``, every page decoded) or from its footer.
+        ``FileNotFoundError`` when it is gone; ``OSError``/``ArrowException`` when it is corrupt."""
+        import pyarrow.parquet as pq
+
+        p = self.path(file)
+        return pq.read_table(p).num_rows if full else pq.read_metadata(p).num_rows
 
     def write(self, name: str, table: pa.Table) -> tuple[str, int]:
         """Write ``table`` as a new Parquet file for table ``name``, atomically: ``(file name, size)``."""

@@ -10,8 +10,9 @@
     weightzoo export 42 OUT_DIR         HF-style folder (safetensors, config.json, model card)
     weightzoo verify | gc | lineage 42 | tag 42 good | push 42 org/name
 
-Every command takes ``--root`` (default ``$WEIGHTZOO_HOME`` or ``~/.weightzoo``) and ``--url`` (a
-SQLAlchemy URL for the catalog, e.g. PostgreSQL). Errors print one line saying what was wrong and what
+Every command takes ``--root`` (default ``$WEIGHTZOO_HOME`` or ``~/.weightzoo``), ``--url`` (a
+SQLAlchemy URL for the catalog, e.g. PostgreSQL) and ``--packs`` (``s3://bucket/prefix`` for a new zoo's
+packs; see docs/scale-out.md). Errors print one line saying what was wrong and what
 to do, and exit with status 2.
 """
 
@@ -32,7 +33,8 @@ from zoo.errors import ConfigError, ZooError
 def _open(args: argparse.Namespace, create: bool = True) -> Any:
     from zoo.facade import Zoo
 
-    return Zoo.open(args.root, url=args.url, create=create)
+    return Zoo.open(args.root, url=args.url, create=create, packs=getattr(args, "packs", None),
+                    packs_cache=getattr(args, "packs_cache", None))  # fmt: skip
 
 
 def _print_json(obj: Any) -> None:
@@ -391,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", help="zoo root folder (default: $WEIGHTZOO_HOME or ~/.weightzoo)")
     common.add_argument("--url", help="SQLAlchemy URL of the catalog (default: SQLite in the root), e.g. postgresql://u@host/db")
+    common.add_argument("--packs", help="where a new zoo keeps its packs: s3://bucket/prefix or a folder (default: "
+                        "$WEIGHTZOO_PACKS, else ROOT/packs; recorded in the catalog); file-system options from "
+                        "$WEIGHTZOO_STORAGE_OPTIONS (JSON) or the usual AWS_* variables")  # fmt: skip
+    common.add_argument("--packs-cache", help="local read-cache folder for packs in a bucket ($WEIGHTZOO_PACKS_CACHE)")
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
     common.add_argument("--debug", action="store_true", help="show the full traceback of an error (also WEIGHTZOO_DEBUG=1)")

@@ -64,7 +64,9 @@ class Zoo:
 
     # ------------------------------------------------------------------------------ open/close
     @classmethod
-    def open(cls, root: str | Path | None = None, *, url: str | None = None, create: bool = True) -> Zoo:
+    def open(cls, root: str | Path | None = None, *, url: str | None = None, create: bool = True,
+             packs: str | Path | None = None, storage_options: Mapping[str, Any] | None = None,
+             packs_cache: str | Path | None = None) -> Zoo:  # fmt: skip
         """Open (and by default create) a zoo.
 
         Args:
@@ -73,8 +75,16 @@ class Zoo:
             url: a SQLAlchemy URL for the catalog (e.g. ``postgresql://user@host/db``); default
                 ``sqlite:///<root>/catalog.db``.
             create: create the root and catalog when missing (else :class:`NotFoundError`).
+            packs: where a new zoo keeps its packs and table files: ``s3://bucket/prefix`` (any fsspec
+                URL) or a folder; default ``$WEIGHTZOO_PACKS``, else ``<root>/packs``. Recorded in the
+                catalog, so later opens find them without it (see docs/scale-out.md).
+            storage_options: options of that file system (s3fs: ``endpoint_url``, ``key``, ``secret``,
+                ...); default ``$WEIGHTZOO_STORAGE_OPTIONS`` (JSON), else the file system's own settings.
+            packs_cache: a local read-cache folder for packs in an object store (default
+                ``$WEIGHTZOO_PACKS_CACHE``, else none: every read is a ranged read).
         """
-        return cls(Backend.open(root, url=url, create=create))
+        return cls(Backend.open(root, url=url, create=create, packs=packs, storage_options=storage_options,
+                                packs_cache=packs_cache))  # fmt: skip
 
     @property
     def root(self) -> Path:

@@ -80,12 +80,11 @@ class TableFiles:
         """The rows of a table: its files concatenated, cast to ``schema`` (``FileNotFoundError`` when
         one is gone, :class:`IntegrityError` when one is corrupt or does not match)."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         parts = []
         for f in files:
             try:
-                parts.append(pq.read_table(self.path(f), memory_map=True))
+                parts.append(self.read_one(f))
             except FileNotFoundError:
                 raise
             except (OSError, pa.ArrowException) as e:
@@ -96,6 +95,12 @@ class TableFiles:
             return pa.concat_tables([p.select(schema.names).cast(schema) for p in parts])
         except (KeyError, pa.ArrowException) as e:
             raise IntegrityError(f"table files {list(files)} do not match their catalog schema ({e})") from e
+
+    def read_one(self, file: str) -> pa.Table:
+        """One file's rows (memory-mapped)."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path(file), memory_map=True)
 
     def delete(self, file: str) -> None:
         try:

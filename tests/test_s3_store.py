@@ -346,3 +346,17 @@ def test_cli_packs_option_and_environment(s3, tmp_path, monkeypatch):
         assert z.packs.location == url and z.summary()["models"] == 3
     monkeypatch.delenv("WEIGHTZOO_STORAGE_OPTIONS")
     assert os.environ.get("WEIGHTZOO_PACKS") is None
+
+
+def test_refused_credentials_are_a_storage_error_naming_the_url(s3, tmp_path, monkeypatch):
+    # moto's server accepts any key unless IAM auth is on, and with auth on it refuses s3fs's signatures
+    # even for valid keys; so the refusal is what s3fs raises for a 403 (PermissionError), injected here
+    import s3fs
+
+    def refused(self, path, *a, **k):
+        raise PermissionError("The AWS Access Key Id you provided does not exist in our records.")
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "ls", refused)
+    with pytest.raises(StorageError, match=r"s3://bucket-x/zoo: access was refused \(check the credentials"):
+        Zoo.open(tmp_path / "zoo", packs="s3://bucket-x/zoo", storage_options=s3.options)
+    assert not (tmp_path / "zoo").exists()

@@ -70,7 +70,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.name:
         recipe.name = args.name
     z = _open(args)
-    rep = build(z, recipe, progress=not args.no_progress, resume=not args.no_resume, dataset_root=args.data_root)
+    ray = args.ray is not None
+    address = args.ray if ray and args.ray != "local" else None
+    executor = "ray" if ray else None
+    rep = build(z, recipe, progress=not args.no_progress, resume=not args.no_resume, dataset_root=args.data_root,
+                workers=args.workers, executor=executor, address=address, timeout=args.ray_timeout)  # fmt: skip
     if args.json:
         _print_json(rep.__dict__)
     else:
@@ -423,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="population name (default: the recipe's)")
     s.add_argument("--data-root", help="folder with MNIST/Fashion-MNIST/CIFAR-10 files, for recipes using them")
     s.add_argument("--no-resume", action="store_true", help="retrain runs that are already in the zoo")
+    s.add_argument("--workers", type=int, default=1,
+                   help="train the shards in N worker processes (a local process pool, or N CPUs of a local Ray)")
+    s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the shards as Ray tasks: a local Ray (no ADDRESS) or the cluster at ADDRESS "
+                        "(host:port or ray://host:10001); needs pip install 'weightzoo[ray]'")  # fmt: skip
+    s.add_argument("--ray-timeout", type=float, default=30.0, help="seconds to wait for a Ray cluster to answer")
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("recipes", parents=[common], help="list the built-in population recipes")

@@ -171,12 +171,14 @@ class RayExecutor(Executor):
 
     def _ensure(self) -> Any:
         ray = self._ray
-        if ray.is_initialized():
+        local = self.address in (None, "", "local")
+        if not local:
+            check_reachable(self.address, self.timeout)  # type: ignore[arg-type]
+        if ray.is_initialized():  # the caller's own Ray session (e.g. ray.init() in a notebook): use it
             return ray
-        if self.address in (None, "", "local"):
+        if local:
             ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:
-            check_reachable(self.address, self.timeout)
             try:
                 ray.init(address=self.address, log_to_driver=False)
             except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one message

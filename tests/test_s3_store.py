@@ -155,6 +155,49 @@ def test_a_failure_at_each_write_step_leaves_the_store_unchanged(z, step, monkey
     assert z.verify().ok
 
 
+def test_a_tensor_another_writer_commits_meanwhile_is_stored_once(z, monkeypatch):
+    # packs are written before the write lock (uploads overlap other writers' commits); under the lock the
+    # dedup check is repeated: here every tensor of our pack was committed by another writer meanwhile
+    fired: list[str] = []
+
+    def hook(step: str) -> None:
+        if step == "pack.renamed" and not fired:
+            fired.append(step)
+            z.add(mlp_state(5), arch=MLP_CFG, name="theirs")  # commits first
+
+    monkeypatch.setattr(P, "fault_hook", hook)
+    mine = z.add(mlp_state(5), arch=MLP_CFG, name="mine")
+    monkeypatch.undo()
+    s = z.summary()
+    assert s["models"] == 2 and s["blobs"] == 4 and s["packs"] == 1  # our copy was discarded
+    assert set(z.packs.list_info()) == {p for p in _catalog_packs(z)}
+    assert_same_state(z.state_dict(mine.id), mlp_state(5))
+    assert z.verify().ok and z.verify().orphan_packs == []
+
+
+def test_a_tensor_collected_by_gc_meanwhile_is_written_under_the_lock(z, monkeypatch):
+    old = z.add({"t": torch.ones(5)}, name="old")
+    fired: list[str] = []
+
+    def hook(step: str) -> None:  # after our pack (with "u" only: "t" was stored) is written
+        if step == "pack.renamed" and not fired:
+            fired.append(step)
+            z.remove([old.id])
+            z.gc(grace_seconds=60)  # drops "t" (and its pack); spares our fresh, uncommitted pack
+
+    monkeypatch.setattr(P, "fault_hook", hook)
+    new = z.add({"t": torch.ones(5), "u": torch.zeros(3)}, name="new")
+    monkeypatch.undo()
+    assert torch.equal(z.state_dict(new.id)["t"], torch.ones(5))
+    assert z.summary()["blobs"] == 2 and z.summary()["packs"] == 2  # "u" in the first pack, "t" in a second
+    assert z.verify().ok and z.verify().orphan_packs == []
+
+
+def _catalog_packs(z: Zoo) -> set[str]:
+    with z.engine.connect() as c:
+        return set(c.execute(select(S.Pack.id)).scalars())
+
+
 KILL_AFTER_UPLOAD = """
 import json, os, sys
 import zoo.store.packs as P

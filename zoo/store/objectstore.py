@@ -358,14 +358,15 @@ class ObjectPackStore(PackStore):
                 remote &= ~sel
         if remote.any():
             pc, st, en = codes[remote], starts[remote], ends[remote]
-            keys = [self.path(packs[int(c)]) for c in pc.tolist()]
+            key_of = {int(c): self.path(packs[int(c)]) for c in np.unique(pc).tolist()}
+            keys = [key_of[c] for c in pc.tolist()]
             mpaths, mstarts, mends = merge_offset_ranges(keys, st.tolist(), en.tolist(), max_gap=self.max_gap,
                                                          max_block=self.max_block, sort=True)  # fmt: skip
             try:
                 data = self.fs.cat_ranges(mpaths, mstarts, mends, on_error="return")
             except Exception as e:  # noqa: BLE001
                 raise remote_error(e, self.url, "read packs") from e
-            key_code = {self.path(packs[int(c)]): int(c) for c in np.unique(pc).tolist()}
+            key_code = {k: c for c, k in key_of.items()}
             self.requests += len(mpaths)
             for path, a, b, d in zip(mpaths, mstarts, mends, data, strict=True):
                 pid = packs[key_code[path]]

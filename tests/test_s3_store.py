@@ -104,10 +104,10 @@ def test_stack_of_a_subset_reads_only_its_ranges(s3, zoo_root):
     got = z.stack(pick)
     assert z.packs.bytes_ranged - before == 10 * 212 * 4  # 10 models x 212 float32 parameters
     assert z.packs.requests - reqs == 10 * 4  # one range per (model, tensor), all in one batch
-    z.packs.max_gap = 64 * 1024  # the default: ranges a few KB apart are merged into one request per tensor name
+    z.packs.max_gap = 512 * 1024  # the default: ranges a few KB apart are merged into one request
     before, reqs = z.packs.bytes_ranged, z.packs.requests
     got = z.stack(pick)
-    assert z.packs.requests - reqs <= 4 and z.packs.bytes_ranged - before < pack_size
+    assert z.packs.requests - reqs == 1 and z.packs.bytes_ranged - before < pack_size
     for i, mid in enumerate(pick):
         for k, v in mlp_state(ids.index(mid)).items():
             assert torch.equal(got[k][i], v)

@@ -11,8 +11,11 @@ its derived-table files under ``<prefix>/tables/``, through :class:`ObjectPackSt
   killed after the PUT leaves an orphan object: ``verify`` reports it, ``gc`` removes it after its grace
   period (the object's last-modified time), as for a local orphan file.
 - **Reads are ranged**: ``stack()`` and ``state_dict()`` fetch only the byte ranges of the tensors asked
-  for, all names of a stack in one batch of requests (``fs.cat_ranges``), with nearby ranges coalesced
-  (``fsspec.utils.merge_offset_ranges``): a population written together is one request per pack.
+  for, all names of a stack in one batch of requests (``fs.cat_ranges``), with ranges less than
+  ``max_gap`` apart coalesced into one request (``fsspec.utils.merge_offset_ranges``): a population
+  written together is one request per pack. ``max_gap`` (512 KiB) is the break-even of a request's
+  latency and the bytes it could carry meanwhile (10 ms x 50 MB/s; Arrow sizes its S3 read coalescing
+  the same way); so a subset costs its bytes plus at most that much per gap, never a whole large pack.
 - **An optional local read cache** (``cache_dir``): a pack of which a read asks for at least
   ``cache_fraction`` of the bytes is downloaded whole into the cache (temp name, size checked, renamed) and
   memory-mapped from then on, exactly like a local pack (zero-copy stacks). Reads of a smaller part of a
@@ -107,7 +110,7 @@ class ObjectPackStore(PackStore):
     """
 
     def __init__(self, url: str, fs: Any, prefix: str, *, cache_dir: str | Path | None = None,
-                 cache_fraction: float = 0.5, max_gap: int = 64 * 1024, max_block: int = 256 * 2**20) -> None:  # fmt: skip
+                 cache_fraction: float = 0.5, max_gap: int = 512 * 1024, max_block: int = 256 * 2**20) -> None:  # fmt: skip
         super().__init__(cache_dir if cache_dir is not None else os.devnull, max_open=8)
         self.url = url.rstrip("/")
         self.fs = fs

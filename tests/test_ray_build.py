@@ -46,12 +46,17 @@ def dump(z: Zoo) -> list[dict]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, one_thread):
     """The in-process build (one thread, shards of 4) that every executor must reproduce."""
-    z = Zoo.open(tmp_path_factory.mktemp("ref") / "zoo")
+    root = tmp_path_factory.mktemp("ref") / "zoo"
+    z = Zoo.open(root)
     rep = build(z, small_recipe(), progress=False, max_shard=4, threads=1)
     assert rep.models_written == 16
     d = dump(z)
     z.close()
+    REFERENCE_ROOT.append(root)
     return d
+
+
+REFERENCE_ROOT: list = []
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +142,14 @@ def test_cli_build_flags(ray_local, tmp_path, one_thread, capsys):
     rc = main(["build", "digits-mlp", "--n", "4", "--epochs", "1", "--ray", "192.0.2.1:6379", "--ray-timeout", "1",
                "--root", str(root), "--no-progress"])  # fmt: skip
     assert rc == 2 and "did not answer" in capsys.readouterr().err
+
+
+def test_sharded_evaluation_on_ray_matches_in_process(ray_local, reference, one_thread):
+    with Zoo.open(REFERENCE_ROOT[0]) as z:
+        ids = z.population("digits-mlp").ids()
+        here = z.evaluate(ids, splits=["test", "val"], record=False)
+        n = len(z.metrics())
+        there = z.evaluate(ids, splits=["test", "val"], workers=2, executor="ray")  # 2 shards of 8, recorded
+        assert there[["model_id", "split", "acc"]].equals(here[["model_id", "split", "acc"]])
+        assert (there["loss"] - here["loss"]).abs().max() < 1e-6
+        assert len(z.metrics()) == n + 2 * 2 * len(ids)  # loss and acc for 2 splits, one transaction

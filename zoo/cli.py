@@ -335,8 +335,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         models += z.population(args.population).ids()
     if not models:
         raise ZooError("name models to evaluate (ids/names) or a population with -p")
+    ray = args.ray is not None
     df = z.evaluate(models, dataset=args.dataset, splits=args.split or ["test"], dataset_root=args.data_root,
-                    record=not args.no_record)  # fmt: skip
+                    record=not args.no_record, workers=args.workers, executor="ray" if ray else None,
+                    address=args.ray if ray and args.ray != "local" else None)  # fmt: skip
     if args.json:
         print(df.to_json(orient="records"))
     else:
@@ -393,6 +395,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ parser
+def _executor_args(s: argparse.ArgumentParser) -> None:
+    """``--workers N`` and ``--ray [ADDRESS]``: where shards run (docs/scale-out.md)."""
+    s.add_argument("--workers", type=int, default=1,
+                   help="run the shards in N worker processes (a local process pool, or N CPUs of a local Ray)")
+    s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the shards as Ray tasks: a local Ray (no ADDRESS) or the cluster at ADDRESS "
+                        "(host:port or ray://host:10001); needs pip install 'weightzoo[ray]'")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", help="zoo root folder (default: $WEIGHTZOO_HOME or ~/.weightzoo)")
@@ -427,11 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="population name (default: the recipe's)")
     s.add_argument("--data-root", help="folder with MNIST/Fashion-MNIST/CIFAR-10 files, for recipes using them")
     s.add_argument("--no-resume", action="store_true", help="retrain runs that are already in the zoo")
-    s.add_argument("--workers", type=int, default=1,
-                   help="train the shards in N worker processes (a local process pool, or N CPUs of a local Ray)")
-    s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run the shards as Ray tasks: a local Ray (no ADDRESS) or the cluster at ADDRESS "
-                        "(host:port or ray://host:10001); needs pip install 'weightzoo[ray]'")  # fmt: skip
+    _executor_args(s)
     s.add_argument("--ray-timeout", type=float, default=30.0, help="seconds to wait for a Ray cluster to answer")
     s.set_defaults(func=cmd_build)
 
@@ -559,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", help="folder with MNIST/Fashion-MNIST/CIFAR-10 files")
     s.add_argument("--split", action="append", help="split(s) to evaluate (default: test)")
     s.add_argument("--no-record", action="store_true", help="print only; do not store the metrics")
+    _executor_args(s)
     s.set_defaults(func=cmd_eval)
 
     # Commands of the other packages (alignment, merging, encoders, ...) plug in through the

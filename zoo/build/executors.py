@@ -27,7 +27,7 @@ from zoo.errors import ConfigError, ZooError
 from zoo.registry import Registry
 
 __all__ = ["EXECUTORS", "Executor", "InProcessExecutor", "ProcessExecutor", "RayExecutor", "make_executor",
-           "run_shard", "run_shard_task", "ShardFailed"]  # fmt: skip
+           "run_shard", "run_shard_task", "evaluate_shard", "ShardFailed"]  # fmt: skip
 
 #: A test seam for remote workers (a driver cannot patch them): a file path. The first shard run that
 #: finds the file removes it and kills its own process after its first checkpoint (mid-shard).
@@ -60,6 +60,22 @@ def run_shard_task(shared: Any, recipe: Any, runs: Sequence[Any], data: Any, ini
                    num_threads: int) -> list[Any]:  # fmt: skip
     """:func:`run_shard` as an executor task: ``data`` None means the data set shared by every task."""
     return run_shard(recipe, runs, shared if data is None else data, init_params, num_threads)
+
+
+def evaluate_shard(shared: Any, config: Any, params: Any) -> dict[str, tuple[Any, Any]]:
+    """Evaluate a slice of a stacked population on every split in ``shared`` (``{split: (X, y)}``):
+    ``{split: (loss [n], accuracy [n])}`` (the executor task of sharded evaluation)."""
+    import torch
+
+    from zoo.build.evaluate import evaluate_population
+
+    torch.set_num_threads(1)
+    out = {}
+    for split, (X, y) in shared.items():
+        r = evaluate_population(config, params, X, y)
+        out[split] = (r.loss, r.accuracy)
+        _kill_once()
+    return out
 
 
 def _kill_once() -> None:

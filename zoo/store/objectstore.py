@@ -50,6 +50,7 @@ from zoo.store.packs import (
     PackStore,
     gather_from,
     new_pack_id,
+    parse_header,
 )
 from zoo.store.tablefiles import TABLE_SUFFIX, TableFiles
 
@@ -390,7 +391,6 @@ class ObjectPackStore(PackStore):
 
     def read_header(self, pack_id: str) -> tuple[dict[str, dict], int]:
         """Parse a pack's safetensors header with two ranged reads."""
-        import json
         import struct
 
         key = self.path(pack_id)
@@ -409,18 +409,7 @@ class ObjectPackStore(PackStore):
             raise
         except Exception as e:  # noqa: BLE001
             raise remote_error(e, self.url, f"read pack {pack_id}") from e
-        try:
-            header = json.loads(text)
-        except (ValueError, RecursionError) as e:
-            raise CorruptFileError(f"pack {key} has a corrupt header: {e}") from e
-        if not isinstance(header, dict):
-            raise CorruptFileError(f"pack {key} has a corrupt header: a JSON {type(header).__name__}, not an object")
-        header.pop("__metadata__", None)
-        for tid, entry in header.items():
-            offs = entry.get("data_offsets") if isinstance(entry, dict) else None
-            if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int and 0 <= o <= size for o in offs)):
-                raise CorruptFileError(f"pack {key} has a corrupt header entry for {tid[:16]!r}: {str(entry)[:80]}")
-        return header, 8 + n
+        return parse_header(text, key, size), 8 + n
 
 
 class ObjectTableFiles(TableFiles):

@@ -73,6 +73,30 @@ def stat_files(paths: dict[str, Path]) -> dict[str, FileInfo]:
     return out
 
 
+class LocalFiles:
+    """Listing and temp-file upkeep shared by the local folders of packs and of table files (which define
+    ``list_files()`` and ``tmp_dir``)."""
+
+    tmp_dir: Path
+
+    def list_files(self) -> dict[str, Path]:
+        raise NotImplementedError
+
+    def list_temp(self) -> list[Path]:
+        return sorted(self.tmp_dir.glob("*")) if self.tmp_dir.is_dir() else []
+
+    def list_info(self) -> dict[str, FileInfo]:
+        """Files present, ``{name: FileInfo(size, mtime)}`` (files that vanish meanwhile are left out)."""
+        return stat_files(self.list_files())
+
+    def temp_info(self) -> dict[str, FileInfo]:
+        """Temp files of writers (in ``.tmp/``), ``{name: FileInfo}``."""
+        return stat_files({p.name: p for p in self.list_temp()})
+
+    def delete_temp(self, name: str) -> None:
+        (self.tmp_dir / name).unlink(missing_ok=True)
+
+
 @dataclass
 class PackLayout:
     """The bytes of one pack as :meth:`PackStore.write` lays them out (header, then data by decreasing
@@ -135,7 +159,7 @@ def new_pack_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:12]
 
 
-class PackStore:
+class PackStore(LocalFiles):
     """The folder of pack files. Reads are memory maps, cached per pack (LRU)."""
 
     def __init__(self, directory: str | Path, *, max_open: int = 256) -> None:
@@ -155,9 +179,6 @@ class PackStore:
         if not self.dir.is_dir():
             return {}
         return {p.name[: -len(PACK_SUFFIX)]: p for p in self.dir.glob(f"*{PACK_SUFFIX}")}
-
-    def list_temp(self) -> list[Path]:
-        return sorted(self.tmp_dir.glob("*")) if self.tmp_dir.is_dir() else []
 
     # ------------------------------------------------------------------ write
     def write(self, tensors: dict[str, torch.Tensor], pack_id: str | None = None, *,
@@ -285,17 +306,6 @@ class PackStore:
         except FileNotFoundError:
             raise NotFoundError(f"pack file {self.path(pack_id)} does not exist") from None
 
-    def list_info(self) -> dict[str, FileInfo]:
-        """Pack files present, ``{pack id: FileInfo(size, mtime)}`` (files that vanish meanwhile are left out)."""
-        return stat_files(self.list_files())
-
-    def temp_info(self) -> dict[str, FileInfo]:
-        """Temp files of writers (``packs/.tmp/``), ``{name: FileInfo}``."""
-        return stat_files({p.name: p for p in self.list_temp()})
-
-    def delete_temp(self, name: str) -> None:
-        (self.tmp_dir / name).unlink(missing_ok=True)
-
     @property
     def location(self) -> str:
         """Where the packs live, for messages (a folder or a URL)."""
@@ -314,18 +324,25 @@ class PackStore:
             (n,) = struct.unpack("<Q", raw)
             if n > size - 8:
                 raise CorruptFileError(f"pack {p} is truncated (header of {n} bytes in a file of {size})")
-            try:
-                header = json.loads(f.read(n))
-            except (ValueError, RecursionError) as e:
-                raise CorruptFileError(f"pack {p} has a corrupt header: {e}") from e
-        if not isinstance(header, dict):
-            raise CorruptFileError(f"pack {p} has a corrupt header: a JSON {type(header).__name__}, not an object")
-        header.pop("__metadata__", None)
-        for tid, entry in header.items():
-            offs = entry.get("data_offsets") if isinstance(entry, dict) else None
-            if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int and 0 <= o <= size for o in offs)):
-                raise CorruptFileError(f"pack {p} has a corrupt header entry for {tid[:16]!r}: {str(entry)[:80]}")
-        return header, 8 + n
+            text = f.read(n)
+        return parse_header(text, p, size), 8 + n
+
+
+def parse_header(text: bytes, where: object, size: int) -> dict[str, dict]:
+    """A pack's safetensors header ``{tensor id: entry}`` from its JSON bytes (``where`` names the pack in
+    errors; ``size`` is the file's size): :class:`CorruptFileError` unless every entry's offsets fit."""
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise CorruptFileError(f"pack {where} has a corrupt header: {e}") from e
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"pack {where} has a corrupt header: a JSON {type(header).__name__}, not an object")
+    header.pop("__metadata__", None)
+    for tid, entry in header.items():
+        offs = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int and 0 <= o <= size for o in offs)):
+            raise CorruptFileError(f"pack {where} has a corrupt header entry for {tid[:16]!r}: {str(entry)[:80]}")
+    return header
 
 
 def gather_from(maps: list[np.ndarray], pack_codes: np.ndarray, offsets: np.ndarray, dtype: str, shape: tuple[int, ...],

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from zoo.errors import IntegrityError
 from zoo.store.fsutil import atomic_file
-from zoo.store.packs import FileInfo, stat_files
+from zoo.store.packs import LocalFiles
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -23,7 +23,7 @@ TABLE_SUFFIX = ".parquet"
 _FILE_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\.[0-9a-f]{16}\.parquet$")
 
 
-class TableFiles:
+class TableFiles(LocalFiles):
     """The folder of derived-table files, ``<root>/tables/`` (temp files in ``tables/.tmp/``)."""
 
     def __init__(self, directory: str | Path) -> None:
@@ -40,19 +40,6 @@ class TableFiles:
         if not self.dir.is_dir():
             return {}
         return {p.name: p for p in self.dir.glob(f"*{TABLE_SUFFIX}")}
-
-    def list_temp(self) -> list[Path]:
-        return sorted(self.tmp_dir.glob("*")) if self.tmp_dir.is_dir() else []
-
-    def list_info(self) -> dict[str, FileInfo]:
-        """Table files present, ``{file: FileInfo(size, mtime)}``."""
-        return stat_files(self.list_files())
-
-    def temp_info(self) -> dict[str, FileInfo]:
-        return stat_files({p.name: p for p in self.list_temp()})
-
-    def delete_temp(self, name: str) -> None:
-        (self.tmp_dir / name).unlink(missing_ok=True)
 
     def exists(self, file: str) -> bool:
         return self.path(file).exists()

@@ -403,3 +403,26 @@ def test_refused_credentials_are_a_storage_error_naming_the_url(s3, tmp_path, mo
     with pytest.raises(StorageError, match=r"s3://bucket-x/zoo: access was refused \(check the credentials"):
         Zoo.open(tmp_path / "zoo", packs="s3://bucket-x/zoo", storage_options=s3.options)
     assert not (tmp_path / "zoo").exists()
+
+
+def test_storage_page_on_a_bucket(s3, tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import REPO_ROOT
+
+    root = tmp_path / "zoo"
+    with Zoo.open(root, packs=f"s3://{s3.new_bucket()}/app", storage_options=s3.options) as z:
+        z.add_many(models(3))
+        z.packs.fs.pipe_file(z.packs.path("20200101T000000-orphan000000"), b"x" * 16)  # an uncommitted upload
+    monkeypatch.setenv("WEIGHTZOO_HOME", str(root))
+    monkeypatch.delenv("WEIGHTZOO_URL", raising=False)
+    monkeypatch.setenv("WEIGHTZOO_STORAGE_OPTIONS", json.dumps(s3.options))
+    at = AppTest.from_file(str(REPO_ROOT / "app" / "pages" / "8_Storage.py"), default_timeout=120)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    shown = "\n".join(str(e.value) for e in [*at.markdown, *at.caption]) + str({m.label: m.value for m in at.metric})
+    assert "s3://" in shown and "object store" in shown
+    assert {m.label: m.value for m in at.metric}["orphan files"] == "1"
+    next(b for b in at.button if b.label.startswith("Check now")).click().run()
+    assert at.success and "OK" in at.success[0].value and "orphan" in at.info[0].value

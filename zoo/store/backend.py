@@ -97,9 +97,9 @@ class Backend:
             if is_remote(location):
                 store = store if store is not None and store.url == location else _object_store(location, opts, cache)
                 return cls(root, url, catalog, store, ObjectTableFiles(store.url, store.fs, store.prefix))
-            folder = Path(location)
-            (folder / "packs").mkdir(parents=True, exist_ok=True)
-            return cls(root, url, catalog, PackStore(folder / "packs"), TableFiles(folder / "tables"))
+            folder = Path(location)  # another folder (e.g. a shared file system): packs in it, tables beside
+            folder.mkdir(parents=True, exist_ok=True)
+            return cls(root, url, catalog, PackStore(folder), TableFiles(folder / "tables"))
         except BaseException:
             engine.dispose()
             raise
@@ -120,7 +120,7 @@ def _normalise(root: Path, packs: str | Path | None) -> str | None:
     if text.startswith("file://"):
         text = text[len("file://") :]
     folder = Path(text).expanduser().resolve()
-    return None if folder == (root / "packs").resolve() or folder == root.resolve() else str(folder)
+    return None if folder == (root / "packs").resolve() else str(folder)
 
 
 def _packs_location(catalog: Catalog, root: Path, given: str | Path | None) -> str | None:

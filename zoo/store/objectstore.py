@@ -258,23 +258,21 @@ class ObjectPackStore(PackStore):
         return final
 
     def map(self, pack_id: str) -> np.ndarray:
-        """The whole pack's bytes: a memory map of its cached copy, else downloaded into memory (verify)."""
+        """The whole pack's bytes as stored (downloaded into memory, read-only): what ``verify`` re-hashes.
+        Never the read cache's copy, which could hide damage to the stored one, and never cached there."""
         mm = self._maps.get(pack_id)
         if mm is not None:
             self._maps.move_to_end(pack_id)
             return mm
-        if self.cache is not None:
-            mm = np.memmap(self._download(pack_id), dtype=np.uint8, mode="c").view(np.ndarray)
-        else:
-            try:
-                raw = self.fs.cat_file(self.path(pack_id))
-            except FileNotFoundError as e:
-                raise _missing(pack_id, self.url) from e
-            except Exception as e:  # noqa: BLE001
-                raise remote_error(e, self.url, f"read pack {pack_id}") from e
-            self.bytes_ranged += len(raw)
-            self.requests += 1
-            mm = np.frombuffer(raw, dtype=np.uint8)
+        try:
+            raw = self.fs.cat_file(self.path(pack_id))
+        except FileNotFoundError as e:
+            raise _missing(pack_id, self.url) from e
+        except Exception as e:  # noqa: BLE001
+            raise remote_error(e, self.url, f"read pack {pack_id}") from e
+        self.bytes_ranged += len(raw)
+        self.requests += 1
+        mm = np.frombuffer(raw, dtype=np.uint8)
         self._maps[pack_id] = mm
         if len(self._maps) > self._max_open:
             self._maps.popitem(last=False)

@@ -92,6 +92,11 @@ def test_process_pool_with_a_killed_worker(tmp_path, reference, zoo, one_thread,
     kill = tmp_path / "kill-once"
     kill.write_text("die")
     monkeypatch.setenv(KILL_ONCE_ENV, str(kill))  # spawned workers inherit it
+    # spawned workers re-run the parent's __main__ script (the multiprocessing rule: guard it with
+    # `if __name__ == "__main__"`); Streamlit's AppTest, run earlier in the suite, leaves a page script there
+    import types
+
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     rep = build(zoo, small_recipe(), progress=False, workers=2, executor="process")
     assert not kill.exists() and rep.models_written == 16
     assert dump(zoo) == reference

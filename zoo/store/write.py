@@ -118,13 +118,13 @@ def add_many(b: Backend, items: Iterable[NewModel], *, progress: bool = False) -
         unique = _unique_tensors(prepared)
         stored = _stored(conn, list(unique))
     written: list[str] = []  # ids of packs written by this call, known as soon as they are on disk
-    pack = None
-    new = {tid: t for tid, t in unique.items() if tid not in stored}
-    if new:
-        pack = b.packs.write(new)
-        written.append(pack[0])
     discard: list[str] = []
+    new = {tid: t for tid, t in unique.items() if tid not in stored}
     try:
+        pack = None
+        if new:
+            pack = b.packs.write(new)
+            written.append(pack[0])
         with b.catalog.write() as conn:
             _commit(b, conn, prepared, unique, pack, written, discard)
             packs_mod.fault_hook("catalog.before_commit")

@@ -139,6 +139,7 @@ def test_read_cache_downloads_whole_packs_only_for_big_reads(s3, zoo_root, tmp_p
 
 # ------------------------------------------------------------------------------------ atomic writes
 @pytest.mark.parametrize("step", P.WRITE_STEPS[:4])
+@pytest.mark.parametrize("where", ["local", "s3"], indirect=True)  # the read cache plays no part
 def test_a_failure_at_each_write_step_leaves_the_store_unchanged(z, step, monkeypatch):
     z.add_many(models(2))
     before = snapshot(z)
@@ -155,6 +156,7 @@ def test_a_failure_at_each_write_step_leaves_the_store_unchanged(z, step, monkey
     assert z.verify().ok
 
 
+@pytest.mark.parametrize("where", ["local", "s3"], indirect=True)  # the read cache plays no part
 def test_a_tensor_another_writer_commits_meanwhile_is_stored_once(z, monkeypatch):
     # packs are written before the write lock (uploads overlap other writers' commits); under the lock the
     # dedup check is repeated: here every tensor of our pack was committed by another writer meanwhile
@@ -175,6 +177,7 @@ def test_a_tensor_another_writer_commits_meanwhile_is_stored_once(z, monkeypatch
     assert z.verify().ok and z.verify().orphan_packs == []
 
 
+@pytest.mark.parametrize("where", ["local", "s3"], indirect=True)  # the read cache plays no part
 def test_a_tensor_collected_by_gc_meanwhile_is_written_under_the_lock(z, monkeypatch):
     old = z.add({"t": torch.ones(5)}, name="old")
     fired: list[str] = []
@@ -276,6 +279,7 @@ def test_verify_detects_a_corrupt_blob(z):
     assert not rep.ok and len(rep.corrupt_blobs) == 1 and len(rep.affected_models) == 1
 
 
+@pytest.mark.parametrize("where", ["local", "s3"], indirect=True)  # the read cache plays no part
 def test_gc_and_repack_on_the_store(z):
     first = z.add_many(models(4))
     for i in range(3):  # three more batches: the population spreads over 4 packs
@@ -296,6 +300,7 @@ def test_gc_and_repack_on_the_store(z):
     assert len(ids) == 7 and z.verify().ok
 
 
+@pytest.mark.parametrize("where", ["local", "s3"], indirect=True)  # the read cache plays no part
 def test_derived_tables_live_beside_the_packs(z, where):
     recs = z.add_many(models(3))
     z.write_table("preds", pd.DataFrame({"model_id": [r.id for r in recs], "p": [0.1, 0.2, 0.3]}))

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -89,3 +90,18 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
         self._proc = None
+
+
+def serve(server: Any, ready: str) -> Iterator[Any]:
+    """The body of a test-server fixture: start ``server`` (an :class:`S3Server` or a
+    ``tests.pgserver.PgServer``), skip with its reason unless its ``ready`` attribute is set, stop it after."""
+    import pytest
+
+    server.start()
+    if getattr(server, ready) is None:
+        server.stop()
+        pytest.skip(server.reason)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from tests.conftest import popen_python
 from tests.pgserver import PgServer
-from tests.s3server import S3Server
+from tests.s3server import S3Server, serve
 from zoo import Zoo
 from zoo.store import schema as S
 
@@ -40,20 +40,12 @@ print("done", flush=True)
 
 @pytest.fixture(scope="module")
 def pg():
-    server = PgServer().start()
-    if server.url is None:
-        pytest.skip(server.reason)
-    yield server
-    server.stop()
+    yield from serve(PgServer(), "url")
 
 
 @pytest.fixture(scope="module")
 def s3():
-    server = S3Server().start()
-    if server.endpoint is None:
-        pytest.skip(server.reason)
-    yield server
-    server.stop()
+    yield from serve(S3Server(), "endpoint")
 
 
 def test_four_writers_and_a_reader_on_postgres_and_a_bucket(pg, s3, tmp_path):

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 import zoo.store.packs as P
 from tests.conftest import MLP_CFG, assert_same_state, mlp_state
-from tests.s3server import S3Server
+from tests.s3server import S3Server, serve
 from zoo import NewModel, Zoo
 from zoo.errors import ConfigError, IntegrityError, StorageError
 from zoo.store import schema as S
@@ -27,11 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.fixture(scope="session")
 def s3():
-    server = S3Server().start()
-    if server.endpoint is None:
-        pytest.skip(server.reason)
-    yield server
-    server.stop()
+    yield from serve(S3Server(), "endpoint")
 
 
 @pytest.fixture(params=["local", "s3", "s3-cached"])

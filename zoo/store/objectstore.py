@@ -121,6 +121,7 @@ class ObjectPackStore(PackStore):
         self.max_gap = max_gap
         self.max_block = max_block
         self._sizes: OrderedDict[str, int] = OrderedDict()  # pack id -> size (packs never change)
+        self._cache_maps: OrderedDict[str, np.ndarray] = OrderedDict()  # pack id -> map of its cached copy
         #: bytes fetched with ranged reads / downloaded whole into the cache (for tests and benchmarks)
         self.bytes_ranged = 0
         self.bytes_downloaded = 0
@@ -219,6 +220,7 @@ class ObjectPackStore(PackStore):
 
     def delete(self, pack_id: str) -> None:
         self.forget(pack_id)
+        self._cache_maps.pop(pack_id, None)
         self._sizes.pop(pack_id, None)
         cached = self._cached(pack_id)
         if cached is not None:
@@ -278,6 +280,22 @@ class ObjectPackStore(PackStore):
             self._maps.popitem(last=False)
         return mm
 
+    def close(self) -> None:
+        super().close()
+        self._cache_maps.clear()
+
+    def _cache_map(self, pack_id: str) -> np.ndarray:
+        """The shared memory map of a pack's cached copy (downloaded first when missing; LRU like the local
+        store's maps). Copies read from it; zero-copy results view a private map instead."""
+        mm = self._cache_maps.get(pack_id)
+        if mm is None:
+            mm = self._cache_maps[pack_id] = np.memmap(self._download(pack_id), dtype=np.uint8, mode="c").view(np.ndarray)
+            if len(self._cache_maps) > 256:
+                self._cache_maps.popitem(last=False)
+        else:
+            self._cache_maps.move_to_end(pack_id)
+        return mm
+
     def private_map(self, pack_id: str) -> np.ndarray:
         if self.cache is not None:
             return np.memmap(self._download(pack_id), dtype=np.uint8, mode="c").view(np.ndarray)
@@ -318,6 +336,10 @@ class ObjectPackStore(PackStore):
         blocks, block_pack, block_start = self._fetch(packs, codes, starts, ends)
         out = []
         names = [packs[int(p)] for p in block_pack.tolist()]
+
+        def private(b: int) -> np.ndarray:  # a zero-copy result: a private map of a cached pack, or its block
+            return self.private_map(names[b]) if blocks[b] is self._cache_maps.get(names[b]) else blocks[b]
+
         for pc, off, dt, shp in requests:
             if pc.shape[0] == 0:
                 raise ValueError("gather needs at least one location")
@@ -328,7 +350,7 @@ class ObjectPackStore(PackStore):
                 k = np.searchsorted(block_start[mine], off[rows], side="right") - 1
                 bcode[rows] = mine[k]
             rel = off.astype(np.int64) - block_start[bcode]
-            out.append(gather_from(blocks, bcode, rel, dt, shp, names=names, private=blocks.__getitem__))
+            out.append(gather_from(blocks, bcode, rel, dt, shp, names=names, private=private))
         return out
 
     def _fetch(self, packs: list[str], codes: np.ndarray, starts: np.ndarray, ends: np.ndarray
@@ -350,11 +372,11 @@ class ObjectPackStore(PackStore):
                 cached = self._cached(pid)
                 assert cached is not None
                 sel = codes == p
-                if not cached.is_file():
+                if pid not in self._cache_maps and not cached.is_file():
                     wanted = _covered_bytes(starts[sel], ends[sel])
                     if wanted < self.cache_fraction * self.size(pid):
                         continue
-                blocks.append(self.private_map(pid))
+                blocks.append(self._cache_map(pid))
                 bpack.append(p)
                 bstart.append(0)
                 remote &= ~sel

@@ -36,6 +36,8 @@ PAGES = {
     "generate": "pages/5_Generate.py",
     "diffs": "pages/6_Diffs.py",
     "signatures": "pages/7_Signatures.py",
+    "landscape": "pages/8_Landscape.py",
+    "storage": "pages/9_Storage.py",
 }
 
 

@@ -30,7 +30,7 @@ def z(zoo: Zoo) -> Zoo:
 
 
 def test_schema_has_the_rewrite_version(z: Zoo) -> None:
-    assert current_revision(z.engine) == head_revision() == "0004"
+    assert current_revision(z.engine) == head_revision() == "0005"
 
 
 def test_appends_are_read_incrementally_and_match_a_fresh_snapshot(z: Zoo) -> None:

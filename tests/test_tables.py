@@ -487,7 +487,7 @@ def test_migration_0002_to_0003_and_back(zoo_root: Path) -> None:
 
     z = Zoo.open(zoo_root)
     m = z.add(mlp_state(0), arch=MLP_CFG, population="p", name="m")
-    assert current_revision(z.engine) == head_revision() == "0004"
+    assert current_revision(z.engine) == head_revision() == "0005"
     with z.engine.connect() as c:  # the schema matches the ORM classes
         diffs = compare_metadata(MigrationContext.configure(c), S.Base.metadata)
     assert [d for d in diffs if "derived_tables" in str(d)] == []
@@ -502,7 +502,7 @@ def test_migration_0002_to_0003_and_back(zoo_root: Path) -> None:
     z.engine.dispose()
     # a zoo at 0002 (made before derived tables) upgrades when opened, data kept
     with Zoo.open(zoo_root) as z2:
-        assert current_revision(z2.engine) == "0004"
+        assert current_revision(z2.engine) == "0005"
         assert z2.get("m").id == m.id
         z2.write_table("t", pd.DataFrame({"model_id": [m.id], "v": [1.0]}), produced_by="m")
         assert z2.sql("select m.name, t.v from models m join t on t.model_id = m.id").to_dict(

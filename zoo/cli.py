@@ -10,8 +10,9 @@
     weightzoo export 42 OUT_DIR         HF-style folder (safetensors, config.json, model card)
     weightzoo verify | gc | lineage 42 | tag 42 good | push 42 org/name
 
-Every command takes ``--root`` (default ``$WEIGHTZOO_HOME`` or ``~/.weightzoo``) and ``--url`` (a
-SQLAlchemy URL for the catalog, e.g. PostgreSQL). Errors print one line saying what was wrong and what
+Every command takes ``--root`` (default ``$WEIGHTZOO_HOME`` or ``~/.weightzoo``), ``--url`` (a
+SQLAlchemy URL for the catalog, e.g. PostgreSQL) and ``--packs`` (``s3://bucket/prefix`` for a new zoo's
+packs; see docs/scale-out.md). Errors print one line saying what was wrong and what
 to do, and exit with status 2.
 """
 
@@ -32,7 +33,8 @@ from zoo.errors import ConfigError, ZooError
 def _open(args: argparse.Namespace, create: bool = True) -> Any:
     from zoo.facade import Zoo
 
-    return Zoo.open(args.root, url=args.url, create=create)
+    return Zoo.open(args.root, url=args.url, create=create, packs=getattr(args, "packs", None),
+                    packs_cache=getattr(args, "packs_cache", None))  # fmt: skip
 
 
 def _print_json(obj: Any) -> None:
@@ -68,7 +70,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.name:
         recipe.name = args.name
     z = _open(args)
-    rep = build(z, recipe, progress=not args.no_progress, resume=not args.no_resume, dataset_root=args.data_root)
+    ray = args.ray is not None
+    address = args.ray if ray and args.ray != "local" else None
+    executor = "ray" if ray else None
+    rep = build(z, recipe, progress=not args.no_progress, resume=not args.no_resume, dataset_root=args.data_root,
+                workers=args.workers, executor=executor, address=address, timeout=args.ray_timeout)  # fmt: skip
     if args.json:
         _print_json(rep.__dict__)
     else:
@@ -329,8 +335,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         models += z.population(args.population).ids()
     if not models:
         raise ZooError("name models to evaluate (ids/names) or a population with -p")
+    ray = args.ray is not None
     df = z.evaluate(models, dataset=args.dataset, splits=args.split or ["test"], dataset_root=args.data_root,
-                    record=not args.no_record)  # fmt: skip
+                    record=not args.no_record, workers=args.workers, executor="ray" if ray else None,
+                    address=args.ray if ray and args.ray != "local" else None)  # fmt: skip
     if args.json:
         print(df.to_json(orient="records"))
     else:
@@ -387,10 +395,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ parser
+def _executor_args(s: argparse.ArgumentParser) -> None:
+    """``--workers N`` and ``--ray [ADDRESS]``: where shards run (docs/scale-out.md)."""
+    s.add_argument("--workers", type=int, default=1,
+                   help="run the shards in N worker processes (a local process pool, or N CPUs of a local Ray)")
+    s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the shards as Ray tasks: a local Ray (no ADDRESS) or the cluster at ADDRESS "
+                        "(host:port or ray://host:10001); needs pip install 'weightzoo[ray]'")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", help="zoo root folder (default: $WEIGHTZOO_HOME or ~/.weightzoo)")
     common.add_argument("--url", help="SQLAlchemy URL of the catalog (default: SQLite in the root), e.g. postgresql://u@host/db")
+    common.add_argument("--packs", help="where a new zoo keeps its packs: s3://bucket/prefix or a folder (default: "
+                        "$WEIGHTZOO_PACKS, else ROOT/packs; recorded in the catalog); file-system options from "
+                        "$WEIGHTZOO_STORAGE_OPTIONS (JSON) or the usual AWS_* variables")  # fmt: skip
+    common.add_argument("--packs-cache", help="local read-cache folder for packs in a bucket ($WEIGHTZOO_PACKS_CACHE)")
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
     common.add_argument("--debug", action="store_true", help="show the full traceback of an error (also WEIGHTZOO_DEBUG=1)")
@@ -417,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="population name (default: the recipe's)")
     s.add_argument("--data-root", help="folder with MNIST/Fashion-MNIST/CIFAR-10 files, for recipes using them")
     s.add_argument("--no-resume", action="store_true", help="retrain runs that are already in the zoo")
+    _executor_args(s)
+    s.add_argument("--ray-timeout", type=float, default=30.0, help="seconds to wait for a Ray cluster to answer")
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("recipes", parents=[common], help="list the built-in population recipes")
@@ -543,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", help="folder with MNIST/Fashion-MNIST/CIFAR-10 files")
     s.add_argument("--split", action="append", help="split(s) to evaluate (default: test)")
     s.add_argument("--no-record", action="store_true", help="print only; do not store the metrics")
+    _executor_args(s)
     s.set_defaults(func=cmd_eval)
 
     # Commands of the other packages (alignment, merging, encoders, ...) plug in through the

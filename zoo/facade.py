@@ -64,7 +64,9 @@ class Zoo:
 
     # ------------------------------------------------------------------------------ open/close
     @classmethod
-    def open(cls, root: str | Path | None = None, *, url: str | None = None, create: bool = True) -> Zoo:
+    def open(cls, root: str | Path | None = None, *, url: str | None = None, create: bool = True,
+             packs: str | Path | None = None, storage_options: Mapping[str, Any] | None = None,
+             packs_cache: str | Path | None = None) -> Zoo:  # fmt: skip
         """Open (and by default create) a zoo.
 
         Args:
@@ -73,8 +75,16 @@ class Zoo:
             url: a SQLAlchemy URL for the catalog (e.g. ``postgresql://user@host/db``); default
                 ``sqlite:///<root>/catalog.db``.
             create: create the root and catalog when missing (else :class:`NotFoundError`).
+            packs: where a new zoo keeps its packs and table files: ``s3://bucket/prefix`` (any fsspec
+                URL) or a folder; default ``$WEIGHTZOO_PACKS``, else ``<root>/packs``. Recorded in the
+                catalog, so later opens find them without it (see docs/scale-out.md).
+            storage_options: options of that file system (s3fs: ``endpoint_url``, ``key``, ``secret``,
+                ...); default ``$WEIGHTZOO_STORAGE_OPTIONS`` (JSON), else the file system's own settings.
+            packs_cache: a local read-cache folder for packs in an object store (default
+                ``$WEIGHTZOO_PACKS_CACHE``, else none: every read is a ranged read).
         """
-        return cls(Backend.open(root, url=url, create=create))
+        return cls(Backend.open(root, url=url, create=create, packs=packs, storage_options=storage_options,
+                                packs_cache=packs_cache))  # fmt: skip
 
     @property
     def root(self) -> Path:
@@ -258,15 +268,19 @@ class Zoo:
         seed: int = 0,
         record: bool = True,
         step: int | None = None,
+        workers: int = 1,
+        executor: Any = None,
+        address: str | None = None,
     ) -> pd.DataFrame:
         """Evaluate stored classifiers (one batched pass per architecture) and record the metrics.
 
-        Returns a DataFrame (model_id, split, loss, acc); see :func:`zoo.build.evaluate.evaluate_models`.
+        Returns a DataFrame (model_id, split, loss, acc); see :func:`zoo.build.evaluate.evaluate_models`
+        (``workers``/``executor``/``address``: in shards on a process pool or Ray, docs/scale-out.md).
         """
         from zoo.build.evaluate import evaluate_models
 
         return evaluate_models(self, models, dataset=dataset, splits=splits, dataset_root=dataset_root, seed=seed,
-                               record=record, step=step)  # fmt: skip
+                               record=record, step=step, workers=workers, executor=executor, address=address)  # fmt: skip
 
     # ------------------------------------------------------------------------------ stats
     def summary(self) -> dict[str, Any]:

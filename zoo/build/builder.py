@@ -34,6 +34,7 @@ from zoo.progress import progress_bar
 from zoo.store.records import NewModel
 
 if TYPE_CHECKING:
+    from zoo.build.executors import Executor
     from zoo.facade import Zoo
 
 
@@ -269,10 +270,27 @@ def build(
     max_shard: int = 512,
     resume: bool = True,
     dataset_root: str | None = None,
+    workers: int = 1,
+    executor: str | Executor | None = None,
+    address: str | None = None,
+    timeout: float = 30.0,
+    threads: int = 1,
 ) -> BuildReport:
-    """Train a recipe's runs and write every checkpoint to ``zoo``. Interrupt-safe and resumable."""
+    """Train a recipe's runs and write every checkpoint to ``zoo``. Interrupt-safe and resumable.
+
+    By default the shards train in this process, each checkpoint written as soon as it is made. With
+    ``workers > 1``, ``executor`` (``"process"``, ``"ray"`` or an :class:`~zoo.build.executors.Executor`)
+    or a Ray ``address``, the runs are split into at least ``workers`` shards that train elsewhere (each
+    worker with ``threads`` torch threads) and come back whole; the driver writes them through
+    ``Zoo.add_many`` in shard order, so the catalog is what an in-process build with the same shards
+    writes (see :mod:`zoo.build.executors`).
+    """
+    from zoo.build.executors import make_executor
+
     if isinstance(recipe, str):
         recipe = Recipe.load(recipe)
+    ex = None if executor is None and workers <= 1 and not address else make_executor(
+        executor, workers, address=address, timeout=timeout)  # Ray missing / cluster down: fail before training
     t0 = time.perf_counter()
     rep = BuildReport(recipe.name)
     runs = plan_runs(recipe, zoo)
@@ -288,33 +306,33 @@ def build(
             k = r.point["inr_index"]
             r.point["image"] = int(ds.indices[k])
             r.point["label"] = int(ds.labels[k])
+    if ex is not None and ex.workers > 1 and todo:  # at least one shard per worker
+        max_shard = min(max_shard, -(-len(todo) // ex.workers))
     shards = shard_runs(todo, max_shard)
     bar = progress_bar(total=len(todo), desc=f"build {recipe.name}", unit="run", disable=not progress)
     try:
-        for shard in shards:
-            init = zoo.stack([r.parent for r in shard]) if recipe.finetune is not None else None
-            prev: dict[int, int | None] = {r.index: None for r in shard}
-            data = ds
-            if recipe.finetune is not None and recipe.finetune.change is not None:  # each child its own data
-                from zoo.build.finetune import change_of, shard_data
+        if ex is None:
+            for shard in shards:
+                init, data = _shard_inputs(zoo, recipe, shard, ds)
+                _write_shard(zoo, recipe, shard, train_shard(recipe, shard, data, init_params=init, progress=progress),
+                             existing, rep)  # fmt: skip
+                bar.update(len(shard))
+        else:
+            from zoo.build.executors import run_shard_task
 
-                data = shard_data(ds, [change_of(r.point) for r in shard], [int(r.point["seed"]) for r in shard])
-            for ckpt in train_shard(recipe, shard, data, init_params=init, progress=progress):
-                items, which = _checkpoint_items(recipe, shard, ckpt, prev, existing)
-                if items:
-                    recs = zoo.add_many(items)
-                    rep.models_written += len(recs)
-                    for i, rec in zip(which, recs, strict=True):
-                        prev[shard[i].index] = rec.id
-                for i, r in enumerate(shard):
-                    if i not in which and r.name(ckpt.epoch) in existing:
-                        prev[r.index] = existing[r.name(ckpt.epoch)]
-            bar.update(len(shard))
-            rep.runs_trained += len(shard)
+            tasks = []
+            for shard in shards:
+                init, data = _shard_inputs(zoo, recipe, shard, ds)
+                tasks.append((recipe, shard, None if data is ds else data, init, threads))
+            for shard, ckpts in zip(shards, ex.map(run_shard_task, tasks, shared=ds), strict=True):
+                _write_shard(zoo, recipe, shard, iter(ckpts), existing, rep)
+                bar.update(len(shard))
     except KeyboardInterrupt:
         rep.interrupted = True
     finally:
         bar.close()
+        if ex is not None:
+            ex.close()
     rep.seconds = time.perf_counter() - t0
     for p in sorted({r.population for r in runs}):
         try:
@@ -322,6 +340,33 @@ def build(
         except NotFoundError:
             rep.populations[p] = 0
     return rep
+
+
+def _shard_inputs(zoo: Zoo, recipe: Recipe, shard: Sequence[Run], ds: Any) -> tuple[Any, Any]:
+    """A shard's initial parameters (fine-tunes: its parents, stacked) and its data."""
+    init = zoo.stack([r.parent for r in shard]) if recipe.finetune is not None else None
+    if recipe.finetune is not None and recipe.finetune.change is not None:  # each child its own data
+        from zoo.build.finetune import change_of, shard_data
+
+        return init, shard_data(ds, [change_of(r.point) for r in shard], [int(r.point["seed"]) for r in shard])
+    return init, ds
+
+
+def _write_shard(zoo: Zoo, recipe: Recipe, shard: Sequence[Run], ckpts: Iterator[Checkpoint], existing: dict[str, int],
+                 rep: BuildReport) -> None:  # fmt: skip
+    """Write a shard's checkpoints in epoch order, one ``add_many`` each (lineage: previous checkpoint)."""
+    prev: dict[int, int | None] = {r.index: None for r in shard}
+    for ckpt in ckpts:
+        items, which = _checkpoint_items(recipe, shard, ckpt, prev, existing)
+        if items:
+            recs = zoo.add_many(items)
+            rep.models_written += len(recs)
+            for i, rec in zip(which, recs, strict=True):
+                prev[shard[i].index] = rec.id
+        for i, r in enumerate(shard):
+            if i not in which and r.name(ckpt.epoch) in existing:
+                prev[r.index] = existing[r.name(ckpt.epoch)]
+    rep.runs_trained += len(shard)
 
 
 def _existing_names(zoo: Zoo, prefix: str) -> dict[str, int]:

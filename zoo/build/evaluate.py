@@ -283,14 +283,31 @@ def evaluate_models(
     seed: int = 0,
     record: bool = True,
     step: int | None = None,
+    workers: int = 1,
+    executor: Any = None,
+    address: str | None = None,
 ) -> pd.DataFrame:
     """Evaluate stored classifiers (one batched pass per architecture) and record the metrics.
 
     Returns a DataFrame (model_id, split, loss, acc). With ``record`` the metrics are stored as
     ``<split>_loss`` / ``<split>_acc``; a corrupted test split (``dataset="digits-c/rotate/3"``) is
     recorded as split ``test/rotate/3``. Models whose architecture cannot be built or is not a
-    classifier raise :class:`ConfigError`.
+    classifier raise :class:`ConfigError`. With ``workers > 1``, an ``executor`` (``"process"``,
+    ``"ray"``) or a Ray ``address``, each architecture's models are split into ``workers`` shards
+    evaluated elsewhere (:mod:`zoo.build.executors`); the metrics are recorded here, in one transaction.
     """
+    from zoo.build.executors import make_executor
+
+    ex = None if executor is None and workers <= 1 and not address else make_executor(executor, workers, address=address)
+    try:
+        return _evaluate(zoo, models, dataset, splits, dataset_root, seed, record, step, ex)
+    finally:
+        if ex is not None:
+            ex.close()
+
+
+def _evaluate(zoo: Zoo, models: Sequence[int | str], dataset: str, splits: Sequence[str], dataset_root: str | None,
+              seed: int, record: bool, step: int | None, ex: Any) -> pd.DataFrame:  # fmt: skip
     import pandas as pd
 
     from zoo.models.datasets import load_dataset
@@ -317,6 +334,7 @@ def evaluate_models(
             ds_cache[flat] = load_dataset(dataset, root=dataset_root, seed=seed).for_architecture(cfg)
         ds = ds_cache[flat]
         W = zoo.stack([r.id for r in group])
+        data = {}
         for split in splits:
             X, y = ds.split(split)
             want = tuple(X.shape[1:])
@@ -326,10 +344,12 @@ def evaluate_models(
                     f"architecture {group[0].architecture} takes inputs {archs.describe_input(cfg)}, but data set "
                     f"{dataset!r} has inputs of shape {list(want)}; evaluate on a matching data set"
                 )
-            try:
-                res = evaluate_population(cfg, W, X, y)
-            except RuntimeError as e:
-                raise MismatchError(f"cannot evaluate architecture {group[0].architecture} on {dataset!r}: {e}") from None
+            data[split] = (X, y)
+        try:
+            results = _run(cfg, W, data, len(group), ex)
+        except RuntimeError as e:
+            raise MismatchError(f"cannot evaluate architecture {group[0].architecture} on {dataset!r}: {e}") from None
+        for split, res in results.items():
             # a corrupted test split (digits-c) is its own split, so it never overwrites the clean test metrics
             label = f"{split}/{ds.corruption}/{ds.severity}" if split == "test" and ds.corruption else split
             for r, loss, acc in zip(group, res.loss.tolist(), res.accuracy.tolist(), strict=True):
@@ -340,3 +360,16 @@ def evaluate_models(
             zoo.catalog.add_metrics_many(
                 conn, [(r["model_id"], [(name, r["split"], step, r[name]) for name in ("loss", "acc")]) for r in rows])
     return df.set_index("model_id").loc[[i for i in ids if i in set(df["model_id"])]].reset_index() if rows else df
+
+
+def _run(cfg: dict, W: Mapping[str, Tensor], data: dict[str, tuple[Tensor, Tensor]], n: int, ex: Any) -> dict[str, EvalResult]:
+    """``{split: EvalResult}`` of the stacked population ``W`` (``n`` models): here, or in shards on ``ex``."""
+    if ex is None:
+        return {split: evaluate_population(cfg, W, X, y) for split, (X, y) in data.items()}
+    from zoo.build.executors import evaluate_shard
+
+    per = -(-n // ex.workers)
+    tasks = [(cfg, {k: v[a : a + per].clone() for k, v in W.items()}) for a in range(0, n, per)]
+    parts = list(ex.map(evaluate_shard, tasks, shared=data))
+    return {split: EvalResult(loss=torch.cat([p[split][0] for p in parts]), accuracy=torch.cat([p[split][1] for p in parts]))
+            for split in data}  # fmt: skip

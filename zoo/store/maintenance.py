@@ -25,15 +25,15 @@ from zoo.store.tensors import population_keys
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
     from zoo.store.backend import Backend
+    from zoo.store.packs import FileInfo
 
 
 def verify(backend: Backend, *, rehash: bool = True, progress: bool = False) -> VerifyReport:
     """Check every pack and blob the catalog knows; list orphans. Changes nothing."""
     rep = VerifyReport()
-    files = backend.packs.list_files()
+    files = backend.packs.list_info()
     with backend.engine.connect() as c:
         packs = c.execute(select(S.Pack.id)).scalars().all()
         rep.n_models = int(c.execute(select(func.count()).select_from(S.Model)).scalar_one())
@@ -60,7 +60,7 @@ def verify(backend: Backend, *, rehash: bool = True, progress: bool = False) -> 
                 bad_blobs.update(b.id for b in blobs)
                 continue
             backend.packs.forget(pack_id)  # re-map: the file may have changed on disk
-            size = files[pack_id].stat().st_size
+            size = files[pack_id].size
             for b in blobs:
                 entry = header.get(b.id)
                 if entry is None or base + entry["data_offsets"][0] != b.offset or b.offset + b.nbytes > size:
@@ -84,16 +84,16 @@ def verify(backend: Backend, *, rehash: bool = True, progress: bool = False) -> 
             rep.affected_models = sorted(ids)
     known = set(packs)
     rep.orphan_packs = sorted(p for p in files if p not in known)
-    rep.temp_files = [p.name for p in backend.packs.list_temp()]
+    rep.temp_files = sorted(backend.packs.temp_info())
     _verify_tables(backend, rep, rehash=rehash)
     return rep
 
 
 def _verify_tables(backend: Backend, rep: VerifyReport, *, rehash: bool) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    on_disk = backend.table_files.list_files()
+    tf = backend.table_files
+    on_disk = tf.list_info()
     with backend.engine.connect() as c:
         rows = c.execute(select(S.DerivedTable.name, S.DerivedTable.files, S.DerivedTable.n_rows)).all()
     rep.n_tables = len(rows)
@@ -108,7 +108,7 @@ def _verify_tables(backend: Backend, rep: VerifyReport, *, rehash: bool) -> None
             try:
                 if f not in on_disk:
                     raise FileNotFoundError(f)
-                n += pq.read_table(on_disk[f]).num_rows if rehash else pq.read_metadata(on_disk[f]).num_rows
+                n += tf.num_rows(f, full=rehash)
             except FileNotFoundError:
                 missing[f], bad = r.name, True
             except (OSError, pa.ArrowException):
@@ -118,13 +118,13 @@ def _verify_tables(backend: Backend, rep: VerifyReport, *, rehash: bool) -> None
     if missing or corrupt:  # a writer may have replaced a table meanwhile: keep what is still referenced
         with backend.engine.connect() as c:
             now = {f for files in c.execute(select(S.DerivedTable.files)).scalars() for f in json.loads(files)}
-        missing = {f: t for f, t in missing.items() if f in now and not backend.table_files.path(f).exists()}
+        missing = {f: t for f, t in missing.items() if f in now and not tf.exists(f)}
         corrupt = {f: t for f, t in corrupt.items() if f in now}
     rep.missing_table_files = sorted(missing)
     rep.corrupt_table_files = sorted(corrupt)
     rep.affected_tables = sorted({*missing.values(), *corrupt.values()})
-    rep.orphan_table_files = sorted(f for f, p in on_disk.items() if f not in referenced and p.exists())
-    rep.temp_files += ["tables/.tmp/" + p.name for p in backend.table_files.list_temp()]
+    rep.orphan_table_files = sorted(f for f in on_disk if f not in referenced and tf.exists(f))
+    rep.temp_files += ["tables/.tmp/" + name for name in tf.temp_info()]
 
 
 def gc(backend: Backend, *, grace_seconds: float = 3600.0, compact_below: float = 0.5, dry_run: bool = False,
@@ -179,11 +179,9 @@ def gc(backend: Backend, *, grace_seconds: float = 3600.0, compact_below: float 
                 ).all()  # fmt: skip
                 from zoo.store.packs import BlobLocation
 
-                maps: dict = {}
-                tensors = {
-                    r.id: backend.packs.read(BlobLocation(r.pack_id, r.offset, r.nbytes, r.dtype, tuple(json.loads(r.shape))), maps)
-                    for r in rows
-                }
+                got = backend.packs.read_many(
+                    [BlobLocation(r.pack_id, r.offset, r.nbytes, r.dtype, tuple(json.loads(r.shape))) for r in rows])
+                tensors = {r.id: t for r, t in zip(rows, got, strict=True)}
                 written, locs, size = backend.packs.write(tensors)
                 rep.bytes_freed += compact_bytes - size
                 c.execute(insert(S.Pack).values(id=written, nbytes=size, n_blobs=len(tensors)))
@@ -216,15 +214,14 @@ def gc(backend: Backend, *, grace_seconds: float = 3600.0, compact_below: float 
     # orphan files and temp files (outside the transaction: they are not in the catalog)
     with backend.engine.connect() as c:
         known = set(c.execute(select(S.Pack.id)).scalars())
-    removed, freed = _remove_stale(backend.packs.list_files(), known, now - grace_seconds, dry_run, backend.packs.delete)
+    removed, freed = _remove_stale(backend.packs.list_info(), known, now - grace_seconds, dry_run, backend.packs.delete)
     rep.orphans_removed += removed
     rep.bytes_freed += freed
     # derived tables' orphan files (a writer that crashed before its commit, or a failed delete)
     with backend.engine.connect() as c:
         referenced = {f for files in c.execute(select(S.DerivedTable.files)).scalars() for f in json.loads(files)}
-    files = backend.table_files.list_files()
-    removed, freed = _remove_stale(files, referenced, now - grace_seconds, dry_run,
-                                   lambda name: files[name].unlink(missing_ok=True))  # fmt: skip
+    removed, freed = _remove_stale(backend.table_files.list_info(), referenced, now - grace_seconds, dry_run,
+                                   backend.table_files.delete)  # fmt: skip
     rep.table_files_removed += removed
     rep.bytes_freed += freed
     # cached population manifests that are no longer current (any write to their population, gc, repack)
@@ -232,16 +229,13 @@ def gc(backend: Backend, *, grace_seconds: float = 3600.0, compact_below: float 
         current = population_keys(c)
     for path in backend.manifest_files.remove_stale(current, dry_run=dry_run):
         rep.cache_files_removed.append(path.name)
-    for path in [*backend.packs.list_temp(), *backend.table_files.list_temp()]:
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        if now - st.st_mtime >= grace_seconds:
-            rep.temp_removed.append(path.name)
-            rep.bytes_freed += st.st_size
-            if not dry_run:
-                path.unlink(missing_ok=True)
+    for store in (backend.packs, backend.table_files):
+        for name, info in store.temp_info().items():
+            if now - info.mtime >= grace_seconds:
+                rep.temp_removed.append(name)
+                rep.bytes_freed += info.size
+                if not dry_run:
+                    store.delete_temp(name)
     return rep
 
 
@@ -249,21 +243,17 @@ __all__ = ["verify", "gc", "IntegrityError"]
 
 
 def _remove_stale(
-    files: dict[str, Path], keep: set[str], older_than: float, dry_run: bool, delete: Callable[[str], None]
+    files: dict[str, FileInfo], keep: set[str], older_than: float, dry_run: bool, delete: Callable[[str], None]
 ) -> tuple[list[str], int]:
     """Delete (unless ``dry_run``) the files not in ``keep`` last modified before ``older_than`` (epoch
-    seconds); returns their names and total size. Files that vanish meanwhile are skipped."""
+    seconds); returns their names and total size."""
     removed, freed = [], 0
-    for name, path in files.items():
+    for name, info in files.items():
         if name in keep:
             continue
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        if st.st_mtime <= older_than:
+        if info.mtime <= older_than:
             removed.append(name)
-            freed += st.st_size
+            freed += info.size
             if not dry_run:
                 delete(name)
     return removed, freed

@@ -18,12 +18,15 @@ written together is one contiguous slice of one memory map.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -50,6 +53,89 @@ class BlobLocation:
     shape: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class FileInfo:
+    """A stored file's size in bytes and last-modified time (epoch seconds): what gc's grace period needs."""
+
+    size: int
+    mtime: float
+
+
+def stat_files(paths: dict[str, Path]) -> dict[str, FileInfo]:
+    """``{name: FileInfo}`` of local files (those that vanish meanwhile are left out)."""
+    out = {}
+    for name, p in paths.items():
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        out[name] = FileInfo(st.st_size, st.st_mtime)
+    return out
+
+
+class LocalFiles:
+    """Listing and temp-file upkeep shared by the local folders of packs and of table files (which define
+    ``list_files()`` and ``tmp_dir``)."""
+
+    tmp_dir: Path
+
+    def list_files(self) -> dict[str, Path]:
+        raise NotImplementedError
+
+    def list_temp(self) -> list[Path]:
+        return sorted(self.tmp_dir.glob("*")) if self.tmp_dir.is_dir() else []
+
+    def list_info(self) -> dict[str, FileInfo]:
+        """Files present, ``{name: FileInfo(size, mtime)}`` (files that vanish meanwhile are left out)."""
+        return stat_files(self.list_files())
+
+    def temp_info(self) -> dict[str, FileInfo]:
+        """Temp files of writers (in ``.tmp/``), ``{name: FileInfo}``."""
+        return stat_files({p.name: p for p in self.list_temp()})
+
+    def delete_temp(self, name: str) -> None:
+        (self.tmp_dir / name).unlink(missing_ok=True)
+
+
+@dataclass
+class PackLayout:
+    """The bytes of one pack as :meth:`PackStore.write` lays them out (header, then data by decreasing
+    item size, in the order given): written to a local temp file or uploaded as one object."""
+
+    pack_id: str
+    header: bytes
+    items: list[tuple[str, torch.Tensor]]
+    locations: dict[str, BlobLocation]
+    size: int
+
+    @classmethod
+    def of(cls, pack_id: str, tensors: dict[str, torch.Tensor]) -> PackLayout:
+        items = sorted(tensors.items(), key=lambda kv: -kv[1].element_size())  # stable: keeps the given order
+        header: dict[str, dict] = {}
+        offset = 0
+        sizes = []
+        for tid, t in items:
+            n = t.numel() * t.element_size()
+            header[tid] = {"dtype": dtype_name(t.dtype), "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+            sizes.append(n)
+            offset += n
+        header["__metadata__"] = {"format": "pt", "weightzoo": "pack-v1"}
+        hbytes = json.dumps(header, separators=(",", ":")).encode()
+        hbytes += b" " * (-len(hbytes) % 8)
+        base = 8 + len(hbytes)
+        locs = {
+            tid: BlobLocation(pack_id, base + header[tid]["data_offsets"][0], n, header[tid]["dtype"], tuple(t.shape))
+            for (tid, t), n in zip(items, sizes, strict=True)
+        }
+        return cls(pack_id, hbytes, items, locs, base + offset)
+
+    def write_to(self, f: BinaryIO) -> None:
+        f.write(struct.pack("<Q", len(self.header)))
+        f.write(self.header)
+        for _tid, t in self.items:
+            f.write(tensor_bytes(t))
+
+
 #: the named steps of the write path, in order (see :func:`fault_hook`)
 WRITE_STEPS: tuple[str, ...] = (
     "pack.temp_written",  # the pack's bytes are in packs/.tmp/<id>.safetensors.part (flushed, not fsynced)
@@ -73,7 +159,7 @@ def new_pack_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:12]
 
 
-class PackStore:
+class PackStore(LocalFiles):
     """The folder of pack files. Reads are memory maps, cached per pack (LRU)."""
 
     def __init__(self, directory: str | Path, *, max_open: int = 256) -> None:
@@ -94,9 +180,6 @@ class PackStore:
             return {}
         return {p.name[: -len(PACK_SUFFIX)]: p for p in self.dir.glob(f"*{PACK_SUFFIX}")}
 
-    def list_temp(self) -> list[Path]:
-        return sorted(self.tmp_dir.glob("*")) if self.tmp_dir.is_dir() else []
-
     # ------------------------------------------------------------------ write
     def write(self, tensors: dict[str, torch.Tensor], pack_id: str | None = None, *,
               step_prefix: str = "pack.") -> tuple[str, dict[str, BlobLocation], int]:  # fmt: skip
@@ -108,30 +191,11 @@ class PackStore:
         pack_id = pack_id or new_pack_id()
         final = self.path(pack_id)
         tmp = self.tmp_dir / f"{pack_id}{PACK_SUFFIX}.part"
-        items = sorted(tensors.items(), key=lambda kv: -kv[1].element_size())  # stable: keeps the given order
-        header: dict[str, dict] = {}
-        offset = 0
-        sizes = []
-        for tid, t in items:
-            n = t.numel() * t.element_size()
-            header[tid] = {"dtype": dtype_name(t.dtype), "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-            sizes.append(n)
-            offset += n
-        header["__metadata__"] = {"format": "pt", "weightzoo": "pack-v1"}
-        hbytes = json.dumps(header, separators=(",", ":")).encode()
-        hbytes += b" " * (-len(hbytes) % 8)
-        base = 8 + len(hbytes)
+        layout = PackLayout.of(pack_id, tensors)
         # disk full, Ctrl-C, ...: atomic_file leaves no file behind (the pack is not in the catalog yet)
         with atomic_file(final, tmp, what=f"pack {pack_id}", on_step=lambda step: fault_hook(f"{step_prefix}{step}")) as f:
-            f.write(struct.pack("<Q", len(hbytes)))
-            f.write(hbytes)
-            for _tid, t in items:
-                f.write(tensor_bytes(t))
-        locs = {
-            tid: BlobLocation(pack_id, base + header[tid]["data_offsets"][0], n, header[tid]["dtype"], tuple(t.shape))
-            for (tid, t), n in zip(items, sizes, strict=True)
-        }
-        return pack_id, locs, base + offset
+            layout.write_to(f)
+        return pack_id, layout.locations, layout.size
 
     def delete(self, pack_id: str) -> None:
         self.forget(pack_id)
@@ -218,58 +282,34 @@ class PackStore:
         Shapes:
             pack_codes, offsets: ``[N]`` int64; output ``[N, *shape]``.
         """
-        n = int(offsets.shape[0])
-        if n == 0:
+        if int(offsets.shape[0]) == 0:
             raise ValueError("gather needs at least one location")
-        np_dtype = np.dtype(NP_DTYPES[dtype])
-        item = np_dtype.itemsize
-        numel = int(np.prod(shape)) if shape else 1
-        nbytes = numel * item
-        if nbytes == 0:
-            return _to_torch(np.empty((n, *shape), dtype=np_dtype), dtype)
-        # runs: maximal stretches of rows that are consecutive blobs of one pack
-        if n > 1:
-            brk = np.flatnonzero((np.diff(pack_codes) != 0) | (np.diff(offsets) != nbytes)) + 1
-        else:
-            brk = np.empty(0, dtype=np.int64)
-        starts = np.concatenate(([0], brk)).astype(np.int64)
-        ends = np.concatenate((brk, [n])).astype(np.int64)
         maps = [self.map(p) for p in packs]
-        # bounds: every blob must lie inside its pack (a truncated pack is an IntegrityError, never garbage)
-        sizes = np.array([m.shape[0] for m in maps], dtype=np.int64)
-        if int(offsets.min()) < 0 or bool(np.any(offsets + nbytes > sizes[pack_codes])):
-            bad = packs[int(pack_codes[int(np.argmax(offsets + nbytes > sizes[pack_codes]))])]
-            raise IntegrityError(f"pack {bad} is truncated: a blob lies past its end; run `weightzoo verify`")
-        if starts.shape[0] == 1 and int(offsets[0]) % item == 0:  # one slice: zero copy, of a private map
-            mm = self.private_map(packs[int(pack_codes[0])])
-            o = int(offsets[0])
-            return _to_torch(mm[o : o + n * nbytes].view(np_dtype).reshape((n, *shape)), dtype)
-        out = np.empty((n, nbytes), dtype=np.uint8)
-        if starts.shape[0] * 4 <= n:  # long runs: one memcpy per run
-            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-                mm = maps[int(pack_codes[a])]
-                o = int(offsets[a])
-                out[a:b] = mm[o : o + (b - a) * nbytes].reshape(b - a, nbytes)
-        else:  # scattered rows: one indexed copy per (pack, offset phase)
-            phase = offsets % nbytes
-            key = pack_codes * nbytes + phase
-            order = np.argsort(key, kind="stable")
-            ks = key[order]
-            cut = np.flatnonzero(np.diff(ks)) + 1
-            for grp in np.split(order, cut):
-                mm = maps[int(pack_codes[grp[0]])]
-                offs = offsets[grp]
-                base = int(offs.min())
-                k = (offs - base) // nbytes
-                rows = int(k.max()) + 1
-                src = mm[base : base + rows * nbytes].reshape(rows, nbytes)
-                if grp.shape[0] == n:
-                    np.take(src, k, axis=0, out=out)
-                elif int(grp[-1]) - int(grp[0]) + 1 == grp.shape[0]:  # a contiguous range of output rows
-                    np.take(src, k, axis=0, out=out[int(grp[0]) : int(grp[-1]) + 1])
-                else:
-                    out[grp] = np.take(src, k, axis=0)
-        return _to_torch(out.view(np_dtype).reshape((n, *shape)), dtype)
+        return gather_from(maps, pack_codes, offsets, dtype, shape, names=packs,
+                           private=lambda code: self.private_map(packs[code]))  # fmt: skip
+
+    def gather_many(self, packs: list[str], requests: list[tuple[np.ndarray, np.ndarray, str, tuple[int, ...]]]
+                    ) -> list[torch.Tensor]:  # fmt: skip
+        """:meth:`gather_rows` for many ``(pack_codes, offsets, dtype, shape)`` requests over one pack list
+        (a whole ``stack()``: one request per tensor name). An object store fetches all of them at once."""
+        return [self.gather_rows(packs, *r) for r in requests]
+
+    def read_many(self, locs: list[BlobLocation]) -> list[torch.Tensor]:
+        """Many tensors (see :meth:`read`), sharing one private map per pack."""
+        maps: dict[str, np.ndarray] = {}
+        return [self.read(loc, maps) for loc in locs]
+
+    def size(self, pack_id: str) -> int:
+        """The size of a pack file in bytes (:class:`NotFoundError` when it is gone)."""
+        try:
+            return self.path(pack_id).stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"pack file {self.path(pack_id)} does not exist") from None
+
+    @property
+    def location(self) -> str:
+        """Where the packs live, for messages (a folder or a URL)."""
+        return str(self.dir)
 
     def read_header(self, pack_id: str) -> tuple[dict[str, dict], int]:
         """Parse a pack's safetensors header: ``({tensor id: entry}, data start offset)``."""
@@ -284,18 +324,87 @@ class PackStore:
             (n,) = struct.unpack("<Q", raw)
             if n > size - 8:
                 raise CorruptFileError(f"pack {p} is truncated (header of {n} bytes in a file of {size})")
-            try:
-                header = json.loads(f.read(n))
-            except (ValueError, RecursionError) as e:
-                raise CorruptFileError(f"pack {p} has a corrupt header: {e}") from e
-        if not isinstance(header, dict):
-            raise CorruptFileError(f"pack {p} has a corrupt header: a JSON {type(header).__name__}, not an object")
-        header.pop("__metadata__", None)
-        for tid, entry in header.items():
-            offs = entry.get("data_offsets") if isinstance(entry, dict) else None
-            if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int and 0 <= o <= size for o in offs)):
-                raise CorruptFileError(f"pack {p} has a corrupt header entry for {tid[:16]!r}: {str(entry)[:80]}")
-        return header, 8 + n
+            text = f.read(n)
+        return parse_header(text, p, size), 8 + n
+
+
+def parse_header(text: bytes, where: object, size: int) -> dict[str, dict]:
+    """A pack's safetensors header ``{tensor id: entry}`` from its JSON bytes (``where`` names the pack in
+    errors; ``size`` is the file's size): :class:`CorruptFileError` unless every entry's offsets fit."""
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise CorruptFileError(f"pack {where} has a corrupt header: {e}") from e
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"pack {where} has a corrupt header: a JSON {type(header).__name__}, not an object")
+    header.pop("__metadata__", None)
+    for tid, entry in header.items():
+        offs = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int and 0 <= o <= size for o in offs)):
+            raise CorruptFileError(f"pack {where} has a corrupt header entry for {tid[:16]!r}: {str(entry)[:80]}")
+    return header
+
+
+def gather_from(maps: list[np.ndarray], pack_codes: np.ndarray, offsets: np.ndarray, dtype: str, shape: tuple[int, ...],
+                *, names: list[str], private: Callable[[int], np.ndarray]) -> torch.Tensor:  # fmt: skip
+    """The core of :meth:`PackStore.gather_rows` over byte arrays: row ``i`` is the blob at ``offsets[i]`` of
+    ``maps[pack_codes[i]]`` (whole packs as memory maps, or fetched byte ranges of an object store).
+    ``private(code)`` gives the array a zero-copy result may be a view of; ``names`` name them in errors.
+
+    Shapes:
+        maps[k]: ``[bytes]`` uint8; pack_codes, offsets: ``[N]`` int64; output ``[N, *shape]``.
+    """
+    n = int(offsets.shape[0])
+    np_dtype = np.dtype(NP_DTYPES[dtype])
+    item = np_dtype.itemsize
+    numel = int(np.prod(shape)) if shape else 1
+    nbytes = numel * item
+    if nbytes == 0:
+        return _to_torch(np.empty((n, *shape), dtype=np_dtype), dtype)
+    # runs: maximal stretches of rows that are consecutive blobs of one pack
+    if n > 1:
+        brk = np.flatnonzero((np.diff(pack_codes) != 0) | (np.diff(offsets) != nbytes)) + 1
+    else:
+        brk = np.empty(0, dtype=np.int64)
+    starts = np.concatenate(([0], brk)).astype(np.int64)
+    ends = np.concatenate((brk, [n])).astype(np.int64)
+    # bounds: every blob must lie inside its pack (a truncated pack is an IntegrityError, never garbage)
+    sizes = np.array([m.shape[0] for m in maps], dtype=np.int64)
+    if int(offsets.min()) < 0 or bool(np.any(offsets + nbytes > sizes[pack_codes])):
+        bad = names[int(pack_codes[int(np.argmax(offsets + nbytes > sizes[pack_codes]))])]
+        raise IntegrityError(f"pack {bad} is truncated: a blob lies past its end; run `weightzoo verify`")
+    if starts.shape[0] == 1 and int(offsets[0]) % item == 0:  # one slice: zero copy, of a private map
+        o = int(offsets[0])
+        view = private(int(pack_codes[0]))[o : o + n * nbytes]
+        if not view.flags.writeable:  # bytes fetched from an object store: the result must be writable
+            view = view.copy()
+        return _to_torch(view.view(np_dtype).reshape((n, *shape)), dtype)
+    out = np.empty((n, nbytes), dtype=np.uint8)
+    if starts.shape[0] * 4 <= n:  # long runs: one memcpy per run
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            mm = maps[int(pack_codes[a])]
+            o = int(offsets[a])
+            out[a:b] = mm[o : o + (b - a) * nbytes].reshape(b - a, nbytes)
+    else:  # scattered rows: one indexed copy per (pack, offset phase)
+        phase = offsets % nbytes
+        key = pack_codes * nbytes + phase
+        order = np.argsort(key, kind="stable")
+        ks = key[order]
+        cut = np.flatnonzero(np.diff(ks)) + 1
+        for grp in np.split(order, cut):
+            mm = maps[int(pack_codes[grp[0]])]
+            offs = offsets[grp]
+            base = int(offs.min())
+            k = (offs - base) // nbytes
+            rows = int(k.max()) + 1
+            src = mm[base : base + rows * nbytes].reshape(rows, nbytes)
+            if grp.shape[0] == n:
+                np.take(src, k, axis=0, out=out)
+            elif int(grp[-1]) - int(grp[0]) + 1 == grp.shape[0]:  # a contiguous range of output rows
+                np.take(src, k, axis=0, out=out[int(grp[0]) : int(grp[-1]) + 1])
+            else:
+                out[grp] = np.take(src, k, axis=0)
+    return _to_torch(out.view(np_dtype).reshape((n, *shape)), dtype)
 
 
 def _to_torch(arr: np.ndarray, dtype: str) -> torch.Tensor:

@@ -176,11 +176,9 @@ def _repack_one(backend: Backend, pop_id: int, name: str, rep: RepackReport, *, 
             if dry_run:
                 c.rollback()
                 return
-            maps: dict[str, Any] = {}
-            tensors = {
-                r[3]: backend.packs.read(BlobLocation(r[4], int(r[5]), int(r[6]), r[7], tuple(json.loads(r[8]))), maps)
-                for r in items
-            }
+            got = backend.packs.read_many([BlobLocation(r[4], int(r[5]), int(r[6]), r[7], tuple(json.loads(r[8])))
+                                           for r in items])  # fmt: skip
+            tensors = {r[3]: t for r, t in zip(items, got, strict=True)}
             written, locs, size = backend.packs.write(tensors, step_prefix="repack.pack.")
             c.execute(insert(S.Pack).values(id=written, nbytes=size, n_blobs=len(tensors)))
             t = S.Blob.__table__

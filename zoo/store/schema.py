@@ -14,8 +14,9 @@ Everything is a model, and every model has lineage:
 - ``derived_tables``: learner outputs written back with ``Zoo.write_table`` (predictions, embeddings,
   weight statistics): one row per named table; its data lives in immutable Parquet files under
   ``<root>/tables/`` (see :mod:`zoo.query.tables`).
-- ``catalog_state``: a generation counter bumped by every write (cache invalidation for queries) and a
-  layout version bumped only when ``gc`` moves or deletes blobs (cache invalidation for blob locations).
+- ``catalog_state``: a generation counter bumped by every write (cache invalidation for queries), a
+  layout version bumped only when ``gc`` moves or deletes blobs (cache invalidation for blob locations),
+  and where the packs live when they are not in ``<root>/packs`` (``packs_url``, e.g. a bucket).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class CatalogState(Base):
     layout_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     #: bumped by every write that updates or deletes rows (appends leave it): SQL snapshots refresh by appends
     rewrite_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: where the packs live when not in ``<root>/packs`` (``s3://bucket/prefix``, a folder); None: the default
+    packs_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
 
 
 class Architecture(Base):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from zoo.errors import IntegrityError
 from zoo.store.fsutil import atomic_file
+from zoo.store.packs import LocalFiles
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -22,7 +23,7 @@ TABLE_SUFFIX = ".parquet"
 _FILE_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\.[0-9a-f]{16}\.parquet$")
 
 
-class TableFiles:
+class TableFiles(LocalFiles):
     """The folder of derived-table files, ``<root>/tables/`` (temp files in ``tables/.tmp/``)."""
 
     def __init__(self, directory: str | Path) -> None:
@@ -40,8 +41,16 @@ class TableFiles:
             return {}
         return {p.name: p for p in self.dir.glob(f"*{TABLE_SUFFIX}")}
 
-    def list_temp(self) -> list[Path]:
-        return sorted(self.tmp_dir.glob("*")) if self.tmp_dir.is_dir() else []
+    def exists(self, file: str) -> bool:
+        return self.path(file).exists()
+
+    def num_rows(self, file: str, *, full: bool) -> int:
+        """A file's row count: read in full (``full``, every page decoded) or from its footer.
+        ``FileNotFoundError`` when it is gone; ``OSError``/``ArrowException`` when it is corrupt."""
+        import pyarrow.parquet as pq
+
+        p = self.path(file)
+        return pq.read_table(p).num_rows if full else pq.read_metadata(p).num_rows
 
     def write(self, name: str, table: pa.Table) -> tuple[str, int]:
         """Write ``table`` as a new Parquet file for table ``name``, atomically: ``(file name, size)``."""
@@ -58,12 +67,11 @@ class TableFiles:
         """The rows of a table: its files concatenated, cast to ``schema`` (``FileNotFoundError`` when
         one is gone, :class:`IntegrityError` when one is corrupt or does not match)."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         parts = []
         for f in files:
             try:
-                parts.append(pq.read_table(self.path(f), memory_map=True))
+                parts.append(self.read_one(f))
             except FileNotFoundError:
                 raise
             except (OSError, pa.ArrowException) as e:
@@ -74,6 +82,12 @@ class TableFiles:
             return pa.concat_tables([p.select(schema.names).cast(schema) for p in parts])
         except (KeyError, pa.ArrowException) as e:
             raise IntegrityError(f"table files {list(files)} do not match their catalog schema ({e})") from e
+
+    def read_one(self, file: str) -> pa.Table:
+        """One file's rows (memory-mapped)."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path(file), memory_map=True)
 
     def delete(self, file: str) -> None:
         try:

@@ -100,8 +100,8 @@ class TensorReader:
     def state_dict(self, mid: int) -> dict[str, torch.Tensor]:
         """The tensors of model ``mid``, each in its own private copy-on-write map (writes to the result
         stay in it)."""
-        maps: dict[str, Any] = {}  # one private map per pack for this call: writes to the result stay in it
-        return {name: self.b.packs.read(loc, maps) for _, name, loc in self._locations([mid])}
+        locs = self._locations([mid])  # one private map per pack for this call: writes to the result stay in it
+        return dict(zip((name for _, name, _ in locs), self.b.packs.read_many([loc for _, _, loc in locs]), strict=True))
 
     def _loc_clear(self) -> None:
         self._loc_index.clear()
@@ -317,7 +317,7 @@ class TensorReader:
         groups.sort(key=lambda g: (first_pos[int(ncode[g[0]])], int(ncode[g[0]])))  # state-dict order
         idx = np.searchsorted(present, want)  # rows of each group in the requested order
         identity = ordered is None or (want.shape[0] == present.shape[0] and bool(np.all(want == present)))
-        out: dict[str, torch.Tensor] = {}
+        requests: list[tuple[str, tuple]] = []
         for g in groups:
             name = name_list[int(ncode[g[0]])]
             if g.shape[0] != present.shape[0]:
@@ -329,5 +329,7 @@ class TensorReader:
                 raise MismatchError(f"tensor {name!r} has different shapes/dtypes across models: {ks}")
             sel = g if identity else g[idx]
             dt, shp = kinds[int(kc[0])]
-            out[name] = self.b.packs.gather_rows(pack_list, pcode[sel], off[sel], dt, _shape(shp))
-        return out
+            requests.append((name, (pcode[sel], off[sel], dt, _shape(shp))))
+        # all names at once: an object store fetches every byte range of the stack in one batch
+        got = self.b.packs.gather_many(pack_list, [r for _, r in requests])
+        return {name: t for (name, _), t in zip(requests, got, strict=True)}

@@ -26,6 +26,7 @@ from zoo.store import schema as S
 
 if TYPE_CHECKING:
     from zoo.store.backend import Backend
+    from zoo.store.packs import BlobLocation
 from zoo.store.hashing import tensor_id
 from zoo.store.read import architecture
 from zoo.store.records import NewModel
@@ -112,17 +113,48 @@ def add_many(b: Backend, items: Iterable[NewModel], *, progress: bool = False) -
             _prepare(b, conn, it, pops)
             for it in progress_bar(items, desc="hashing", unit="model", disable=not progress, leave=False)
         ]
-    written: list[str] = []  # the new pack's id, known as soon as it is on disk
+        # the tensors not stored yet, written as one pack *before* the write lock is taken: the upload (slow
+        # on an object store) overlaps other writers' commits. Checked again under the lock (_commit).
+        unique = _unique_tensors(prepared)
+        stored = _stored(conn, list(unique))
+    written: list[str] = []  # ids of packs written by this call, known as soon as they are on disk
+    discard: list[str] = []
+    new = {tid: t for tid, t in unique.items() if tid not in stored}
     try:
+        pack = None
+        if new:
+            pack = b.packs.write(new)
+            written.append(pack[0])
         with b.catalog.write() as conn:
-            _commit(b, conn, prepared, written)
+            _commit(b, conn, prepared, unique, pack, written, discard)
             packs_mod.fault_hook("catalog.before_commit")
     except BaseException:
         for pack_id in written:
             b.packs.delete(pack_id)
         raise
+    for pack_id in discard:  # every tensor in it was committed by another writer meanwhile: never referenced
+        b.packs.delete(pack_id)
     packs_mod.fault_hook("catalog.committed")
     return [p.model_id for p in prepared]
+
+
+def _unique_tensors(prepared: list[_Prepared]) -> dict[str, torch.Tensor]:
+    """``{tensor id: tensor}`` of a write, name-major (every model's first tensor, then every model's second,
+    ...) so that a population written together stacks as one contiguous slice per tensor name."""
+    unique: dict[str, torch.Tensor] = {}
+    for j in range(max(len(p.ids) for p in prepared)):
+        for p in prepared:
+            if j < len(p.ids):
+                unique.setdefault(p.ids[j], p.tensors[p.names[j]])
+    return unique
+
+
+def _stored(conn: Connection, tensor_ids: list[str]) -> set[str]:
+    """Which of these tensors the catalog already has."""
+    out: set[str] = set()
+    for chunk in chunks(tensor_ids):
+        out.update(conn.execute(select(S.Blob.id).where(S.Blob.id.in_(chunk))).scalars())
+    return out
 
 
 def _prepare(b: Backend, conn: Connection, it: NewModel, pops: dict[str, tuple[int, int | None]]) -> _Prepared:
@@ -186,7 +218,8 @@ def _prepare(b: Backend, conn: Connection, it: NewModel, pops: dict[str, tuple[i
     return p
 
 
-def _commit(b: Backend, conn: Connection, prepared: list[_Prepared], written: list[str]) -> None:
+def _commit(b: Backend, conn: Connection, prepared: list[_Prepared], unique: dict[str, torch.Tensor],
+            pack: tuple[str, dict[str, BlobLocation], int] | None, written: list[str], discard: list[str]) -> None:  # fmt: skip
     # architectures and populations (created on first use)
     arch_ids: dict[str, int] = {}
     for p in prepared:
@@ -231,24 +264,23 @@ def _commit(b: Backend, conn: Connection, prepared: list[_Prepared], written: li
             raise DuplicateError(f"model name(s) {sorted(taken)[:5]} already exist; pick new names (or leave name=None)")
     # parents must exist
     parent_ids = _resolve_parents(b, conn, prepared)
-    # blobs: write only what is not stored yet
-    unique: dict[str, torch.Tensor] = {}
-    # name-major: every model's first tensor, then every model's second, ... so that a
-    # population written together stacks as one contiguous slice per tensor name
-    for j in range(max(len(p.ids) for p in prepared)):
-        for p in prepared:
-            if j < len(p.ids):
-                unique.setdefault(p.ids[j], p.tensors[p.names[j]])
-    existing: set[str] = set()
-    keys = list(unique)
-    for chunk in chunks(keys):
-        existing.update(conn.execute(select(S.Blob.id).where(S.Blob.id.in_(chunk))).scalars())
-    new = {tid: t for tid, t in unique.items() if tid not in existing}
-    if new:
-        pack_id, locs, size = b.packs.write(new)
-        written.append(pack_id)
-        conn.execute(insert(S.Pack).values(id=pack_id, nbytes=size, n_blobs=len(new)))
-        conn.execute(insert(S.Blob), [blob_row(tid, t, locs[tid]) for tid, t in new.items()])
+    # blobs: under the lock the catalog's answer is exact. Rows for the tensors of our pack that are still
+    # new; a tensor another writer committed meanwhile stays a dead copy in our pack (gc compacts it away);
+    # one that was stored when we looked but collected by gc since is written now, in a second pack
+    existing = _stored(conn, list(unique))
+    in_pack = pack[1] if pack is not None else {}
+    late = {tid: t for tid, t in unique.items() if tid not in existing and tid not in in_pack}
+    packs = [pack] if pack is not None else []
+    if late:
+        packs.append(b.packs.write(late))
+        written.append(packs[-1][0])
+    for pack_id, locs, size in packs:
+        rows = [blob_row(tid, unique[tid], loc) for tid, loc in locs.items() if tid not in existing]
+        if not rows:
+            discard.append(pack_id)
+            continue
+        conn.execute(insert(S.Pack).values(id=pack_id, nbytes=size, n_blobs=len(locs)))
+        conn.execute(insert(S.Blob), rows)
     # models
     rows = [
         {

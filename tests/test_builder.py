@@ -548,3 +548,25 @@ def test_inr_shared_init_starts_every_siren_from_the_same_weights(z: Zoo):
         assert torch.equal(v, v[:1].expand_as(v)), k  # one initialisation for all images
         assert not torch.equal(ends[k][0], ends[k][1]), k  # fitted to different images
     assert len({m.hparams()["seed"] for m in z.population("I").records()}) == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, None])
+def test_an_in_process_build_trains_on_the_given_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         threads: int | None) -> None:  # fmt: skip
+    import zoo.build.builder as builder_mod
+
+    seen: list[int] = []
+    real = builder_mod.train_shard
+
+    def spy(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(builder_mod, "train_shard", spy)
+    before = torch.get_num_threads()
+    with Zoo.open(tmp_path / "z") as z:
+        build(z, recipe(epochs=1, checkpoint_epochs=[1]), progress=False, threads=threads)
+    assert seen and set(seen) == {before if threads is None else threads}
+    assert torch.get_num_threads() == before
+    with Zoo.open(tmp_path / "z2") as z, pytest.raises(ConfigError, match="threads"):
+        build(z, recipe(epochs=1, checkpoint_epochs=[1]), progress=False, threads=0)

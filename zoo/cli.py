@@ -74,7 +74,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     address = args.ray if ray and args.ray != "local" else None
     executor = "ray" if ray else None
     rep = build(z, recipe, progress=not args.no_progress, resume=not args.no_resume, dataset_root=args.data_root,
-                workers=args.workers, executor=executor, address=address, timeout=args.ray_timeout)  # fmt: skip
+                workers=args.workers, executor=executor, address=address, timeout=args.ray_timeout,
+                threads=args.threads)  # fmt: skip
     if args.json:
         _print_json(rep.__dict__)
     else:
@@ -336,9 +337,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not models:
         raise ZooError("name models to evaluate (ids/names) or a population with -p")
     ray = args.ray is not None
-    df = z.evaluate(models, dataset=args.dataset, splits=args.split or ["test"], dataset_root=args.data_root,
-                    record=not args.no_record, workers=args.workers, executor="ray" if ray else None,
-                    address=args.ray if ray and args.ray != "local" else None)  # fmt: skip
+    from zoo.threads import torch_threads
+
+    with torch_threads(args.threads):
+        df = z.evaluate(models, dataset=args.dataset, splits=args.split or ["test"], dataset_root=args.data_root,
+                        record=not args.no_record, workers=args.workers, executor="ray" if ray else None,
+                        address=args.ray if ray and args.ray != "local" else None)  # fmt: skip
     if args.json:
         print(df.to_json(orient="records"))
     else:
@@ -402,6 +406,9 @@ def _executor_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the shards as Ray tasks: a local Ray (no ADDRESS) or the cluster at ADDRESS "
                         "(host:port or ray://host:10001); needs pip install 'weightzoo[ray]'")  # fmt: skip
+    s.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch threads per training process (default 1: small models train fastest on one thread "
+                        "when other work shares the cores; raise it for CNNs/ResNets on an idle machine)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,8 @@ import torch
 ARCHS = {
     "mlp": {"population": "digits-mlp-seeds", "holdout": 50, "condition": None},
     "cnn": {"population": "digits-cnn-seeds", "holdout": 40, "condition": None},
+    "cnn-shared": {"population": "digits-cnn-shared", "holdout": 50, "condition": None},
+    "cnn-spawn": {"population": "digits-cnn-spawn", "holdout": 50, "condition": None, "needs": ["digits-cnn-trunk"]},
     "inr": {"population": "digits-inr", "holdout": 50, "condition": "label"},
     "inr-shared": {"population": "digits-inr-shared", "holdout": 50, "condition": "label"},
 }
@@ -172,7 +174,7 @@ def main() -> None:
 
     rows, params = [], json.loads(args.config)
     for arch in args.arch:
-        t_build = ensure_population(z, ARCHS[arch]["population"])
+        t_build = sum(ensure_population(z, p) for p in [*ARCHS[arch].get("needs", []), ARCHS[arch]["population"]])
         for method in args.method:
             for seed in args.seeds:
                 for row in run_one(z, arch, method, seed, args.n, params, args.temperatures):

@@ -48,12 +48,12 @@ MIN_MODELS = 16
 DEFAULT_LATENT_DIM = 32
 #: ... and this many for a generator conditioned on a scalar (an accuracy, a hyperparameter): the top 32
 #: components of a mixed population keep what separates good from bad models, not what makes the best
-#: ones best (measured on digits-mlp: 14% of the top-decile models stay there projected on 32, 22-29% on
-#: 64), and the top-decile hit rate of accuracy-conditioned flows went from 9-37% to 21-47% with no
-#: near-copies (docs/benchmarks.md).
+#: ones best (measured on digits-mlp: 13-18% of the top-decile models stay there projected on 32, 22-29%
+#: on 64), and the top-decile hit rate of accuracy-conditioned flows went from 6-17% (32 components, 1,500
+#: steps) to 21-47% with no near-copies (docs/benchmarks.md).
 SCALAR_CONDITION_LATENT_DIM = 64
 #: ``train_steps=None``: this many optimiser steps, and :data:`SCALAR_CONDITION_TRAIN_STEPS` with a scalar
-#: condition (one distribution per condition value is more to learn; 1,500 steps in 64 components hit 7-21%).
+#: condition (one distribution per condition value is more to learn; 1,500 steps in 64 components hit 11-21%).
 DEFAULT_TRAIN_STEPS = 1500
 SCALAR_CONDITION_TRAIN_STEPS = 3000
 TOKEN_DENOISERS = ("transformer",)

@@ -73,3 +73,12 @@ def test_the_generators_cnn_recipes_load_and_plan_as_documented() -> None:
     assert len(plan_runs(trunk)) == 1 and trunk.epochs == 1
     assert spawn.finetune is not None and spawn.finetune.parents == {"population": "digits-cnn-trunk", "final": True, "limit": 1}
     assert spawn.arch == trunk.arch == shared.arch and len(spawn.draws()) == 250
+
+
+def test_spawning_without_its_trunk_is_refused_and_writes_nothing(zoo) -> None:
+    from zoo.errors import NotFoundError
+
+    before = zoo.models().count()
+    with pytest.raises(NotFoundError, match="build the parent population first"):
+        build(zoo, "digits-cnn-spawn", progress=False)
+    assert zoo.models().count() == before == 0

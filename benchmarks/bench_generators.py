@@ -34,6 +34,8 @@ import torch
 ARCHS = {
     "mlp": {"population": "digits-mlp-seeds", "holdout": 50, "condition": None},
     "cnn": {"population": "digits-cnn-seeds", "holdout": 40, "condition": None},
+    "cnn-shared": {"population": "digits-cnn-shared", "holdout": 50, "condition": None},
+    "cnn-spawn": {"population": "digits-cnn-spawn", "holdout": 50, "condition": None, "needs": ["digits-cnn-trunk"]},
     "inr": {"population": "digits-inr", "holdout": 50, "condition": "label"},
     "inr-shared": {"population": "digits-inr-shared", "holdout": 50, "condition": "label"},
 }
@@ -109,16 +111,29 @@ def run_acc_condition(z, seed: int, n: int, params: dict, guidances: list[float]
     ctx = RunContext.build(gen.prep_, gen.arch_, X, train_ids)
     val = ctx.score(X, exclude_self=True)
     tv, tt = np.asarray(val["val_acc"]), np.asarray(val["quality"])
+    top_v, top_t = np.quantile(tv, 0.9), np.quantile(tt, 0.9)
     ask = float(np.quantile(tv, 0.95))
+    # Ceilings: how often the training models' own validation top decile is in their test top decile (validation
+    # noise: 270 examples), and how many top-decile training models stay there once projected onto the latent.
+    ceiling = {"train_val_top_in_test_top": float(np.mean(tt[tv >= top_v] >= top_t))}
+    if gen.latent_ is not None:
+        lat = gen.latent_
+        proj = gen.prep_.inverse_transform(lat.inverse_transform(lat.transform(gen.prep_.flat(ctx.train).float())))
+        _, yv = ctx.data.split("val")
+        pv = (ctx.predictions(proj, "val") == yv).float().mean(1).numpy()
+        ceiling["latent_top_kept"] = float(np.mean(pv[tv >= top_v] >= top_v))
     rows = []
     for g in guidances:
         samples = gen.sample(n, condition=ask, guidance=g, seed=seed)
         s = ctx.score(samples)
-        va, te = np.asarray(s["val_acc"]), np.asarray(s["quality"])
+        va, te, hit = np.asarray(s["val_acc"]), np.asarray(s["quality"]), np.asarray(s["val_acc"]) >= top_v
         rows.append({"kind": "acc_condition", "seed": seed, "n": n, "n_train": len(train_ids), "ask_val_acc": ask,
-                     "guidance": g, "top_decile_val": float(np.quantile(tv, 0.9)), "top_decile_test": float(np.quantile(tt, 0.9)),
-                     "hit_val": float(np.mean(va >= np.quantile(tv, 0.9))), "hit_test": float(np.mean(te >= np.quantile(tt, 0.9))),
+                     "guidance": g, "top_decile_val": float(top_v), "top_decile_test": float(top_t),
+                     "hit_val": float(np.mean(hit)), "hit_test": float(np.mean(te >= top_t)),
                      "sample_val_median": float(np.median(va)), "sample_test_median": float(np.median(te)),
+                     "near_copy": float(np.mean(s["near_copy"])),
+                     "near_copy_of_hits": float(np.mean(s["near_copy"][hit])) if hit.any() else float("nan"),
+                     "distinct_nearest": int(len(np.unique(s["nearest"]))), **ceiling,
                      "novelty_median": float(np.median(s["novelty"])), "train_nn_median": float(ctx.train_nn().median()),
                      "train_seconds": t_train, "nfe_per_sample": gen.nfe_})  # fmt: skip
     return rows
@@ -142,7 +157,7 @@ def run_inits(z, generator: str, seed: int, n: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True)
-    ap.add_argument("--arch", nargs="*", default=["mlp", "cnn", "inr", "inr-shared"], choices=sorted(ARCHS))
+    ap.add_argument("--arch", nargs="*", default=["mlp", "cnn", "cnn-shared", "cnn-spawn", "inr", "inr-shared"], choices=sorted(ARCHS))
     ap.add_argument("--method", nargs="+", default=["flow", "diffusion"], choices=["flow", "diffusion"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--n", type=int, default=1000)
@@ -152,7 +167,7 @@ def main() -> None:
     ap.add_argument("--guidance", nargs="+", type=float, default=[1.0, 2.0])
     ap.add_argument("--acc-config", default=None, help="generator options of the --acc-condition runs (JSON; default --config)")
     ap.add_argument("--inits", action="store_true", help="generated initialisations on shifted tasks (mlp flow generators)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", help="append JSON lines here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -172,7 +187,7 @@ def main() -> None:
 
     rows, params = [], json.loads(args.config)
     for arch in args.arch:
-        t_build = ensure_population(z, ARCHS[arch]["population"])
+        t_build = sum(ensure_population(z, p) for p in [*ARCHS[arch].get("needs", []), ARCHS[arch]["population"]])
         for method in args.method:
             for seed in args.seeds:
                 for row in run_one(z, arch, method, seed, args.n, params, args.temperatures):
@@ -193,7 +208,10 @@ def main() -> None:
                 row["build_seconds"] = t_build
                 emit(row)
                 print(f"  acc condition seed {seed} guidance {row['guidance']}: top-decile hit val {row['hit_val']:.1%} "
-                      f"test {row['hit_test']:.1%} (samples' median val {row['sample_val_median']:.4f})")
+                      f"test {row['hit_test']:.1%} (samples' median val {row['sample_val_median']:.4f}); near-copies "
+                      f"{row['near_copy']:.1%} ({row['near_copy_of_hits']:.1%} of the hits); ceilings: training models' val "
+                      f"top decile in their test top decile {row['train_val_top_in_test_top']:.1%}, top-decile training "
+                      f"models kept in it by the latent {row.get('latent_top_kept', float('nan')):.1%}")
     if rows:
         print(f"\n{'arch':<11}{'method':<10}{'seed':>5}{'T':>5}{'train med':>10}{'sample med':>11}{'p5':>7}{'in range':>9}"
               f"{'<50%':>6}{'nov ratio':>10}{'near-copy':>10}{'vs noise':>9}{'verdict':>12}{'train s':>8}{'100 in s':>9}{'NFE':>5}")  # fmt: skip

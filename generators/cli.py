@@ -169,7 +169,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--condition", help="condition on a metric (acc = val_acc, test_acc, ...) or hyperparameter (lr, "
                                        "label: an INR's digit)")  # fmt: skip
     s.add_argument("--denoiser", choices=["mlp", "transformer"])
-    s.add_argument("--steps", type=int, help="training steps (default 1500)")
+    s.add_argument("--steps", type=int, help="training steps (default 1500; 3000 with a scalar --condition such as acc)")
     s.add_argument("--holdout", default="0.1", help="fraction (0.1) or number (50) of models held out as the novelty "
                                                     "reference (default 0.1)")  # fmt: skip
     s.add_argument("--held-out-population", help="a population of other seeds of the same recipe as the reference instead")

@@ -55,7 +55,7 @@ class DiffusionGenerator(Generator):
         self,
         denoiser: str = "mlp",
         denoiser_params: dict | None = None,
-        train_steps: int = 1500,
+        train_steps: int | None = None,
         batch_size: int = 64,
         lr: float = 1e-3,
         weight_decay: float = 0.0,

@@ -58,7 +58,8 @@ class FlowGenerator(Generator):
     Args:
         denoiser: a registered denoiser (``mlp`` over the flat view, ``transformer`` over tokens).
         denoiser_params: its options (``width``, ``depth``, ...).
-        train_steps, batch_size, lr, weight_decay: optimisation (AdamW, warm-up + cosine decay).
+        train_steps, batch_size, lr, weight_decay: optimisation (AdamW, warm-up + cosine decay);
+            ``train_steps=None``: 1,500, or 3,000 with a scalar condition.
         cond_dropout: probability of dropping a row's condition in training (classifier-free guidance).
         ema: decay of the exponential moving average of the weights kept for sampling (0: off).
         prepare: options of the :class:`~generators.prepare.WeightPreparer`.
@@ -68,8 +69,8 @@ class FlowGenerator(Generator):
         latent_dim: learn and sample in this many whitened principal components of the prepared
             training weights (:class:`~generators.latent.PCALatent`, capped at the training set's rank);
             0: in the flat view itself (measured on digits-mlp-seeds: median accuracy 0.54 there, 0.935 in
-            the latent; docs/generators.md); None: 32 for the ``mlp`` denoiser, 0 for the ``transformer``
-            (it reads the token view).
+            the latent; docs/generators.md); None: 32 for the ``mlp`` denoiser (64 with a scalar condition:
+            an accuracy, a hyperparameter), 0 for the ``transformer`` (it reads the token view).
         seed: seeds initialisation, batches and noise.
     """
 
@@ -79,7 +80,7 @@ class FlowGenerator(Generator):
         self,
         denoiser: str = "mlp",
         denoiser_params: dict | None = None,
-        train_steps: int = 1500,
+        train_steps: int | None = None,
         batch_size: int = 64,
         lr: float = 1e-3,
         weight_decay: float = 0.0,

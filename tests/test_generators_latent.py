@@ -91,3 +91,25 @@ def test_the_default_latent_depends_on_the_denoiser() -> None:
                          **fast).fit(x, spec=spec)  # fmt: skip
     assert tok.latent_ is None and tok.space_dim == 50  # the transformer reads the token view
     assert make_generator("flow", latent_dim=0, **fast).fit(x, spec=spec).latent_ is None
+
+
+@pytest.mark.parametrize("method", ["flow", "diffusion"])
+def test_a_scalar_condition_defaults_to_a_larger_latent_and_longer_training(method: str) -> None:
+    x = {"w": _low_rank(n=100, d=80, rank=3).float() + 0.01 * torch.randn(100, 80, generator=torch.Generator().manual_seed(1))}
+    spec = PermutationSpec({"w": (None,)})
+    fast = {"prepare": {"canonicalize": False}, "denoiser_params": {"width": 8, "depth": 1}}
+    acc = torch.linspace(0.5, 0.9, 100).numpy()
+    scalar = make_generator(method, train_steps=2, **fast).fit(x, spec=spec, condition=acc)
+    plain = make_generator(method, train_steps=2, **fast).fit(x, spec=spec)
+    label = make_generator(method, train_steps=2, **fast).fit(x, spec=spec, condition=(torch.arange(100) % 3).numpy())
+    assert scalar.latent_.dim_ == 64 and plain.latent_.dim_ == 32 and label.latent_.dim_ == 32  # 99 directions available
+    assert make_generator(method, latent_dim=16, train_steps=2, **fast).fit(x, spec=spec, condition=acc).latent_.dim_ == 16
+    unset = make_generator(method, **fast)
+    assert unset.train_steps is None and unset.resolved_train_steps() == 1500
+    unset.cond_kind_ = "scalar"
+    assert unset.resolved_train_steps() == 3000
+    unset.cond_kind_ = "class"
+    assert unset.resolved_train_steps() == 1500
+    assert scalar.resolved_train_steps() == 2  # an explicit value wins
+    again = load_generator_state(*scalar.state())
+    assert again.train_steps == 2 and again.latent_.dim_ == 64 and again.cond_kind_ == "scalar"

@@ -29,7 +29,8 @@ if not recs:
         "No stored generator in this zoo yet. Train one from the shell, e.g.\n\n"
         "```\nweightzoo build digits-mlp-seeds\n"
         "weightzoo generate train --population digits-mlp-seeds --method flow --holdout 50 --name mlp-flow\n```\n\n"
-        "then reload this page to sample from it."
+        "then reload this page to sample from it. CNNs want a population that shares its start "
+        "(`weightzoo build digits-cnn-trunk` then `digits-cnn-spawn`): independently seeded CNNs do not mix."
     )
     st.stop()
 

@@ -249,6 +249,7 @@ def train_shard(recipe: Recipe, runs: Sequence[Run], data: Any, *, init_params: 
         dropout=per("dropout", 0.0), init_scale=per("init_scale", 1.0), label_noise=per("label_noise", 0.0),
         data_fraction=per("data_fraction", 1.0), optimizer=str(pts[0].get("optimizer", recipe.optimizer)),
         batch_size=int(pts[0].get("batch_size", recipe.batch_size)), task=task, rank=int(pts[0].get("rank", 0)),
+        init_seeds=[int(p.get("init_seed", p["seed"])) for p in pts] if any("init_seed" in p for p in pts) else None,
     )  # fmt: skip
     if task == "regression":
         idx = torch.tensor([p["inr_index"] for p in pts])

@@ -24,6 +24,8 @@ or a random draw), epochs and which epochs to checkpoint::
 Search parameters are training hyperparameters (:data:`TRAIN_PARAMS`), keys of the architecture
 config (``activation``, ``hidden``, ...) or the shorthands ``width``/``depth`` (mlp/siren:
 ``hidden = [width] * depth``; cnn: ``channels = [width * 2**i for i in range(depth)]``).
+``init_seed`` seeds the initialisation alone (the run's ``seed`` still draws its data order, subset
+and label noise): ``init_seed: [0]`` with ``seeds: 200`` trains 200 models from one shared init.
 A population holds one architecture, so a recipe that varies the architecture writes one population
 per architecture, named ``<name>/<key>=<value>,...``; every model is tagged ``recipe:<name>``.
 
@@ -242,13 +244,13 @@ class Recipe:
             return "train"
         if key in SHARD_PARAMS:
             return "shard"
-        if key in ("width", "depth", "seed"):
+        if key in ("width", "depth", "seed", "init_seed"):
             return key
         if key in normalize_config(self.arch) and key != "family":
             return "arch"
         raise ConfigError(
             f"recipe {self.name!r}: cannot vary {key!r}; use a training hyperparameter ({', '.join(TRAIN_PARAMS)}), "
-            f"{', '.join(SHARD_PARAMS)}, width/depth, or a key of the {self.arch['family']} config"
+            f"{', '.join(SHARD_PARAMS)}, width/depth, init_seed, or a key of the {self.arch['family']} config"
         )
 
     def draws(self) -> list[dict[str, Any]]:

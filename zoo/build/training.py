@@ -11,7 +11,8 @@ the models' mean losses (so each model gets exactly its own gradient), does one 
 hand-written Adam / AdamW / SGD step with per-model learning rate and weight decay.
 
 Per-model reproducibility. Everything random about model ``n`` comes from its own seed: its init
-(``build_module`` under ``torch.manual_seed(seed)``, times ``init_scale``), its data subset, its
+(``build_module`` under ``torch.manual_seed(seed)``, times ``init_scale``; or under its ``init_seeds``
+entry when given, e.g. one shared init for a whole population), its data subset, its
 noisy labels and its batch order (a ``torch.Generator`` seeded with ``seed``), and its dropout masks
 (a counter-based hash of seed and step, :func:`kernels.batched.keyed_uniform`). So a model trained
 in a shard of 1 or of 500 ends with the same weights (up to float rounding).
@@ -82,6 +83,9 @@ class TrainSpec:
     batch_size: int = 64
     task: str = "classification"
     rank: int = 0  # > 0: LoRA-style, only a rank-`rank` update B @ A of each weight matrix is trained
+    #: Per-model seeds of the initialisation only (``None``: ``seeds``). Equal values give models that start
+    #: from one shared init and differ in data order / subset / label noise (p-diff-style populations).
+    init_seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.config = normalize_config(self.config)
@@ -90,6 +94,11 @@ class TrainSpec:
         self.seeds = [int(s) for s in self.seeds]
         if len(self.seeds) != self.n or any(s < 0 for s in self.seeds):
             raise ConfigError(f"TrainSpec.seeds must be {self.n} non-negative integers, got {self.seeds!r}")
+        if self.init_seeds is not None:
+            self.init_seeds = [int(s) for s in self.init_seeds]
+            if len(self.init_seeds) != self.n or any(s < 0 for s in self.init_seeds):
+                raise ConfigError(f"TrainSpec.init_seeds must be {self.n} non-negative integers (or None), "
+                                  f"got {self.init_seeds!r}")  # fmt: skip
         for name in PER_MODEL:
             setattr(self, name, self._per_model(name, getattr(self, name)))
         self._check_ranges()
@@ -282,7 +291,8 @@ def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 
 def _init_stacked(cfg: dict, spec: TrainSpec) -> dict[str, Tensor]:
-    states = [init_state(cfg, s, scale) for s, scale in zip(spec.seeds, spec.init_scale, strict=True)]
+    seeds = spec.init_seeds if spec.init_seeds is not None else spec.seeds
+    states = [init_state(cfg, s, scale) for s, scale in zip(seeds, spec.init_scale, strict=True)]
     return {k: torch.stack([st[k] for st in states]) for k in states[0]}
 
 

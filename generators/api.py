@@ -239,16 +239,11 @@ def _run_name(zoo: Any, name: str) -> str:
 
 
 def _inr_targets(zoo: Any, ids: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
-    """Target images ``[N, P, 1]`` and labels of stored SIRENs (hyperparameters ``image`` and ``label``)."""
-    from zoo.models.datasets import inr_targets, load_dataset
+    """Target images ``[N, P, 1]`` and labels of stored SIRENs (:func:`zoo.build.inr.stored_inr_data`)."""
+    from zoo.build.inr import stored_inr_data
 
-    df = zoo.models().ids_in(list(ids)).df().set_index("id").loc[list(ids)]
-    if "hp_image" not in df or df["hp_image"].isna().any():
-        raise ConfigError("these SIRENs have no 'image' hyperparameter; build them with an INR recipe")
-    data = inr_targets(load_dataset("digits"), split="train")
-    pos = {int(v): i for i, v in enumerate(data.indices.tolist())}
-    rows = [pos[int(v)] for v in df["hp_image"]]
-    return data.targets[rows], [int(v) for v in df["hp_label"]] if "hp_label" in df else []
+    data = stored_inr_data(zoo, ids)
+    return data.targets, [int(v) for v in data.labels]
 
 
 def evaluation_context(zoo: Any, gen: Generator, rec: Any, *, k: int = 3, seed: int = 0) -> Any:

@@ -58,9 +58,50 @@ def test_evaluate_refuses_mismatched_data_and_non_classifiers(tmp_path):
     n = len(z.metrics())
     with pytest.raises(MismatchError, match="inputs"):
         z.evaluate([a.id])
-    with pytest.raises(ConfigError, match="not an evaluable classifier"):
+    with pytest.raises(ConfigError, match="no 'image' hyperparameter"):  # a SIREN added by hand: its image is unknown
         z.evaluate([b.id])
+    with pytest.raises(ConfigError, match="no 'image' hyperparameter"):  # nothing recorded for the classifier either
+        z.evaluate([z.add(init_state(MLP, 0), arch=MLP).id, b.id])
     assert len(z.metrics()) == n and z.verify().ok
+
+
+SIREN = {"family": "siren", "in_features": 2, "hidden": [16], "out_features": 1}
+
+
+def test_stored_inrs_are_evaluated_on_their_own_image_as_the_builder_recorded_them(tmp_path, capsys):
+    """A SIREN is re-evaluated on the image it was fitted to: the PSNR equals the builder's, per model."""
+    from zoo.build.inr import stored_inr_data
+    from zoo.models.datasets import inr_targets
+
+    z = Zoo.open(tmp_path / "z")
+    build(z, Recipe.from_dict({"name": "I", "arch": SIREN, "task": "inr", "epochs": 300,
+                               "inr": {"split": "train", "n": 5, "seed": 1}}), progress=False)  # fmt: skip
+    ids = z.population("I").ids()
+    built_psnr = {i: z.get(i).metric("psnr", "") for i in ids}
+    assert len(set(built_psnr.values())) == len(ids)  # five different fits
+    data = stored_inr_data(z, ids)
+    full = inr_targets(load_dataset("digits"), split="train")
+    for k, i in enumerate(ids):
+        hp = z.hparams(i)
+        assert hp["inr_split"] == "train"
+        torch.testing.assert_close(data.targets[k], full.targets[hp["image"]])  # the image it was fitted to
+        assert int(data.labels[k]) == hp["label"]
+    df = z.evaluate(ids + [ids[0]], record=False)  # splits apply to classifiers; an INR has its own image
+    assert set(df["split"]) == {"train"} and df["acc"].isna().all()
+    for _, row in df.iterrows():
+        assert row["psnr"] == pytest.approx(built_psnr[row["model_id"]], abs=1e-3)
+    # another SIREN's image gives a worse fit: the target really is each model's own
+    net = instantiate(SIREN, z.get(ids[0]).state_dict())
+    with torch.no_grad():
+        own = (net(data.coords) - data.targets[0]).pow(2).mean().item()
+        other = min((net(data.coords) - t).pow(2).mean().item() for t in data.targets[1:])
+    assert own == pytest.approx(df[df["model_id"] == ids[0]]["loss"].iloc[0], rel=1e-4) and other > own
+    before = len(z.metrics())
+    assert main(["eval", str(ids[1]), "--root", str(z.root)]) == 0
+    assert "psnr" in capsys.readouterr().out
+    new = z.metrics(ids[1]).iloc[-2:]  # recorded under the names the builder gives them: train_loss, psnr
+    assert len(z.metrics()) == before + 2 and sorted(zip(new["name"], new["split"])) == [("loss", "train"), ("psnr", "")]
+    assert new[new["name"] == "psnr"]["value"].iloc[0] == pytest.approx(built_psnr[ids[1]], abs=1e-3)
 
 
 def test_cli_eval_prints_and_records(built: Zoo, capsys):

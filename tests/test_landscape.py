@@ -315,11 +315,36 @@ def test_layer_groups_pair_weights_with_their_biases_only():
     assert "norms.0.running_mean" not in trainable
 
 
-def test_hessian_refuses_models_that_cannot_be_evaluated_as_classifiers():
+def test_hessian_of_an_inr_fit_matches_the_exact_hessian_and_each_model_has_its_own_image():
+    """A SIREN's loss is the MSE of its fit of its own image: two SIRENs on two images, against the exact Hessian."""
+    from zoo.models.datasets import inr_targets
+
+    siren = {"family": "siren", "in_features": 2, "hidden": [12, 12], "out_features": 1}
+    data = inr_targets(load_dataset("digits"), n=2, seed=3)
+    states = [init_state(siren, s) for s in (0, 1)]
+    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+    est = sharpness(siren, stacked, data.coords, data.targets, probes=120, iters=300, tol=1e-8, keys=[1, 2])
+    for n, st in enumerate(states):
+        H, _ = exact_hessian(siren, st, data.coords, data.targets[n])  # its own image only
+        assert H.shape == (205, 205)
+        assert abs(est.trace[n].item() - H.trace().item()) < 4 * est.trace_se[n].item() + 1e-9
+        ev = torch.linalg.eigvalsh(H)
+        assert est.top_eig[n].item() == pytest.approx(ev[ev.abs().argmax()].item(), rel=1e-3)
+    trainable, buffers = split_params(siren, stacked)  # each model's product is with its own image's Hessian
+    v = {k: torch.randn(t.shape, generator=torch.Generator().manual_seed(2)) for k, t in trainable.items()}
+    hv = hvp(population_loss(siren, buffers, data.coords, data.targets), trainable, v)
+    flat_v = torch.cat([v[k][0].reshape(-1) for k in trainable]).double()
+    flat_hv = torch.cat([hv[k][0].reshape(-1) for k in trainable]).double()
+    own, _ = exact_hessian(siren, states[0], data.coords, data.targets[0])
+    other, _ = exact_hessian(siren, states[0], data.coords, data.targets[1])
+    torch.testing.assert_close(flat_hv, own @ flat_v, rtol=1e-4, atol=1e-5)
+    assert (flat_hv - other @ flat_v).norm() > 0.05 * flat_hv.norm()
+    with pytest.raises(MismatchError, match="3 target images for 2 models"):
+        sharpness(siren, stacked, data.coords, data.targets[[0, 1, 1]])
+
+
+def test_hessian_refuses_models_that_cannot_be_evaluated():
     X, y = _digits(8)
-    siren = {"family": "siren"}
-    with pytest.raises(ConfigError, match="classification loss"):
-        sharpness(siren, {k: v.unsqueeze(0) for k, v in init_state(siren, 0).items()}, X, y)
     with pytest.raises(ConfigError, match="raw"):
         sharpness({"family": "raw", "tensors": {}}, {"w": torch.zeros(1, 2, 2)}, X, y)
     with pytest.raises(ConfigError, match="probes"):

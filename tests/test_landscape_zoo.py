@@ -39,8 +39,10 @@ def _build(root: Path) -> dict:
         raw = z.add({"enc.weight": torch.randn(24, 12, generator=g), "enc.bias": torch.randn(24, generator=g),
                      "dec.weight": torch.randn(12, 24, generator=g)}, population="t-raw", name="t-raw-0")  # fmt: skip
         siren = z.add(init_state(SIREN, 0), arch=SIREN, population="t-siren", name="t-siren-0")
+        build(z, Recipe.from_dict({"name": "t-inr", "arch": SIREN, "task": "inr", "epochs": 60,
+                                   "inr": {"split": "train", "n": 3, "seed": 0}}), progress=False)  # fmt: skip
         return {"root": root, "raw": raw.id, "siren": siren.id, "w8": z.population("t-grid/width=8").ids(),
-                "w16": z.population("t-grid/width=16").ids()}
+                "w16": z.population("t-grid/width=16").ids(), "inr": z.population("t-inr").ids()}
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +103,10 @@ def test_raw_state_dicts_get_spectra_but_are_refused_for_hessian_and_cka_with_no
             landscape(z, "t-raw", metrics=fams)
     with pytest.raises(ConfigError, match="raw state dict"):
         landscape(z, "t-grid/width=8", metrics=("cka",), options={"cka": {"reference": b["raw"]}})
-    with pytest.raises(ConfigError, match="not a classifier"):
+    with pytest.raises(ConfigError, match="no 'image' hyperparameter"):  # a SIREN added by hand: no known image
         landscape(z, "t-siren", metrics=("spectral", "hessian"))
+    with pytest.raises(ConfigError, match="split 'train'"):
+        landscape(z, "t-inr", metrics=("spectral", "hessian"), options={"hessian": {"split": "test"}})
     with pytest.raises(ConfigError, match="trace method"):
         landscape(z, "t-grid/*", metrics=("spectral", "hessian"), options={"hessian": {"method": "exact"}})
     with pytest.raises(ConfigError, match="unknown landscape metric family 'sharpness'; valid .*cka, hessian, spectral"):
@@ -121,7 +125,7 @@ def test_accuracy_metrics_of_a_model_that_cannot_be_evaluated_are_refused_with_n
     before = snapshot(z)
     with pytest.raises(ConfigError, match="raw state dict"):
         z.evaluate([b["w8"][0], b["raw"]])  # a classifier and a raw state dict: neither is recorded
-    with pytest.raises(ConfigError, match="not an evaluable classifier"):
+    with pytest.raises(ConfigError, match="no 'image' hyperparameter"):  # a SIREN added by hand: no known image
         z.evaluate([b["siren"]])
     assert main(["eval", str(b["raw"]), "--root", str(b["root"])]) == 2
     assert "raw state dict" in capsys.readouterr().err
@@ -143,6 +147,22 @@ def test_add_metrics_many_is_one_all_or_nothing_write(zoo_copy, snapshot):
 
 
 # ------------------------------------------------------------------------------------ hessian, cka
+def test_the_hessian_of_built_inrs_is_that_of_their_own_image(zoo_copy):
+    from analysis.landscape.hessian import sharpness
+    from zoo.build.inr import stored_inr_data
+
+    z, b = zoo_copy
+    run = landscape(z, "t-inr", metrics=["hessian"], options={"hessian": {"probes": 12, "iters": 30}})
+    f = run.frames["hessian"].set_index(["model_id", "layer"])
+    data = stored_inr_data(z, b["inr"])
+    direct = sharpness(SIREN, z.stack(b["inr"]), data.coords, data.targets, probes=12, iters=30, keys=b["inr"])
+    for k, mid in enumerate(b["inr"]):
+        assert f.loc[(mid, ""), "trace"] == pytest.approx(direct.trace[k].item(), rel=1e-5)
+        assert z.get(mid).metric("hessian_trace", "train") == pytest.approx(direct.trace[k].item(), rel=1e-5)
+        assert z.get(mid).metric("hessian_samples", "train") == 64  # every pixel of its 8x8 image
+        assert z.get(mid).metric("hessian_top_eig", "train/layers.0") is not None
+
+
 def test_hessian_and_cka_metrics_per_layer_and_whole(zoo_copy):
     z, b = zoo_copy
     ref = b["w16"][0]

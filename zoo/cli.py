@@ -347,8 +347,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(df.to_json(orient="records"))
     else:
         print(_table(df, 50))
-        print(f"mean accuracy {df['acc'].mean():.4f} over {df['model_id'].nunique()} model(s)"
-              + ("" if args.no_record else "; recorded"))  # fmt: skip
+        parts = [f"mean accuracy {df['acc'].mean():.4f}"] if df["acc"].notna().any() else []
+        if "psnr" in df and df["psnr"].notna().any():  # INRs: the fit of their own image
+            parts.append(f"mean psnr {df['psnr'].mean():.2f} dB")
+        print(" / ".join(parts) + f" over {df['model_id'].nunique()} model(s)" + ("" if args.no_record else "; recorded"))
     return 0
 
 
@@ -566,7 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("doctor", parents=[common], help="what is installed and usable (extras, browser, zoo schema)")
     s.set_defaults(func=cmd_doctor)
 
-    s = sub.add_parser("eval", parents=[common], help="evaluate models on a data set and record the metrics")
+    s = sub.add_parser("eval", parents=[common], help="evaluate models on a data set and record the metrics",
+                       description="Evaluate stored classifiers on a data set's splits (loss, accuracy) and INRs "
+                       "(SIRENs built by an INR recipe) on their own image (MSE, PSNR), batched per architecture; "
+                       "the metrics are recorded unless --no-record.")  # fmt: skip
     s.add_argument("models", nargs="*", help="model ids or names")
     s.add_argument("-p", "--population", help="evaluate every model of this population")
     s.add_argument("--dataset", default="digits")

@@ -28,7 +28,7 @@ weights) and the results are written to the zoo as metrics (see docs/landscape.m
             any model, raw state dicts included
   hessian   Hessian trace (Hutchinson, with its standard error) and top eigenvalue (power iteration,
             with its residual), whole model and per layer, on a seeded batch of the training split;
-            classifiers only
+            classifiers, and INRs built by an INR recipe (on the image each was fitted to)
   cka       linear CKA of every model's activations to a reference model on the test split, per layer;
             classifiers (SIRENs: on their coordinate grid)
 

@@ -1,7 +1,8 @@
 """Sharpness of a whole population at once: Hessian trace (Hutchinson) and top eigenvalue (power iteration).
 
-The loss is each model's mean cross-entropy on one data batch, in evaluation mode (BatchNorm uses its
-running statistics, no dropout), as the model is evaluated. Its Hessian is taken with respect to the
+The loss is each model's mean cross-entropy on one data batch (an INR's: the mean squared error of its
+fit of its own image), in evaluation mode (BatchNorm uses its running statistics, no dropout), as the
+model is evaluated. Its Hessian is taken with respect to the
 trainable tensors (``zoo.models.architectures.parameter_names``; BatchNorm buffers are constants).
 
 Batched over models without a loop: the population's summed loss ``sum_n L_n(theta_n)`` is computed
@@ -38,12 +39,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from analysis.landscape.spectral import layer_names
 from kernels.batched import keyed_uniform
-from zoo.build.evaluate import functional_forward
+from zoo.build.evaluate import functional_forward, per_sample_loss
 from zoo.errors import ConfigError, MismatchError
 from zoo.models.architectures import get_family, normalize_config, parameter_names
 
@@ -80,13 +80,14 @@ class SharpnessEstimate:
     n_samples: int = 0
 
 
-def _check_classifier(config: Mapping) -> dict:
+def _check_runnable(config: Mapping) -> dict:
+    """The config, normalised, if its models have a loss here: classifiers (cross-entropy), INRs (MSE)."""
     cfg = normalize_config(config)
     fam = get_family(cfg)  # raw state dicts: ConfigError saying they cannot be run
-    if not fam.is_classifier:
+    if not (fam.is_classifier or fam.head == "inr"):
         raise ConfigError(
-            f"the Hessian needs a classification loss; architecture family {fam.name!r} is a {fam.head} "
-            "(its models are not evaluated by accuracy). Use the spectral metrics for such models."
+            f"the Hessian needs a loss: a classifier's cross-entropy or an INR's fit of its image; architecture "
+            f"family {fam.name!r} is a {fam.head}. Use the spectral metrics for such models."
         )
     if fam.forward is None:
         raise ConfigError(f"architecture family {fam.name!r} has no batched forward; its Hessian cannot be computed")
@@ -114,17 +115,21 @@ def layer_groups(trainable: Mapping[str, Tensor]) -> dict[str, list[str]]:
 
 
 def population_loss(config: Mapping, buffers: Params, X: Tensor, y: Tensor) -> Callable[[Params], Tensor]:
-    """``loss(trainable) = sum_n mean_b CE(model_n(x_b), y_b)``: the population's summed loss.
+    """``loss(trainable) = sum_n mean_b loss_n(x_b, y_b)``: the population's summed loss.
+
+    Classifiers: cross-entropy. INRs (family head ``inr``): the squared error averaged over pixels and
+    channels, the loss they were fitted with (``zoo.build.evaluate.per_sample_loss``).
 
     Shapes:
-        X: ``[B, *in]`` shared by all models; y: ``[B]`` int64; trainable: ``name -> [N, *shape]``.
+        X: ``[B, *in]`` shared by all models; y: classifiers ``[B]`` int64, INRs ``[B, C]`` shared or
+        ``[N, B, C]`` (each model's own image); trainable: ``name -> [N, *shape]``.
     """
     cfg = normalize_config(config)
+    task = "classification" if get_family(cfg).is_classifier else "regression"
 
     def loss(trainable: Params) -> Tensor:
         out = functional_forward(cfg, {**buffers, **trainable}, X)  # [N, B, K]
-        n = out.shape[0]
-        return F.cross_entropy(out.transpose(1, 2), y.expand(n, -1), reduction="none").mean(1).sum()
+        return per_sample_loss(out, y, task)[0].mean(1).sum()
 
     return loss
 
@@ -339,11 +344,15 @@ def sharpness(
 
     Shapes:
         params: ``name -> [N, *shape]`` (a stacked population, buffers included); X: ``[B, *in]``;
-        y: ``[B]``; keys: ``[N]`` (the models' ids: seeds per model). Returns ``[N]`` tensors.
+        y: classifiers ``[B]``, INRs ``[B, C]`` or ``[N, B, C]``; keys: ``[N]`` (the models' ids: seeds
+        per model). Returns ``[N]`` tensors.
     """
-    cfg = _check_classifier(config)
+    cfg = _check_runnable(config)
     trainable, buffers = split_params(cfg, params)
     n = next(iter(trainable.values())).shape[0]
+    per_model_y = not get_family(cfg).is_classifier and y.dim() == 3
+    if per_model_y and y.shape[0] != n:
+        raise MismatchError(f"{y.shape[0]} target images for {n} models; give one per model or one shared")
     key_t = _as_keys(keys, n)
     groups = layer_groups(trainable) if per_layer else {}
     parts: list[SharpnessEstimate] = []
@@ -355,7 +364,7 @@ def sharpness(
         tr_c = {k: v[sl] for k, v in trainable.items()}
         buf_c = {k: v[sl].clone() for k, v in buffers.items()}
         kc = key_t[sl]
-        loss = population_loss(cfg, buf_c, X, y)
+        loss = population_loss(cfg, buf_c, X, y[sl] if per_model_y else y)
         tr, se, per = hutchinson_trace(loss, tr_c, probes=probes, method=method, seed=seed, keys=kc, groups=groups)
         lam, res, it = top_eigenvalue(loss, tr_c, iters=iters, tol=tol, seed=seed, keys=kc)
         done_iters = max(done_iters, it)

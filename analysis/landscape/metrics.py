@@ -29,9 +29,10 @@ esd_status                  <layer>              0 ok, 1 small_sample, 2 too_few
 esd_alpha_weighted          ""                   mean of alpha * log10(lambda_max) (WeightWatcher)
 log_spectral_norm           ""                   mean of log10(lambda_max) over layers (WeightWatcher)
 esd_layers, esd_fitted      ""                   layers, and layers with a power-law fit
-hessian_trace(_se)          <data>, <data>/<l>   Hutchinson trace and its standard error
+hessian_trace(_se)          <data>, <data>/<l>   Hutchinson trace and its standard error (INRs:
+                                                 <data> = ``train``, the image each was fitted to)
 hessian_top_eig(_residual)  <data>, <data>/<l>   power-iteration eigenvalue, ||Hv - lambda v||
-hessian_samples             <data>               data samples in the Hessian's batch
+hessian_samples             <data>               data samples in the Hessian's batch (INRs: pixels)
 cka                         <data>, <data>/<l>   linear CKA to the reference (<data>: mean of layers;
                                                  INRs: ``coords``, their coordinate grid)
 cka_reference               <data>               the reference model's id
@@ -94,7 +95,7 @@ class MetricFamily:
     name: str
     compute: Callable[..., pd.DataFrame]
     needs: str = "weights"
-    check: Callable[[Any, dict[str, Any]], None] | None = None
+    check: Callable[[Any, dict[str, Any], list[ModelGroup]], None] | None = None
 
 
 #: the landscape metric families (``weightzoo landscape --metrics``); plug-ins through the
@@ -291,6 +292,14 @@ def _coords(dataset: str, dataset_root: str | None) -> torch.Tensor:
     return inr_targets(_dataset(dataset, dataset_root), n=1).coords
 
 
+def _inr_batch(zoo: Zoo, ids: Sequence[int], dataset_root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stored INRs' inputs (the pixel grid, ``[P, 2]``) and each one's own image (``[N, P, C]``)."""
+    from zoo.build.inr import stored_inr_data
+
+    data = stored_inr_data(zoo, ids, dataset_root=dataset_root)
+    return data.coords, data.targets
+
+
 # ------------------------------------------------------------------------------------ hessian
 def hessian_metrics(
     zoo: Zoo,
@@ -311,18 +320,24 @@ def hessian_metrics(
     record: bool = True,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Hessian trace and top eigenvalue of classifiers on a seeded batch of ``samples`` inputs of ``split``.
+    """Hessian trace and top eigenvalue of classifiers on a seeded batch of ``samples`` inputs of ``split``,
+    and of INRs on the image each was fitted to (every pixel; ``split`` must be ``train``).
 
     Returns one row per (model, layer) with ``layer = ""`` for the whole model: trace, trace_se,
-    top_eig, top_eig_residual. Raw state dicts and non-classifiers raise :class:`ConfigError` before
-    anything is computed or written.
+    top_eig, top_eig_residual. Raw state dicts, models that are neither classifiers nor INRs, and INRs
+    whose image is unknown (added by hand) raise :class:`ConfigError` before anything is computed or written.
     """
     groups = _groups(zoo, models, final, limit)
-    _check_evaluable(groups, "the Hessian")
+    _check_evaluable(groups, "the Hessian", inr=True)
+    inr = {id(g): get_family(g.config).head == "inr" for g in groups}
+    if split != "train" and any(inr.values()):
+        raise ConfigError(f"an INR's data is the image it was fitted to (split 'train'), not split {split!r}; "
+                          "compute the Hessian of INRs with split='train'")  # fmt: skip
+    targets = {id(g): _inr_batch(zoo, g.ids, dataset_root) for g in groups if inr[id(g)]}  # unknown images: refused now
     frames, rows = [], {}
     bar = _progress(sum(len(g.ids) for g in groups), "hessian", progress)
     for g in groups:
-        X, y = _batch(g.config, dataset, split, samples, seed, dataset_root)
+        X, y = targets[id(g)] if inr[id(g)] else _batch(g.config, dataset, split, samples, seed, dataset_root)
         est = sharpness(g.config, zoo.stack(g.ids), X, y, probes=probes, method=method, iters=iters, tol=tol, seed=seed,
                         keys=g.ids, per_layer=per_layer, progress=bar.update)  # fmt: skip
         parts = {"": {"trace": est.trace, "trace_se": est.trace_se, "top_eig": est.top_eig,
@@ -432,7 +447,7 @@ def landscape(
         if fam.needs != "weights":
             _check_evaluable(groups, f"the {fam.name} metrics", inr=fam.needs == "runnable")
         if fam.check is not None:
-            fam.check(zoo, options.get(fam.name, {}))
+            fam.check(zoo, options.get(fam.name, {}), groups)
     run = LandscapeRun(groups)
     order = {n: i for i, n in enumerate(FAMILIES)}
     for fam in sorted(fams, key=lambda f: order.get(f.name, len(order))):
@@ -450,16 +465,21 @@ def register_metric_family(family: MetricFamily) -> MetricFamily:
     return METRIC_FAMILIES.register(family.name, family)
 
 
-def _check_hessian(zoo: Zoo, opts: dict[str, Any]) -> None:
+def _check_hessian(zoo: Zoo, opts: dict[str, Any], groups: list[ModelGroup]) -> None:
     check_trace_options(opts.get("probes", 100), opts.get("method", "hutch++"))
+    inrs = [g for g in groups if get_family(g.config).head == "inr"]
+    if inrs and opts.get("split", "train") != "train":
+        raise ConfigError(f"an INR's data is the image it was fitted to (split 'train'), not split {opts['split']!r}")
+    for g in inrs:  # an INR added by hand has no known image: refused before any family writes
+        _inr_batch(zoo, g.ids, opts.get("dataset_root"))
 
 
-def _check_cka(zoo: Zoo, opts: dict[str, Any]) -> None:
+def _check_cka(zoo: Zoo, opts: dict[str, Any], groups: list[ModelGroup]) -> None:
     if opts.get("reference") is not None:
         ref = zoo.get(opts["reference"])
         _check_evaluable([ModelGroup(ref.arch_config, [ref.id], [ref.population or ""])], "CKA", inr=True)
 
 
 register_metric_family(MetricFamily("spectral", spectral_metrics, needs="weights"))
-register_metric_family(MetricFamily("hessian", hessian_metrics, needs="classifier", check=_check_hessian))
+register_metric_family(MetricFamily("hessian", hessian_metrics, needs="runnable", check=_check_hessian))
 register_metric_family(MetricFamily("cka", cka_metrics, needs="runnable", check=_check_cka))

@@ -40,7 +40,7 @@ final = c2.checkbox("final checkpoints only", value=True, key="ls_final")
 # ------------------------------------------------------------------------------------ compute
 with st.expander("compute metrics for this population (writes them to the zoo)"):
     fams = st.multiselect("metric families", METRIC_FAMILIES.names(), default=["spectral"], key="ls_fams",
-                          help="spectral: weights only, fast; hessian and cka run the models on digits (classifiers)")  # fmt: skip
+                          help="spectral: weights only, fast; hessian and cka run the models on digits (classifiers; SIRENs on their own image / grid)")  # fmt: skip
     b1, b2, b3 = st.columns(3)
     probes = int(b1.number_input("Hutchinson probes", min_value=2, value=50, step=10, key="ls_probes"))
     samples = int(b2.number_input("data samples", min_value=16, value=256, step=64, key="ls_samples"))

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from zoo.build.inr import INR_SPLIT_HPARAM
 from zoo.build.recipes import SHARD_PARAMS, TRAIN_PARAMS, Recipe
 from zoo.build.training import Checkpoint, TrainSpec, train_population
 from zoo.errors import ConfigError, NotFoundError
@@ -414,6 +415,7 @@ def _checkpoint_items(recipe: Recipe, shard: Sequence[Run], ckpt: Checkpoint, pr
             hp.setdefault(k, {"lr": 1e-3, "init_scale": 1.0, "data_fraction": 1.0}.get(k, 0.0))
         if recipe.task == "inr":
             hp.pop("label_noise", None), hp.pop("data_fraction", None), hp.pop("dropout", None)
+            hp[INR_SPLIT_HPARAM] = str(recipe.inr.get("split", "train"))  # with "image": the INR's target
         m = {k: float(v[i]) for k, v in metrics.items()}
         if recipe.finetune is not None:
             hp["parent"] = r.parent

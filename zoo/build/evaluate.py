@@ -287,12 +287,15 @@ def evaluate_models(
     executor: Any = None,
     address: str | None = None,
 ) -> pd.DataFrame:
-    """Evaluate stored classifiers (one batched pass per architecture) and record the metrics.
+    """Evaluate stored classifiers and INRs (one batched pass per architecture) and record the metrics.
 
-    Returns a DataFrame (model_id, split, loss, acc). With ``record`` the metrics are stored as
-    ``<split>_loss`` / ``<split>_acc``; a corrupted test split (``dataset="digits-c/rotate/3"``) is
-    recorded as split ``test/rotate/3``. Models whose architecture cannot be built or is not a
-    classifier raise :class:`ConfigError`. With ``workers > 1``, an ``executor`` (``"process"``,
+    Returns a DataFrame (model_id, split, loss, acc, and psnr when INRs are among the models). With
+    ``record`` the metrics are stored as ``<split>_loss`` / ``<split>_acc``. An INR (a SIREN fitted by an
+    INR recipe) is evaluated on its own image whatever ``splits`` says (:mod:`zoo.build.inr`), in this
+    process, and recorded as the builder records it: ``train_loss`` (MSE) and ``psnr``; a corrupted test split (``dataset="digits-c/rotate/3"``) is
+    recorded as split ``test/rotate/3``. Models whose architecture cannot be built, is neither a
+    classifier nor an INR, or an INR whose image is unknown (added by hand) raise :class:`ConfigError`
+    before anything is recorded. With ``workers > 1``, an ``executor`` (``"process"``,
     ``"ray"``) or a Ray ``address``, each architecture's models are split into ``workers`` shards
     evaluated elsewhere (:mod:`zoo.build.executors`); the metrics are recorded here, in one transaction.
     """
@@ -316,8 +319,12 @@ def _evaluate(zoo: Zoo, models: Sequence[int | str], dataset: str, splits: Seque
         ids = [zoo.catalog.model_id(conn, m) for m in models]
     recs = zoo.records(ids)
     groups: dict[str, list[ModelRecord]] = {}
+    inr_groups: dict[str, list[ModelRecord]] = {}
     for r in recs:
         cfg = r.arch_config
+        if _is_inr(cfg):
+            inr_groups.setdefault(archs.config_hash(cfg), []).append(r)
+            continue
         if not archs.is_classifier(cfg):
             raw = isinstance(cfg, Mapping) and cfg.get("family") == archs.RAW_FAMILY
             why = ("it is a raw state dict: no builder, so it cannot be run; re-add it with a buildable architecture "
@@ -325,8 +332,8 @@ def _evaluate(zoo: Zoo, models: Sequence[int | str], dataset: str, splits: Seque
             raise ConfigError(f"model {r.id} ({r.architecture}) is not an evaluable classifier: {why}. Nothing was "
                               "evaluated or recorded; weight-only metrics work for any model (weightzoo landscape)")  # fmt: skip
         groups.setdefault(archs.config_hash(cfg), []).append(r)
+    rows = _evaluate_inrs(zoo, inr_groups, dataset_root) if inr_groups else []
     ds_cache: dict[bool, Any] = {}
-    rows = []
     for group in groups.values():
         cfg = group[0].arch_config
         flat = len(archs.input_shape(cfg)) == 1
@@ -354,12 +361,42 @@ def _evaluate(zoo: Zoo, models: Sequence[int | str], dataset: str, splits: Seque
             label = f"{split}/{ds.corruption}/{ds.severity}" if split == "test" and ds.corruption else split
             for r, loss, acc in zip(group, res.loss.tolist(), res.accuracy.tolist(), strict=True):
                 rows.append({"model_id": r.id, "split": label, "loss": loss, "acc": acc})
-    df = pd.DataFrame(rows, columns=["model_id", "split", "loss", "acc"])
+    columns = ["model_id", "split", "loss", "acc"] + (["psnr"] if inr_groups else [])
+    df = pd.DataFrame(rows, columns=columns)
     if record and rows:
         with zoo.catalog.write() as conn:  # one transaction and one insert, through the one metric path
-            zoo.catalog.add_metrics_many(
-                conn, [(r["model_id"], [(name, r["split"], step, r[name]) for name in ("loss", "acc")]) for r in rows])
+            zoo.catalog.add_metrics_many(conn, [(r["model_id"], _metric_items(r, step)) for r in rows])
     return df.set_index("model_id").loc[[i for i in ids if i in set(df["model_id"])]].reset_index() if rows else df
+
+
+def _is_inr(cfg: Any) -> bool:
+    return isinstance(cfg, Mapping) and cfg.get("family") != archs.RAW_FAMILY and archs.get_family(cfg).head == "inr"
+
+
+def _metric_items(row: Mapping[str, Any], step: int | None) -> list[tuple[str, str, int | None, float]]:
+    """A result row as metric rows: ``<split>_loss``/``<split>_acc``; an INR's ``train_loss`` and ``psnr``
+    (the names the builder records when it fits one, so a re-evaluation overwrites them with equal values)."""
+    if "psnr" in row and row["psnr"] == row["psnr"]:  # an INR (psnr is NaN for classifiers)
+        return [("loss", row["split"], step, row["loss"]), ("psnr", "", step, row["psnr"])]
+    return [(name, row["split"], step, row[name]) for name in ("loss", "acc")]
+
+
+def _evaluate_inrs(zoo: Zoo, groups: Mapping[str, Sequence[ModelRecord]], dataset_root: str | None) -> list[dict[str, Any]]:
+    """Each stored INR on its own image (:func:`zoo.build.inr.stored_inr_data`): MSE and PSNR, in this process.
+
+    Its data are the pixels of one image (64 for digits), so shards would cost more than they save.
+    """
+    from zoo.build.inr import stored_inr_data
+
+    rows = []
+    for group in groups.values():
+        ids = [r.id for r in group]
+        data = stored_inr_data(zoo, ids, dataset_root=dataset_root)
+        res = evaluate_population(group[0].arch_config, zoo.stack(ids), data.coords, data.targets, task="regression")
+        assert res.psnr is not None
+        for mid, loss, psnr in zip(ids, res.loss.tolist(), res.psnr.tolist(), strict=True):
+            rows.append({"model_id": mid, "split": "train", "loss": loss, "acc": math.nan, "psnr": psnr})
+    return rows
 
 
 def _run(cfg: dict, W: Mapping[str, Tensor], data: dict[str, tuple[Tensor, Tensor]], n: int, ex: Any) -> dict[str, EvalResult]:

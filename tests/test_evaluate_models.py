@@ -100,7 +100,7 @@ def test_stored_inrs_are_evaluated_on_their_own_image_as_the_builder_recorded_th
     assert main(["eval", str(ids[1]), "--root", str(z.root)]) == 0
     assert "psnr" in capsys.readouterr().out
     new = z.metrics(ids[1]).iloc[-2:]  # recorded under the names the builder gives them: train_loss, psnr
-    assert len(z.metrics()) == before + 2 and sorted(zip(new["name"], new["split"])) == [("loss", "train"), ("psnr", "")]
+    assert len(z.metrics()) == before + 2 and sorted(zip(new["name"], new["split"], strict=True)) == [("loss", "train"), ("psnr", "")]
     assert new[new["name"] == "psnr"]["value"].iloc[0] == pytest.approx(built_psnr[ids[1]], abs=1e-3)
 
 

@@ -11,16 +11,15 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from analysis.landscape import report as R
+from analysis.landscape.metrics import METRIC_FAMILIES, landscape
+from analysis.landscape.spectral import population_spectra, spectra_frame
 from app import common as C
 from zoo import ZooError
 
 z = C.page("Landscape")
 if z is None:
     st.stop()
-
-from analysis.landscape import report as R  # noqa: E402
-from analysis.landscape.metrics import METRIC_FAMILIES, landscape  # noqa: E402
-from analysis.landscape.spectral import population_spectra, spectra_frame  # noqa: E402
 
 pops = C.populations()
 names = pops["name"].tolist()

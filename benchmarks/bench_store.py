@@ -106,6 +106,26 @@ def bench_stack_case(tmp: Path, label: str, z: Zoo, query, repeat: int = 9) -> d
     return res
 
 
+def bench_after_write(z: Zoo, pop: str, label: str, folder_s: float, state: dict, repeat: int = 5) -> dict:
+    """The first stack of ``pop`` on a fresh Zoo handle right after one model was appended to it (the
+    population's saved manifest grows by the new model's rows), ``repeat`` times; against the folder time
+    of the same population measured before (``folder_s``)."""
+    arch = z.get(z.population(pop).ids()[0]).arch_config
+    z.population(pop).stack()  # the current manifest is saved
+    times = []
+    for k in range(repeat):
+        z.add(state, arch=arch, population=pop, name=f"{pop}-after-write-{k}", hparams={"k": k})
+        z2 = Zoo.open(z.root, create=False)
+        try:
+            t = time.perf_counter()
+            z2.population(pop).stack()
+            times.append(time.perf_counter() - t)
+        finally:
+            z2.close()
+    med = statistics.median(times)
+    return {"label": label, "after_write": med, "usual": folder_s, "x_folder": folder_s / med}
+
+
 def print_stack(r: dict) -> None:
     print(f"stack {r['label']} ({r['n']} models, {r['mb']:.1f} MB): folder {r['usual'] * 1e3:.1f} ms, torch.load "
           f"{r['dataset_pt'] * 1e3:.1f} ms, ours {r['ours'] * 1e3:.2f} ms (first on a fresh Zoo {r['ours_cold'] * 1e3:.1f} ms, "
@@ -127,19 +147,28 @@ def bench_stack(tmp: Path, n: int) -> dict:
                     for s in range(start, min(n, start + step))])  # fmt: skip
     out = [bench_stack_case(tmp, f"synthetic-{n}", z, z.population("p")),
            bench_stack_case(tmp, f"synthetic-{n}-half", z, z.models().population("p").metric("test_acc", ">=", 0.5))]
-    return {"cases": out, "zoo": z}
+    after = bench_after_write(z, "p", f"synthetic-{n}", out[0]["usual"], init_state(MLP, 10**6))
+    return {"cases": out, "after": after, "zoo": z}
 
 
 def bench_demo(tmp: Path, demo: Path) -> list[dict]:
-    """The demo's builder-written digits-mlp population (a copy), before and after ``repack``."""
+    """The demo's builder-written digits-mlp population (a copy), before and after ``repack``, and the first
+    stack after each of five appends."""
     root = tmp / "demo"
     shutil.copytree(demo, root)
     z = Zoo.open(root, create=False)
     out = [bench_stack_case(tmp, "demo-digits-mlp", z, z.population("digits-mlp"))]
     z.repack("digits-mlp")
     out.append(bench_stack_case(tmp, "demo-digits-mlp-repacked", z, z.population("digits-mlp")))
+    first = z.population("digits-mlp").ids()[0]
+    out.append(bench_after_write(z, "digits-mlp", "demo-digits-mlp", out[0]["usual"], z.get(first).state_dict()))
     z.close()
     return out
+
+
+def print_after_write(r: dict) -> None:
+    print(f"stack {r['label']}, first on a fresh Zoo after appending one model: {r['after_write'] * 1e3:.1f} ms -> "
+          f"{r['x_folder']:.1f}x folder ({r['usual'] * 1e3:.1f} ms)")  # fmt: skip
 
 
 def bench_ingest(tmp: Path, n: int) -> dict:
@@ -232,10 +261,11 @@ def main() -> None:
             return
         if Path(args.demo, "catalog.db").exists():
             for r in bench_demo(tmp, Path(args.demo)):
-                print_stack(r)
+                (print_after_write if "after_write" in r else print_stack)(r)
         s = bench_stack(tmp, args.models)
         for r in s["cases"]:
             print_stack(r)
+        print_after_write(s["after"])
         s["zoo"].close()
         i = bench_ingest(tmp, min(args.models, 1000))
         print(f"ingest {i['n']} digits-MLP checkpoints: {i['seconds']:.2f} s -> {i['ckpt_per_s']:.0f} ckpt/s")

@@ -94,6 +94,52 @@ def test_appends_removals_gc_and_repack_make_the_file_stale(root: Path) -> None:
         assert z.verify().ok
 
 
+def test_after_an_append_the_saved_manifest_grows_by_the_new_models_rows_only(root: Path, monkeypatch) -> None:
+    """The first stack after a write reads the catalog rows of the added models only, not the population's."""
+    with Zoo.open(root) as z:
+        z.population("p").stack()  # saves n12
+        added = z.add_many([NewModel(_state(500 + s), population="p") for s in range(3)])
+        seeds = {**_seeds(z), **{m.id: 500 + s for s, m in enumerate(added)}}
+    read: list[int] = []
+    real = TensorReader._manifest
+
+    def counting(self: TensorReader, c: object, q: object) -> tuple | None:
+        cols = real(self, c, q)
+        read.append(0 if cols is None else len(cols[0]))
+        return cols
+
+    monkeypatch.setattr(TensorReader, "_manifest", counting)
+    with Zoo.open(root) as z:
+        ids = z.population("p").ids()
+        _equal(z.population("p").stack(), _want(ids, seeds))
+        _equal(z.stack(ids[::-1]), _want(ids[::-1], seeds))
+    assert read == [3 * 2]  # three new models x two tensors
+    assert _files(root) == [f"pop1-r0-l0-n15-m{max(ids)}.npz"]  # the older file replaced
+    read.clear()
+    with Zoo.open(root) as z:
+        _equal(z.population("p").stack(names=["b"]), {"b": _want(ids, seeds)["b"]})
+    assert read == []  # the grown file is the population's manifest now
+
+
+def test_a_grown_manifest_that_does_not_add_up_falls_back_to_the_catalog(root: Path) -> None:
+    """An older file whose count does not match the rows added since (as when a concurrent writer's lower
+    id commits late) is not grown: the whole manifest is read again, and the stack stays right."""
+    with Zoo.open(root) as z:
+        z.population("p").stack()
+        z.add(_state(700), population="p")
+        seeds = {**_seeds(z), z.population("p").ids()[-1]: 700}
+    (name,) = _files(root)
+    d = root / "cache" / "manifests"
+    (d / name).rename(d / name.replace("-n12-", "-n11-"))  # claims one model fewer than it holds
+    with Zoo.open(root) as z:
+        ids = z.population("p").ids()
+        _equal(z.population("p").stack(), _want(ids, seeds))
+        z.remove([ids[1]], force=True)  # a rewrite: no older file is grown across it
+        rest = [i for i in ids if i != ids[1]]
+        _equal(z.population("p").stack(), _want(rest, seeds))
+    assert _files(root) == [f"pop1-r1-l0-n12-m{max(ids)}.npz"]
+
+
 def test_gc_removes_stale_files_and_keeps_the_current_one(root: Path) -> None:
     with Zoo.open(root) as z:
         z.population("p").stack()

@@ -11,7 +11,10 @@ A file is named by its :class:`PopulationKey`, everything that can change a popu
 the catalog's ``rewrite_version`` (bumped by every update or delete: removed models, cut lineage,
 ...), its ``layout_version`` (bumped when gc or repack moves blobs), and the population's model count
 and highest model id (appends; a model's tensors never change after it is written). A file whose key
-is not current is never read, and ``gc`` deletes it. The cache is derived data: deleting the folder
+is not current is never read, and ``gc`` deletes it. A population that only grew since its file was
+saved (same rewrite and layout versions, more models, a higher highest id) gets a new file made from
+the old one plus the catalog rows of the models added since (``TensorReader._grown_manifest``), so the
+first stack after a write reads those rows only. The cache is derived data: deleting the folder
 is always safe, a corrupt file is ignored and removed, and a read-only zoo simply goes without.
 """
 

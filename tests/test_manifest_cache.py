@@ -81,6 +81,11 @@ def test_appends_removals_gc_and_repack_make_the_file_stale(root: Path) -> None:
         seeds = {**_seeds(z), new.id: 999}
         ids = z.population("p").ids()
         _equal(z.population("p").stack(), _want(ids, seeds))  # the appended model is there
+        assert _files(root) == first  # one model is under a tenth of the file: grown in memory, not saved yet
+        more = z.add_many([NewModel(_state(900 + s), population="p") for s in range(2)])
+        seeds.update({m.id: 900 + s for s, m in enumerate(more)})
+        ids = z.population("p").ids()
+        _equal(z.population("p").stack(), _want(ids, seeds))
         second = _files(root)
         assert second != first and len(second) == 1  # a new key; the older file removed
         z.remove([ids[0], ids[3]], force=True)
@@ -118,7 +123,14 @@ def test_after_an_append_the_saved_manifest_grows_by_the_new_models_rows_only(ro
     read.clear()
     with Zoo.open(root) as z:
         _equal(z.population("p").stack(names=["b"]), {"b": _want(ids, seeds)["b"]})
+        z.add(_state(600), population="p")  # under a tenth of the file's rows: grown in memory, not saved
+        seeds[z.population("p").ids()[-1]] = 600
     assert read == []  # the grown file is the population's manifest now
+    for _ in range(2):
+        with Zoo.open(root) as z:
+            ids = z.population("p").ids()
+            _equal(z.population("p").stack(), _want(ids, seeds))
+    assert read == [2, 2] and _files(root) == [f"pop1-r0-l0-n15-m{max(ids) - 1}.npz"]  # each process: the new rows only
 
 
 def test_a_grown_manifest_that_does_not_add_up_falls_back_to_the_catalog(root: Path) -> None:

@@ -217,8 +217,9 @@ class TensorReader:
 
     def _grown_manifest(self, c: Connection, key: PopulationKey) -> Manifest | None:
         """The manifest of a population that only grew since an older manifest was saved: that file plus the
-        catalog rows of the models added since (ids above its highest), saved under ``key``; None when there
-        is no such file or the rows do not account for every added model (then the whole is read)."""
+        catalog rows of the models added since (ids above its highest), saved under ``key`` once the added
+        rows reach a tenth of the file's; None when there is no such file or the rows do not account for
+        every added model (then the whole is read)."""
         files = self.b.manifest_files
         older = [k for k in (*self._pop_manifests, *(k for k in files.files().values() if k is not None))
                  if k.population_id == key.population_id and k.rewrite_version == key.rewrite_version
@@ -256,7 +257,8 @@ class TensorReader:
                      np.concatenate([old.position, pos]), np.concatenate([old.pack_code, pc]),
                      np.concatenate([old.offset, of]), np.concatenate([old.kind_code, kc]),
                      name_list, pack_list, kind_list).check()  # fmt: skip
-        files.save(key, m)
+        if 10 * mid.size >= old.model_id.size:  # saved once the growth reaches a tenth; until then each new
+            files.save(key, m)  # process grows the older file again (a few rows), which costs less than a save
         self._remember(key, m)
         return m
 

@@ -9,18 +9,18 @@
 2. ``build``: the demo recipe (digits-mlp, scaled with ``--build-n/--build-epochs``) in-process vs on a
    local Ray with 1 and 2 workers (and a 2-process pool), each worker one torch thread; Ray's start-up
    is timed apart. Target: 2 Ray workers no slower than in-process; the 1 -> 2 worker scaling.
-3. ``learners``: a population-wide learner job, aligning the final checkpoints of a digits-mlp
+3. ``writers``: 4 processes write 10,000 models (batches of ``--batch``) into one PostgreSQL catalog and
+   one bucket at once vs one process writing the same into SQLite + a local folder: models/s, lost and
+   duplicated models, ``verify``. Target: zero lost or duplicated.
+4. ``learners``: a population-wide learner job, aligning the final checkpoints of a digits-mlp
    population (``--learners-n`` runs, default 200; or the population of ``--learners-root``) to its first
    model by weight matching (``analysis.align.canonicalize``: stack, align, write 200 models with lineage;
    no evaluation), in-process vs a 2-process pool vs a local Ray with 2 workers, each worker one torch
    thread; median of ``--repeat`` runs (Ray's start-up and its first run timed apart); and sampling
    ``--samples`` models (default 2,000) from a flow generator trained on it. Checks that every executor
    wrote the same tensors.
-4. ``writers``: 4 processes write 10,000 models (batches of ``--batch``) into one PostgreSQL catalog and
-   one bucket at once vs one process writing the same into SQLite + a local folder: models/s, lost and
-   duplicated models, ``verify``. Target: zero lost or duplicated.
 
-Run: ``python benchmarks/bench_scale.py [--part stack|build|learners|writers|all] [--quick]``. Needs the dev extras
+Run: ``python benchmarks/bench_scale.py [--part stack|build|writers|learners|all] [--quick]``. Needs the dev extras
 (s3fs, moto[server], ray, psycopg) and Debian's postgresql for part 3. Prints a table per part.
 """
 
@@ -171,7 +171,7 @@ def bench_build(tmp: Path, n: int, epochs: int) -> None:
     print(f"  Ray scaling 1 -> 2 workers: {r1[1] / r2[1]:.2f}x")
 
 
-# --------------------------------------------------------------------------------------------- 3. learners
+# --------------------------------------------------------------------------------------------- 4. learners
 def bench_learners(tmp: Path, n: int, epochs: int, repeat: int, root: str | None, samples: int) -> None:
     from analysis.align import canonicalize
     from zoo.build.builder import build
@@ -233,7 +233,7 @@ def bench_learners(tmp: Path, n: int, epochs: int, repeat: int, root: str | None
         ray.shutdown()
     same = all(h == hashes["in-process"] for k, h in hashes.items() if not k.startswith("sample "))
     same_s = all(h == hashes["sample in-process, 2 shards"] for k, h in hashes.items() if k.startswith("sample "))
-    print(f"\n## 3. learner jobs: align {len(ids)} digits-mlp final checkpoints to model {ref} (weight matching, "
+    print(f"\n## 4. learner jobs: align {len(ids)} digits-mlp final checkpoints to model {ref} (weight matching, "
           f"stack + align + write, no evaluation); sample {samples} models from a flow generator (heun, default steps; "
           f"no evaluation, not stored); ray.init of a local 2-CPU Ray: {ray_start:.1f}s, not included below")  # fmt: skip
     print(f"{'job, executor':40s} {'median s':>9s} {'min s':>7s} {'models':>7s} {'vs in-process':>14s}")
@@ -244,7 +244,7 @@ def bench_learners(tmp: Path, n: int, epochs: int, repeat: int, root: str | None
     print(f"  every executor wrote the same aligned weights: {same}; the same samples (same shards): {same_s}")
 
 
-# --------------------------------------------------------------------------------------------- 4. writers
+# --------------------------------------------------------------------------------------------- 3. writers
 WRITER = """
 import json, os, sys, time, torch
 from zoo import NewModel, Zoo

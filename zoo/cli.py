@@ -398,7 +398,7 @@ def executor_args(s: argparse.ArgumentParser, *, threads: bool = True) -> None:
     docs/scale-out.md) and, with ``threads``, ``--threads N``. The one home of these options: the store's
     commands and the learners' (``weightzoo align``, ``encode``, ``generate sample``) all add them here and
     read them back with :func:`executor_options`."""
-    s.add_argument("--workers", type=int, default=1,
+    s.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run the shards in N worker processes (a local process pool, or N CPUs of a local Ray)")
     s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the shards as Ray tasks: a local Ray (no ADDRESS) or the cluster at ADDRESS "

@@ -170,3 +170,30 @@ def test_ray_flag_without_ray_names_the_extra_and_writes_nothing(argv, base, tmp
     assert rc == 2 and "pip install 'weightzoo[ray]'" in capsys.readouterr().err
     assert (catalog_counts(z), len(z.tables())) == before
     z.close()
+
+
+def test_a_ray_cluster_that_does_not_answer_is_refused_before_any_work(base, tmp_path, capsys):
+    pytest.importorskip("ray")
+    z = copy_of(base, tmp_path, "z")
+    before = catalog_counts(z)
+    rc = main(["align", "--from", "jobs-mlp", "1", "--ray", "192.0.2.1:6379", "--ray-timeout", "1", "--root", str(z.root)])
+    assert rc == 2 and "did not answer within 1s" in capsys.readouterr().err  # TEST-NET address: no host
+    assert catalog_counts(z) == before
+    z.close()
+
+
+def test_an_executor_passed_in_stays_open_for_the_next_job(base):
+    from zoo.build.executors import InProcessExecutor
+
+    class Watched(InProcessExecutor):
+        closed = 0
+
+        def close(self):
+            Watched.closed += 1
+
+    ex = Watched(2)
+    with Zoo.open(base["root"]) as z:
+        W, ref = z.stack(base["final"][1:]), z.get(base["final"][0]).state_dict()
+        align_population(W, ref, config=z.get(base["final"][0]).arch_config, executor=ex)
+        z.evaluate(base["final"], record=False, executor=ex)
+    assert Watched.closed == 0

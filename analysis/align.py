@@ -53,6 +53,7 @@ __all__ = [
     "hidden_activations",
     "align",
     "align_population",
+    "align_shard",
     "align_and_store",
     "canonicalize",
     "l2_distance",
@@ -411,6 +412,10 @@ def align_population(
     data: Tensor | None = None,
     seed: int = 0,
     max_iter: int | None = None,
+    workers: int = 1,
+    executor: Any = None,
+    address: str | None = None,
+    timeout: float = 30.0,
 ) -> AlignResult:
     """Align every model of a population to one reference (canonicalisation).
 
@@ -424,6 +429,12 @@ def align_population(
         data: inputs for activation matching (``[B, *in]``, as the model takes them).
         seed: seeds weight matching's random order of permutations.
         max_iter: the most sweeps of weight matching (default 100).
+        workers, executor, address, timeout: where the assignments run (:mod:`zoo.build.executors`):
+            by default here; with ``workers > 1`` (a process pool), ``executor="ray"`` or a Ray ``address``
+            the models are cut into ``workers`` shards aligned by :func:`align_shard`, which gets the
+            reference, the shard's tensors and the spec. This process applies the permutations and
+            measures the distances, so the result is the same on every executor (each model's assignment
+            is its own; a test compares them exactly).
     """
     aligner = get_aligner(method)
     zoo = getattr(population, "zoo", None)
@@ -447,7 +458,13 @@ def align_population(
     kwargs: dict[str, Any] = {"config": cfg, "data": data, "seed": int(seed)}
     if max_iter is not None:
         kwargs["max_iter"] = int(max_iter)
-    perms, iters = aligner(spec, ref_state, stacked, **kwargs)
+    from zoo.build.executors import executor_scope
+
+    with executor_scope(executor, workers, address=address, timeout=timeout) as ex:
+        if ex is None:
+            perms, iters = aligner(spec, ref_state, stacked, **kwargs)
+        else:
+            perms, iters = _align_sharded(ex, method, spec, ref_state, stacked, kwargs)
     aligned = apply_permutation(spec, perms, stacked)
     seconds = time.perf_counter() - t0
     return AlignResult(
@@ -461,6 +478,30 @@ def align_population(
         seconds=seconds,
         spec=spec,
     )
+
+
+def align_shard(shared: tuple, population: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+    """One shard of :func:`align_population` (an executor task, run in a worker): ``shared`` is
+    ``(method, spec, reference, aligner keyword arguments)``; returns the shard's ``(perms, iterations)``.
+
+    Shapes:
+        population: ``name -> [n, *shape]``; returns ``(perm -> [n, size], [n])``.
+    """
+    from zoo.threads import torch_threads
+
+    method, spec, reference, kwargs = shared
+    with torch_threads(1):  # one thread per worker: the workers share the cores
+        return get_aligner(method)(spec, reference, population, **kwargs)
+
+
+def _align_sharded(ex: Any, method: str, spec: PermutationSpec, reference: Mapping[str, Tensor],
+                   stacked: Mapping[str, Tensor], kwargs: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:  # fmt: skip
+    from zoo.build.executors import shard_bounds
+
+    n = K.population_size(stacked)
+    tasks = [({k: v[a:b].clone() for k, v in stacked.items()},) for a, b in shard_bounds(n, ex.workers)]
+    parts = list(ex.map(align_shard, tasks, shared=(method, spec, dict(reference), kwargs)))
+    return {p: torch.cat([part[0][p] for part in parts]) for p in parts[0][0]}, torch.cat([part[1] for part in parts])
 
 
 def _is_stacked(spec: PermutationSpec, stacked: Mapping[str, Tensor]) -> bool:
@@ -536,6 +577,10 @@ def canonicalize(
     dataset: str = "digits",
     dataset_root: str | None = None,
     evaluate: bool = True,
+    workers: int = 1,
+    executor: Any = None,
+    address: str | None = None,
+    timeout: float = 30.0,
 ) -> list[Any]:
     """Align many stored models (ids, or a population's name) to one reference and store them in one write.
 
@@ -543,8 +588,13 @@ def canonicalize(
     with parents ``{model: "model", reference: "reference"}``, op ``"align.<method>"`` and params
     (method, seed, iterations, distance before/after, reference), and evaluated on ``dataset``
     (train/val/test) when it is a classifier (mlp, cnn, resnet). Returns the new records.
+
+    ``workers``/``executor``/``address``/``timeout``: align in shards on a process pool or Ray
+    (:func:`align_population`); the workers get tensors only, and this process writes every aligned model,
+    its lineage and its metrics (evaluated here), in the models' order, so the zoo ends exactly as after
+    an in-process run.
     """
-    from zoo import NewModel
+    from zoo.build.executors import executor_scope
 
     if isinstance(models, int) or (isinstance(models, str) and models.isdigit()):
         ids: list[Any] = [models]
@@ -559,8 +609,18 @@ def canonicalize(
     cfg = check_same_arch(recs, ref)
     if method == "activation_matching" and data is None:
         data = default_data(cfg, dataset, dataset_root)
+    with executor_scope(executor, workers, address=address, timeout=timeout) as ex:  # fail before any work
+        return _canonicalize(zoo, recs, ref, cfg, method, population, seed, max_iter, data, dataset, dataset_root,
+                             evaluate, ex)  # fmt: skip
+
+
+def _canonicalize(zoo: Any, recs: list[Any], ref: Any, cfg: dict[str, Any], method: str, population: str | None,
+                  seed: int, max_iter: int | None, data: Tensor | None, dataset: str, dataset_root: str | None,
+                  evaluate: bool, ex: Any) -> list[Any]:  # fmt: skip
+    from zoo import NewModel
+
     res = align_population(zoo.stack([r.id for r in recs]), ref.state_dict(), method=method, config=cfg,
-                           data=data, seed=seed, max_iter=max_iter)  # fmt: skip
+                           data=data, seed=seed, max_iter=max_iter, executor=ex)  # fmt: skip
     pops = {population or _population_name(r, ref) for r in recs}
     for p in sorted(pops):
         zoo.create_population(p, arch=cfg, exist_ok=True, description=f"models aligned to model {ref.id} by {method}")
@@ -574,6 +634,7 @@ def canonicalize(
         ))  # fmt: skip
     out = zoo.add_many(items)
     if evaluate and is_classifier(cfg):
+        # here, not in shards: a population's losses in shards of another size differ in the last bits
         zoo.evaluate([o.id for o in out], dataset=dataset, splits=("train", "val", "test"), dataset_root=dataset_root)
     return zoo.records([o.id for o in out])
 

@@ -5,6 +5,7 @@ Plugged into the ``weightzoo`` CLI through the ``weightzoo.commands`` entry-poin
 
     weightzoo align 12 3                       # align model 12 to model 3 (weight matching), store, evaluate
     weightzoo align 12 3 --method activation_matching --population canon
+    weightzoo align --from digits-mlp 3 --workers 2      # a whole population, in 2 shards (--ray: on Ray)
     weightzoo lmc 3 12 --align                 # loss/accuracy along the path, before and after aligning
     weightzoo lmc 3 12 --points 11 --json
 """
@@ -27,9 +28,17 @@ methods:
   activation_matching  correlation of hidden activations on a batch of training inputs, one assignment
                        per permutation (mlp, siren, cnn, resnet)
 
+Several models (MODEL... REFERENCE) or every model of a population (--from POPULATION REFERENCE) are
+aligned in one batched run and stored in one write. --workers N aligns them in N shards on a local process
+pool, --ray [ADDRESS] as Ray tasks (a local Ray, or the cluster at ADDRESS); the workers get tensors only,
+this process writes the aligned models, their lineage and metrics, exactly as an in-process run does.
+
 examples:
   weightzoo align 12 3
   weightzoo align 12 3 --method activation_matching --seed 1 --population digits-mlp/canonical
+  weightzoo align 12 13 14 3
+  weightzoo align --from digits-mlp --final 3 --workers 2          # a population, on a 2-process pool
+  weightzoo align --from digits-mlp 3 --ray HEAD:6379 --workers 8  # on a Ray cluster
 """
 
 _LMC_EPILOG = """\
@@ -57,16 +66,40 @@ def _metric(rec: Any, name: str) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+def _sources(z: Any, args: argparse.Namespace) -> list[int]:
+    """The ids to align: the MODEL arguments, then the models of --from (only final checkpoints with --final)."""
+    from zoo.errors import ConfigError, NotFoundError
+
+    ids = [z.get(m).id for m in args.models]
+    if args.from_population:
+        q = z.population(args.from_population)
+        found = (q.final() if args.final else q).ids()
+        if not found:
+            raise NotFoundError(f"population {args.from_population!r} has no models to align")
+        ids += [i for i in found if i not in set(ids)]
+    elif args.final:
+        raise ConfigError("--final picks the last checkpoints of --from POPULATION; give --from")
+    if not ids:
+        raise ConfigError("name the model(s) to align (MODEL... REFERENCE) or a population (--from POPULATION REFERENCE)")
+    return ids
+
+
 def cmd_align(args: argparse.Namespace) -> int:
-    from analysis.align import align_and_store
+    from analysis.align import canonicalize
+    from zoo.cli import executor_options
+    from zoo.threads import torch_threads
 
     z = _open(args)
     try:
-        src, ref = z.get(args.model), z.get(args.reference)
-        rec = align_and_store(
-            z, src.id, ref.id, method=args.method, population=args.population, seed=args.seed,
-            max_iter=args.max_iter, dataset=args.dataset, dataset_root=args.data_root, evaluate=not args.no_eval,
-        )  # fmt: skip
+        ids, ref = _sources(z, args), z.get(args.reference)
+        with torch_threads(args.threads):
+            recs = canonicalize(
+                z, ids, ref.id, method=args.method, population=args.population, seed=args.seed, max_iter=args.max_iter,
+                dataset=args.dataset, dataset_root=args.data_root, evaluate=not args.no_eval, **executor_options(args),
+            )  # fmt: skip
+        if len(recs) > 1 or args.from_population:
+            return _print_many(z, recs, ref, args)
+        src, rec = z.get(ids[0]), recs[0]
         edge = next(e for e in rec.parents() if e.role == "model")
         p = edge.params
         if args.json:
@@ -87,6 +120,22 @@ def cmd_align(args: argparse.Namespace) -> int:
         return 0
     finally:
         z.close()
+
+
+def _print_many(z: Any, recs: list[Any], ref: Any, args: argparse.Namespace) -> int:
+    params = [next(e for e in r.parents() if e.role == "model").params for r in recs]
+    if args.json:
+        print(json.dumps({"reference": ref.id, "models": [{"id": r.id, "name": r.name, "population": r.population,
+                          "source": p["model"], **{k: p[k] for k in ("iterations", "distance_before", "distance_after")}}
+                          for r, p in zip(recs, params, strict=True)]}, indent=2, default=str))  # fmt: skip
+        return 0
+    before = sum(p["distance_before"] for p in params) / len(params)
+    after = sum(p["distance_after"] for p in params) / len(params)
+    pops = sorted({r.population for r in recs})
+    print(f"aligned {len(recs)} models to reference {ref.id} by {params[0]['method']} (seed {params[0]['seed']})")
+    print(f"stored as models {recs[0].id}..{recs[-1].id} in population(s) {', '.join(repr(p) for p in pops)} (op {recs[0].op})")
+    print(f"mean L2 distance to the reference: {before:.4f} -> {after:.4f} ({1 - after / before if before else 0.0:.1%} lower)")
+    return 0
 
 
 def cmd_lmc(args: argparse.Namespace) -> int:
@@ -122,15 +171,20 @@ def cmd_lmc(args: argparse.Namespace) -> int:
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add ``align`` and ``lmc`` to the ``weightzoo`` CLI (the ``weightzoo.commands`` entry-point hook)."""
     from analysis.align import aligners
+    from zoo.cli import executor_args
 
     fmt = argparse.RawDescriptionHelpFormatter
     s = subparsers.add_parser(
         "align", parents=[common], formatter_class=fmt, epilog=_ALIGN_EPILOG,
         help="align a model's hidden neurons to a reference model (git re-basin) and store the result",
-        description="Permute MODEL's hidden neurons to match REFERENCE (same architecture); store and evaluate the result.",
+        description="Permute the hidden neurons of MODEL (or of several models, or of a population) to match "
+                    "REFERENCE (same architecture); store and evaluate the result.",
     )  # fmt: skip
-    s.add_argument("model", help="id or name of the model to align")
+    s.add_argument("models", nargs="*", metavar="MODEL", help="id or name of a model to align (several: one batched run)")
     s.add_argument("reference", help="id or name of the reference model (left unchanged)")
+    s.add_argument("--from", dest="from_population", metavar="POPULATION",
+                   help="align every model of this population (with any MODELs given)")
+    s.add_argument("--final", action="store_true", help="with --from: only the last checkpoint of each run")
     s.add_argument("--method", choices=aligners(), default="weight_matching", help="alignment method (default: weight_matching)")
     s.add_argument("--population", help='population for the aligned model (default: "<population>/aligned-to-<reference>")')
     s.add_argument("--seed", type=int, default=0, help="seed of weight matching's random permutation order (default 0)")
@@ -138,6 +192,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--dataset", default="digits", help="data set for evaluation and activation matching (default digits)")
     s.add_argument("--data-root", help="folder with the data set's files (not needed for digits)")
     s.add_argument("--no-eval", action="store_true", help="do not evaluate the aligned model")
+    executor_args(s)
     s.set_defaults(func=cmd_align)
 
     s = subparsers.add_parser(

@@ -12,8 +12,15 @@
 3. ``writers``: 4 processes write 10,000 models (batches of ``--batch``) into one PostgreSQL catalog and
    one bucket at once vs one process writing the same into SQLite + a local folder: models/s, lost and
    duplicated models, ``verify``. Target: zero lost or duplicated.
+4. ``learners``: a population-wide learner job, aligning the final checkpoints of a digits-mlp
+   population (``--learners-n`` runs, default 200; or the population of ``--learners-root``) to its first
+   model by weight matching (``analysis.align.canonicalize``: stack, align, write 200 models with lineage;
+   no evaluation), in-process vs a 2-process pool vs a local Ray with 2 workers, each worker one torch
+   thread; median of ``--repeat`` runs (Ray's start-up and its first run timed apart); and sampling
+   ``--samples`` models (default 2,000) from a flow generator trained on it. Checks that every executor
+   wrote the same tensors.
 
-Run: ``python benchmarks/bench_scale.py [--part stack|build|writers|all] [--quick]``. Needs the dev extras
+Run: ``python benchmarks/bench_scale.py [--part stack|build|writers|learners|all] [--quick]``. Needs the dev extras
 (s3fs, moto[server], ray, psycopg) and Debian's postgresql for part 3. Prints a table per part.
 """
 
@@ -164,6 +171,79 @@ def bench_build(tmp: Path, n: int, epochs: int) -> None:
     print(f"  Ray scaling 1 -> 2 workers: {r1[1] / r2[1]:.2f}x")
 
 
+# --------------------------------------------------------------------------------------------- 4. learners
+def bench_learners(tmp: Path, n: int, epochs: int, repeat: int, root: str | None, samples: int) -> None:
+    from analysis.align import canonicalize
+    from zoo.build.builder import build
+    from zoo.build.recipes import Recipe
+    from zoo.store.hashing import tensor_id
+
+    torch.set_num_threads(1)
+    if root is None:
+        root = str(tmp / "learners")
+        with Zoo.open(root) as z:
+            t = time.perf_counter()
+            build(z, Recipe.load("digits-mlp").scaled(n=n, epochs=epochs), progress=False, threads=1)
+            print(f"\n(built digits-mlp n={n} epochs={epochs} in {time.perf_counter() - t:.1f}s)")
+    rows, hashes = [], {}
+    with Zoo.open(root) as z:
+        ids = z.population("digits-mlp").final().ids()
+        ref = ids[0]  # aligned to itself too, as `weightzoo align --from digits-mlp --final REF` does
+
+        def one(label: str, times: int, **kw) -> None:
+            secs = []
+            for _ in range(times):
+                pop = f"bench-align/{len(rows)}-{len(secs)}"
+                t = time.perf_counter()
+                recs = canonicalize(z, ids, ref, population=pop, evaluate=False, **kw)
+                secs.append(time.perf_counter() - t)
+            W = z.stack([r.id for r in recs])
+            hashes[label] = {k: tensor_id(v) for k, v in W.items()}  # the aligned population, bit for bit
+            rows.append((label, med(secs), min(secs), len(recs)))
+
+        def sample(label: str, times: int, **kw) -> None:
+            secs = []
+            for _ in range(times):
+                t = time.perf_counter()
+                run = generators.sample(z, "bench-flow", n=samples, seed=0, evaluate=False, store=False, **kw)
+                secs.append(time.perf_counter() - t)
+            hashes["sample " + label] = {k: tensor_id(v) for k, v in run.samples.items()}
+            srows.append((label, med(secs), min(secs), samples))
+
+        import generators
+
+        if "bench-flow" not in {r.name for r in z.models().op("train.generator")}:
+            t = time.perf_counter()
+            generators.train(z, "digits-mlp", "flow", name="bench-flow", params={"train_steps": 300}, threads=1)
+            print(f"(trained the flow generator in {time.perf_counter() - t:.1f}s)")
+        srows: list = []
+        one("in-process", repeat)
+        one("process pool, 2 workers", repeat, workers=2, executor="process")
+        sample("in-process, 2 shards", repeat, executor="inprocess", workers=2)
+        sample("in-process", repeat)
+        sample("process pool, 2 workers", repeat, workers=2, executor="process")
+        import ray
+
+        t = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray_start = time.perf_counter() - t
+        one("ray, 2 workers: first run", 1, workers=2, executor="ray")
+        one("ray, 2 workers: later runs", repeat, workers=2, executor="ray")
+        sample("ray, 2 workers", repeat, workers=2, executor="ray")
+        ray.shutdown()
+    same = all(h == hashes["in-process"] for k, h in hashes.items() if not k.startswith("sample "))
+    same_s = all(h == hashes["sample in-process, 2 shards"] for k, h in hashes.items() if k.startswith("sample "))
+    print(f"\n## 4. learner jobs: align {len(ids)} digits-mlp final checkpoints to model {ref} (weight matching, "
+          f"stack + align + write, no evaluation); sample {samples} models from a flow generator (heun, default steps; "
+          f"no evaluation, not stored); ray.init of a local 2-CPU Ray: {ray_start:.1f}s, not included below")  # fmt: skip
+    print(f"{'job, executor':40s} {'median s':>9s} {'min s':>7s} {'models':>7s} {'vs in-process':>14s}")
+    for what, rs in (("align", rows), ("sample", srows)):
+        base = next(r for r in rs if r[0] == "in-process")[1]
+        for label, sec, lo, m in rs:
+            print(f"{what + ', ' + label:40s} {sec:9.2f} {lo:7.2f} {m:7d} {base / sec:13.2f}x")
+    print(f"  every executor wrote the same aligned weights: {same}; the same samples (same shards): {same_s}")
+
+
 # --------------------------------------------------------------------------------------------- 3. writers
 WRITER = """
 import json, os, sys, time, torch
@@ -264,18 +344,23 @@ def bench_writers(tmp: Path, s3: S3Server, total: int, batch: int, writers: int)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", default="all", choices=["stack", "build", "writers", "all"])
+    ap.add_argument("--part", default="all", choices=["stack", "build", "learners", "writers", "all"])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--models", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--build-n", type=int, default=300)
     ap.add_argument("--build-epochs", type=int, default=24)
+    ap.add_argument("--learners-n", type=int, default=200, help="runs of the digits-mlp population to align")
+    ap.add_argument("--learners-epochs", type=int, default=8)
+    ap.add_argument("--learners-root", help="align the digits-mlp population of this zoo instead of building one")
+    ap.add_argument("--samples", type=int, default=2000, help="models to sample from a flow generator (part learners)")
     ap.add_argument("--writes", type=int, default=10_000)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--writers", type=int, default=4)
     a = ap.parse_args()
     if a.quick:
         a.models, a.repeat, a.build_n, a.build_epochs, a.writes = 200, 2, 40, 4, 400
+        a.learners_n, a.learners_epochs, a.samples = 40, 2, 200
     torch.set_num_threads(1)
     print(f"bench_scale: {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} at start, torch {torch.__version__}")  # fmt: skip
@@ -288,6 +373,8 @@ def main() -> None:
             bench_stack(tmp, s3, a.models, a.repeat)
         if a.part in ("build", "all"):
             bench_build(tmp, a.build_n, a.build_epochs)
+        if a.part in ("learners", "all"):
+            bench_learners(tmp, a.learners_n, a.learners_epochs, a.repeat, a.learners_root, a.samples)
         if a.part in ("writers", "all"):
             bench_writers(tmp, s3, a.writes, a.batch, a.writers)
     finally:

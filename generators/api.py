@@ -32,7 +32,7 @@ from generators.registry import make_generator
 from zoo.errors import ConfigError, DuplicateError, MismatchError, NotFoundError
 from zoo.threads import torch_threads
 
-__all__ = ["train", "sample", "store_run", "store_generator", "generator_from_zoo", "SampleRun", "finetune_inits", "GENERATOR_POPULATION", "ACC_ALIASES"]
+__all__ = ["train", "sample", "sample_shard", "store_run", "store_generator", "generator_from_zoo", "SampleRun", "finetune_inits", "GENERATOR_POPULATION", "ACC_ALIASES"]
 
 GENERATOR_POPULATION = "generators"
 #: ``--condition acc`` conditions on the validation accuracy (nothing is chosen on the test split).
@@ -277,6 +277,10 @@ def sample(
     store: bool = True,
     n_baseline: int | None = None,
     threads: int | None = None,
+    workers: int = 1,
+    executor: Any = None,
+    address: str | None = None,
+    timeout: float = 30.0,
 ) -> SampleRun:
     """Sample ``n`` models from a stored generator, evaluate the run against the baselines and (``store``)
     write the samples to population ``<generator name>/samples`` with lineage and metrics.
@@ -285,16 +289,62 @@ def sample(
     ``arch``: the architecture (config or population name) the caller wants; refused unless it is the
     one the generator was trained on. ``threads``: torch threads while sampling and evaluating
     (:func:`torch_threads`). Everything is checked before anything is written.
+
+    ``workers``/``executor``/``address``/``timeout`` (:mod:`zoo.build.executors`): with ``workers > 1`` (a
+    local process pool), ``executor="ray"`` or a Ray ``address``, the ``n`` samples are drawn in
+    ``workers`` shards by :func:`sample_shard`. This process checks the request and draws the starting
+    noise exactly as in-process sampling does; each worker gets the stored generator's configuration and
+    tensors and its rows of the noise, and this process evaluates and writes the samples in order. The
+    same shards give the same samples on every executor (``executor="inprocess", workers=N`` runs them
+    here). A stochastic sampler (``ddpm``) draws each shard's step noise from its own stream (seeded by
+    ``seed`` and the shard's first row), so its samples depend on the shards.
     """
-    with torch_threads(threads):
+    from zoo.build.executors import executor_scope
+
+    with torch_threads(threads), executor_scope(executor, workers, address=address, timeout=timeout) as ex:
         return _sample(zoo, generator, n, condition=condition, guidance=guidance, steps=steps, sampler=sampler,
                        seed=seed, temperature=temperature, arch=arch, evaluate=evaluate, store=store,
-                       n_baseline=n_baseline)  # fmt: skip
+                       n_baseline=n_baseline, ex=ex)  # fmt: skip
+
+
+def sample_shard(shared: tuple, noise: torch.Tensor, cond: torch.Tensor | None, stream: int) -> tuple[dict[str, torch.Tensor], int]:
+    """One shard of a sampling run (an executor task): ``shared`` is ``(generator document, generator tensors,
+    guidance, steps, sampler)`` (what :func:`store_generator` stored); returns the shard's samples (a stacked
+    population) and the network evaluations per sample.
+
+    Shapes:
+        noise: ``[n, space_dim]`` (the shard's rows of the run's starting noise); cond: ``[n]`` or None.
+    """
+    doc, tensors, guidance, steps, sampler = shared
+    with torch_threads(1):  # one thread per worker: the workers share the cores
+        gen = load_generator_state(doc, tensors)
+        flat = gen.sample_flat_from(noise, cond, guidance=guidance, steps=steps, sampler=sampler,
+                                    generator=torch.Generator().manual_seed(stream))  # fmt: skip
+        return gen.prep_.inverse_transform(flat), int(gen.nfe_)
+
+
+def _shard_stream(seed: int, start: int) -> int:
+    """The seed of the random stream of the shard starting at row ``start`` (stochastic samplers)."""
+    return int(np.random.SeedSequence([int(seed), int(start)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _sample_sharded(gen: Generator, rec: Any, ex: Any, n: int, *, condition: Any, guidance: float, steps: int | None,
+                    sampler: str | None, seed: int, temperature: float) -> dict[str, torch.Tensor]:  # fmt: skip
+    from zoo.build.executors import shard_bounds
+
+    noise, cond, steps_, sampler_, _ = gen.sampling_inputs(n, condition=condition, guidance=guidance, steps=steps,
+                                                            sampler=sampler, seed=seed, temperature=temperature)  # fmt: skip
+    shared = (json.loads(rec.hparams()["generator_doc"]), rec.state_dict(), float(guidance), steps_, sampler_)
+    tasks = [(noise[a:b].clone(), None if cond is None else cond[a:b].clone(), _shard_stream(seed, a))
+             for a, b in shard_bounds(n, ex.workers)]  # fmt: skip
+    parts = list(ex.map(sample_shard, tasks, shared=shared))
+    gen.nfe_, gen.last_steps_, gen.last_sampler_ = parts[0][1], steps_, sampler_
+    return {k: torch.cat([p[0][k] for p in parts]) for k in parts[0][0]}
 
 
 def _sample(zoo: Any, generator: int | str, n: int, *, condition: Any, guidance: float, steps: int | None,
             sampler: str | None, seed: int, temperature: float, arch: Mapping[str, Any] | str | None, evaluate: bool,
-            store: bool, n_baseline: int | None) -> SampleRun:  # fmt: skip
+            store: bool, n_baseline: int | None, ex: Any = None) -> SampleRun:  # fmt: skip
     from zoo.models.architectures import config_hash, normalize_config
 
     gen, rec = generator_from_zoo(zoo, generator)
@@ -306,8 +356,12 @@ def _sample(zoo: Any, generator: int | str, n: int, *, condition: Any, guidance:
     if int(n) < 1:
         raise ConfigError(f"ask for at least one sample, not {n}")
     t0 = time.perf_counter()
-    samples = gen.sample(int(n), condition=condition, guidance=guidance, steps=steps, sampler=sampler, seed=seed,
-                         temperature=temperature)  # fmt: skip
+    if ex is None:
+        samples = gen.sample(int(n), condition=condition, guidance=guidance, steps=steps, sampler=sampler, seed=seed,
+                             temperature=temperature)  # fmt: skip
+    else:
+        samples = _sample_sharded(gen, rec, ex, int(n), condition=condition, guidance=guidance, steps=steps,
+                                  sampler=sampler, seed=seed, temperature=temperature)  # fmt: skip
     t_sample = time.perf_counter() - t0
     name = rec.name or f"generator-{rec.id}"
     run = _run_name(zoo, name)

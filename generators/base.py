@@ -283,6 +283,16 @@ class Generator:
 
         ``temperature`` scales the starting noise (below 1: samples nearer the modes the generator
         learned, less diverse; 1: the trained distribution)."""
+        noise, cond, steps, sampler, gen = self.sampling_inputs(n, condition=condition, guidance=guidance, steps=steps,
+                                                                sampler=sampler, seed=seed, temperature=temperature)  # fmt: skip
+        return self.sample_flat_from(noise, cond, guidance=guidance, steps=steps, sampler=sampler, generator=gen)
+
+    def sampling_inputs(self, n: int, *, condition: Any = None, guidance: float = 1.0, steps: int | None = None,
+                        sampler: str | None = None, seed: int = 0,
+                        temperature: float = 1.0) -> tuple[Tensor, Tensor | None, int, str, torch.Generator]:  # fmt: skip
+        """The first half of :meth:`sample_flat`: check the request and draw what the sampler starts from:
+        ``(noise [n, space_dim], encoded condition [n] or None, steps, sampler, the random stream after the
+        noise)``. Raises :class:`ConfigError` on a bad request, before any sampling."""
         self._check_fitted()
         if int(n) < 1:
             raise ConfigError(f"ask for at least one sample, not {n}")
@@ -297,10 +307,24 @@ class Generator:
         cond = self.encode_condition(condition, int(n))
         gen = torch.Generator().manual_seed(int(seed))
         noise = torch.randn(int(n), self.space_dim, generator=gen) * float(temperature)
+        return noise, cond, steps, sampler, gen
+
+    @torch.no_grad()
+    def sample_flat_from(self, noise: Tensor, cond: Tensor | None, *, guidance: float, steps: int, sampler: str,
+                         generator: torch.Generator) -> Tensor:  # fmt: skip
+        """The second half of :meth:`sample_flat`: run the sampler from the starting ``noise`` (already drawn
+        and scaled) with the encoded condition ``cond`` (:meth:`encode_condition`; None: unconditional) and
+        the random stream ``generator`` of stochastic samplers (ddpm); sets ``nfe_``. A shard of a sampling
+        run (:func:`generators.api.sample_shard`) calls it on its rows of the noise.
+
+        Shapes:
+            noise: ``[n, space_dim]``; cond: ``[n]`` or None; returns ``[n, D]`` prepared flat vectors.
+        """
+        self._check_fitted()
         self.net_.eval()
-        out, nfe = self._sample_flat(noise, cond, float(guidance), steps, sampler, gen)
+        out, nfe = self._sample_flat(noise, cond, float(guidance), int(steps), sampler, generator)
         self.nfe_ = nfe * (2 if cond is not None and float(guidance) != 1.0 else 1)
-        self.last_steps_, self.last_sampler_ = steps, sampler
+        self.last_steps_, self.last_sampler_ = int(steps), sampler
         return self.latent_.inverse_transform(out) if self.latent_ is not None else out
 
     def sample(self, n: int, *, condition: Any = None, guidance: float = 1.0, steps: int | None = None,

@@ -7,6 +7,7 @@ Plugged into the ``weightzoo`` CLI through the ``weightzoo.commands`` entry-poin
     weightzoo generate train --population digits-inr-shared --method diffusion --condition label --name inr-ddim
     weightzoo generate sample mlp-flow -n 100 --seed 0 --png run.png
     weightzoo generate sample inr-ddim -n 50 --condition 3 --guidance 2.0
+    weightzoo generate sample mlp-flow -n 1000 --workers 2             # in 2 shards (--ray [ADDRESS]: on Ray)
     weightzoo generate finetune mlp-flow -n 20 --corruption gaussian_noise --severity 5
 """
 
@@ -85,6 +86,7 @@ def format_summary(run: Any) -> str:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from generators.api import sample
+    from zoo.cli import executor_options
 
     z = _open(args)
     if args.png:
@@ -93,7 +95,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         check_png_path(args.png, overwrite=args.overwrite, zoo_roots=[z.root])
     run = sample(z, args.generator, n=args.n, condition=_number(args.condition), guidance=args.guidance, steps=args.steps,
                  sampler=args.sampler, seed=args.seed, temperature=args.temperature, arch=args.for_population,
-                 store=not args.no_store, threads=args.threads)  # fmt: skip
+                 store=not args.no_store, threads=args.threads, **executor_options(args))  # fmt: skip
     out = run.to_dict()
     if args.png:
         from generators.evaluate import plot_run
@@ -155,6 +157,8 @@ def _threads_option(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``generate train`` and ``generate sample`` to the ``weightzoo`` subcommands."""
+    from zoo.cli import executor_args
+
     g = sub.add_parser("generate", parents=[common], help="weight generators: train on a population, sample new models and judge them",
                        description="generate train: learn a population's weights (flow matching or diffusion) and store the "
                                    "generator; generate sample: sample new models, evaluate them against the memorisation "
@@ -178,7 +182,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     _threads_option(s)
     s.set_defaults(func=cmd_train)
 
-    s = gs.add_parser("sample", parents=[inner], help="sample models from a stored generator, evaluate and store them")
+    s = gs.add_parser("sample", parents=[inner], help="sample models from a stored generator, evaluate and store them",
+                      description="Sample N models, evaluate them against the memorisation baselines and store them. "
+                                  "--workers N samples in N shards on a local process pool, --ray [ADDRESS] as Ray "
+                                  "tasks; this process draws the starting noise, evaluates and writes the samples, so "
+                                  "the same shards give the same models on every executor.")  # fmt: skip
     s.add_argument("generator", help="the generator's model name or id")
     s.add_argument("-n", type=int, default=100, help="how many models (default 100)")
     s.add_argument("--condition", help="the condition value (an accuracy, a hyperparameter value, a class)")
@@ -193,6 +201,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace an existing --png file")
     s.add_argument("--no-store", action="store_true", help="evaluate only; write nothing to the zoo")
     _threads_option(s)
+    executor_args(s, threads=False)
     s.set_defaults(func=cmd_sample)
 
     s = gs.add_parser("finetune", parents=[inner], help="generated models as initialisations on a shifted digits task",

@@ -150,3 +150,54 @@ def snapshot() -> Callable[[Zoo], tuple[dict[str, int], set[str]]]:
         return catalog_counts(z), pack_files(z.root)
 
     return snap
+
+
+def catalog_dump(z: Zoo) -> list[dict]:
+    """Every model with what the catalog says about it, ids included (the same build -> the same dump)."""
+    from sqlalchemy import select
+
+    from zoo.store import schema as S
+
+    out = []
+    with z.engine.connect() as c:
+        names = dict(c.execute(select(S.Model.id, S.Model.name)).all())
+        for m in c.execute(select(S.Model.__table__).order_by(S.Model.id)).all():
+            out.append({
+                "id": m.id, "name": m.name, "op": m.op, "run": m.run, "step": m.step, "source": m.source,
+                "population": m.population_id,
+                "tensors": dict(c.execute(select(S.TensorEntry.name, S.TensorEntry.blob_id).where(S.TensorEntry.model_id == m.id)).all()),
+                "hparams": dict(c.execute(select(S.Hyperparameter.name, S.Hyperparameter.value).where(S.Hyperparameter.model_id == m.id)).all()),
+                "metrics": sorted(c.execute(select(S.Metric.name, S.Metric.split, S.Metric.value).where(S.Metric.model_id == m.id)).all()),
+                "parents": sorted((names[e.parent_id], e.role, e.op, e.params) for e in c.execute(
+                    select(S.LineageEdge.__table__).where(S.LineageEdge.child_id == m.id)).all()),
+                "tags": sorted(c.execute(select(S.Tag.tag).where(S.Tag.model_id == m.id)).scalars()),
+            })  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory):
+    """A local two-CPU Ray for the module (it starts in seconds, not milliseconds); skipped without the
+    ``ray`` extra. Yields a file path: a shard that finds the file removes it and kills its worker
+    (``zoo.build.executors.KILL_ONCE_ENV``)."""
+    from zoo.build.executors import KILL_ONCE_ENV
+
+    ray = pytest.importorskip("ray")
+    kill_file = tmp_path_factory.mktemp("kill") / "kill-once"
+    mp = pytest.MonkeyPatch()
+    mp.setenv(KILL_ONCE_ENV, str(kill_file))  # before ray.init: the workers inherit the environment
+    mp.setenv("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield kill_file
+    ray.shutdown()
+    mp.undo()
+
+
+@pytest.fixture
+def spawn_safe_main(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty ``__main__`` for process-pool tests: spawned workers re-run the parent's ``__main__`` script
+    (the multiprocessing rule: guard it with ``if __name__ == "__main__"``), and Streamlit's AppTest, run
+    earlier in the suite, leaves a page script there."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))

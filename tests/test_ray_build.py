@@ -10,37 +10,18 @@ import sys
 import time
 
 import pytest
-from sqlalchemy import select
 
+from tests.conftest import catalog_dump as dump
 from zoo import Zoo
 from zoo.build.builder import build
 from zoo.build.executors import EXECUTORS, KILL_ONCE_ENV, check_reachable, make_executor
 from zoo.build.recipes import Recipe
 from zoo.errors import ConfigError, ZooError
-from zoo.store import schema as S
 
 
 def small_recipe() -> Recipe:
     """8 digits MLPs, 2 epochs, checkpoints at 1 and 2: two shards of 4 on two workers."""
     return Recipe.load("digits-mlp").scaled(n=8, epochs=2)
-
-
-def dump(z: Zoo) -> list[dict]:
-    """Every model with what the catalog says about it, ids included (the same build -> the same dump)."""
-    out = []
-    with z.engine.connect() as c:
-        names = dict(c.execute(select(S.Model.id, S.Model.name)).all())
-        for m in c.execute(select(S.Model.__table__).order_by(S.Model.id)).all():
-            out.append({
-                "id": m.id, "name": m.name, "op": m.op, "run": m.run, "step": m.step, "source": m.source,
-                "tensors": dict(c.execute(select(S.TensorEntry.name, S.TensorEntry.blob_id).where(S.TensorEntry.model_id == m.id)).all()),
-                "hparams": dict(c.execute(select(S.Hyperparameter.name, S.Hyperparameter.value).where(S.Hyperparameter.model_id == m.id)).all()),
-                "metrics": sorted(c.execute(select(S.Metric.name, S.Metric.split, S.Metric.value).where(S.Metric.model_id == m.id)).all()),
-                "parents": sorted((names[e.parent_id], e.role, e.op, e.params) for e in c.execute(
-                    select(S.LineageEdge.__table__).where(S.LineageEdge.child_id == m.id)).all()),
-                "tags": sorted(c.execute(select(S.Tag.tag).where(S.Tag.model_id == m.id)).scalars()),
-            })  # fmt: skip
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +40,6 @@ def reference(tmp_path_factory, one_thread):
 REFERENCE_ROOT: list = []
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
-    ray = pytest.importorskip("ray")
-    kill_file = tmp_path_factory.mktemp("kill") / "kill-once"
-    mp = pytest.MonkeyPatch()
-    mp.setenv(KILL_ONCE_ENV, str(kill_file))  # before ray.init: the workers inherit the environment
-    mp.setenv("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield kill_file
-    ray.shutdown()
-    mp.undo()
-
-
 def test_ray_build_writes_what_an_in_process_build_writes(ray_local, reference, zoo, one_thread):
     rep = build(zoo, small_recipe(), progress=False, workers=2, executor="ray")
     assert rep.models_written == 16 and rep.runs_trained == 8
@@ -88,15 +56,10 @@ def test_a_ray_worker_killed_mid_shard_is_retried_and_writes_nothing_partial(ray
     assert zoo.verify().ok
 
 
-def test_process_pool_with_a_killed_worker(tmp_path, reference, zoo, one_thread, monkeypatch):
+def test_process_pool_with_a_killed_worker(tmp_path, reference, zoo, one_thread, monkeypatch, spawn_safe_main):
     kill = tmp_path / "kill-once"
     kill.write_text("die")
     monkeypatch.setenv(KILL_ONCE_ENV, str(kill))  # spawned workers inherit it
-    # spawned workers re-run the parent's __main__ script (the multiprocessing rule: guard it with
-    # `if __name__ == "__main__"`); Streamlit's AppTest, run earlier in the suite, leaves a page script there
-    import types
-
-    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     rep = build(zoo, small_recipe(), progress=False, workers=2, executor="process")
     assert not kill.exists() and rep.models_written == 16
     assert dump(zoo) == reference

@@ -8,6 +8,7 @@ Plugged into the ``weightzoo`` CLI through the ``weightzoo.commands`` entry-poin
     weightzoo train-encoder hparam-bucket --encoder stats --save enc/
     weightzoo train-encoder accuracy --encoder probe --to-zoo --write-table acc_pred   # outputs as a SQL table
     weightzoo similar digits-mlp/00007/e024 --encoder-model 1234 --k 5
+    weightzoo encode acc_pred --encoder-model 1234 -p digits-mlp --workers 2   # a stored encoder over a population
 """
 
 from __future__ import annotations
@@ -116,10 +117,39 @@ def cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encode(args: argparse.Namespace) -> int:
+    from weightspace.encoders import load_encoder
+    from weightspace.tasks import encoder_from_zoo, write_outputs
+    from zoo.cli import executor_options
+
+    if (args.encoder_model is None) == (args.encoder_dir is None):
+        raise ConfigError("give exactly one of --encoder-model ID (an encoder stored with --to-zoo) or --encoder-dir DIR")
+    z = _open(args)
+    population = args.population
+    if args.encoder_model is not None:
+        enc = encoder_from_zoo(z, args.encoder_model)
+        population = population or z.get(args.encoder_model).hparams().get("trained_on")
+    else:
+        enc = load_encoder(args.encoder_dir)
+    if not population:
+        raise ConfigError("give the population to encode (-p POPULATION)")
+    info = write_outputs(z, enc, args.table, population=population, produced_by=args.encoder_model,
+                         embeddings=not args.no_embeddings, **executor_options(args))  # fmt: skip
+    out = {"table": info.name, "rows": info.n_rows, "population": population, "encoder": enc.name,
+           "columns": info.columns, "produced_by": info.produced_by}  # fmt: skip
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(f"wrote {info.n_rows} rows of encoder {enc.name!r} outputs on {population!r} to table {info.name!r} "
+              f"(columns {', '.join(info.columns)}); query it with `weightzoo query \"select * from {info.name} limit 5\"`")
+    return 0
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``train-encoder`` and ``similar`` to the ``weightzoo`` subcommands."""
+    """Add ``train-encoder``, ``similar`` and ``encode`` to the ``weightzoo`` subcommands."""
     from weightspace.encoders import encoders
     from weightspace.tasks import TASKS
+    from zoo.cli import executor_args
 
     s = sub.add_parser("train-encoder", parents=[common], help="train a weight-space encoder on a task and score it",
                        description="Train on a run-grouped split (no run on both sides) and score on the held-out runs.")  # fmt: skip
@@ -152,3 +182,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
     s.set_defaults(func=cmd_similar)
+
+    s = sub.add_parser(
+        "encode", parents=[common], help="run a trained encoder over a population and write its outputs as a table",
+        description="Predictions (and embeddings) of a trained encoder for every model of a population, written as "
+                    "the derived table TABLE (columns model_id, prediction, embedding), queryable with `weightzoo query`. "
+                    "--workers N runs the population in N shards on a local process pool, --ray [ADDRESS] as Ray "
+                    "tasks; the workers get the encoder and the weights, this process writes the table.",
+    )  # fmt: skip
+    s.add_argument("table", help="name of the derived table to write (replaced if it exists)")
+    s.add_argument("--encoder-model", type=int, help="id of an encoder stored with train-encoder --to-zoo")
+    s.add_argument("--encoder-dir", help="folder of an encoder saved with train-encoder --save")
+    s.add_argument("-p", "--population", help="population to encode (default: the one the stored encoder trained on)")
+    s.add_argument("--no-embeddings", action="store_true", help="write predictions only")
+    executor_args(s, threads=False)
+    s.set_defaults(func=cmd_encode)

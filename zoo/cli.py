@@ -70,12 +70,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.name:
         recipe.name = args.name
     z = _open(args)
-    ray = args.ray is not None
-    address = args.ray if ray and args.ray != "local" else None
-    executor = "ray" if ray else None
     rep = build(z, recipe, progress=not args.no_progress, resume=not args.no_resume, dataset_root=args.data_root,
-                workers=args.workers, executor=executor, address=address, timeout=args.ray_timeout,
-                threads=args.threads)  # fmt: skip
+                threads=args.threads, **executor_options(args))  # fmt: skip
     if args.json:
         _print_json(rep.__dict__)
     else:
@@ -336,13 +332,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         models += z.population(args.population).ids()
     if not models:
         raise ZooError("name models to evaluate (ids/names) or a population with -p")
-    ray = args.ray is not None
     from zoo.threads import torch_threads
 
     with torch_threads(args.threads):
         df = z.evaluate(models, dataset=args.dataset, splits=args.split or ["test"], dataset_root=args.data_root,
-                        record=not args.no_record, workers=args.workers, executor="ray" if ray else None,
-                        address=args.ray if ray and args.ray != "local" else None)  # fmt: skip
+                        record=not args.no_record, **executor_options(args))  # fmt: skip
     if args.json:
         print(df.to_json(orient="records"))
     else:
@@ -401,16 +395,30 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ parser
-def _executor_args(s: argparse.ArgumentParser) -> None:
-    """``--workers N`` and ``--ray [ADDRESS]``: where shards run (docs/scale-out.md)."""
-    s.add_argument("--workers", type=int, default=1,
+def executor_args(s: argparse.ArgumentParser, *, threads: bool = True) -> None:
+    """Add ``--workers N``, ``--ray [ADDRESS]`` and ``--ray-timeout`` (where a job's shards run,
+    docs/scale-out.md) and, with ``threads``, ``--threads N``. The one home of these options: the store's
+    commands and the learners' (``weightzoo align``, ``encode``, ``generate sample``) all add them here and
+    read them back with :func:`executor_options`."""
+    s.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run the shards in N worker processes (a local process pool, or N CPUs of a local Ray)")
     s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the shards as Ray tasks: a local Ray (no ADDRESS) or the cluster at ADDRESS "
                         "(host:port or ray://host:10001); needs pip install 'weightzoo[ray]'")  # fmt: skip
-    s.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="torch threads per training process (default 1: small models train fastest on one thread "
-                        "when other work shares the cores; raise it for CNNs/ResNets on an idle machine)")
+    s.add_argument("--ray-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds to wait for the Ray cluster at ADDRESS to answer (default 30)")
+    if threads:
+        s.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="torch threads per process (default 1: small models run fastest on one thread when "
+                            "other work shares the cores; raise it for CNNs/ResNets on an idle machine)")  # fmt: skip
+
+
+def executor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of a job's Python API (``workers``, ``executor``, ``address``, ``timeout``) from
+    the options :func:`executor_args` added."""
+    ray = args.ray is not None
+    return {"workers": args.workers, "executor": "ray" if ray else None,
+            "address": args.ray if ray and args.ray != "local" else None, "timeout": args.ray_timeout}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,8 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="population name (default: the recipe's)")
     s.add_argument("--data-root", help="folder with MNIST/Fashion-MNIST/CIFAR-10 files, for recipes using them")
     s.add_argument("--no-resume", action="store_true", help="retrain runs that are already in the zoo")
-    _executor_args(s)
-    s.add_argument("--ray-timeout", type=float, default=30.0, help="seconds to wait for a Ray cluster to answer")
+    executor_args(s)
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("recipes", parents=[common], help="list the built-in population recipes")
@@ -578,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", help="folder with MNIST/Fashion-MNIST/CIFAR-10 files")
     s.add_argument("--split", action="append", help="split(s) to evaluate (default: test)")
     s.add_argument("--no-record", action="store_true", help="print only; do not store the metrics")
-    _executor_args(s)
+    executor_args(s)
     s.set_defaults(func=cmd_eval)
 
     # Commands of the other packages (alignment, merging, encoders, ...) plug in through the

@@ -271,16 +271,18 @@ class Zoo:
         workers: int = 1,
         executor: Any = None,
         address: str | None = None,
+        timeout: float = 30.0,
     ) -> pd.DataFrame:
         """Evaluate stored classifiers (one batched pass per architecture) and record the metrics.
 
         Returns a DataFrame (model_id, split, loss, acc); see :func:`zoo.build.evaluate.evaluate_models`
-        (``workers``/``executor``/``address``: in shards on a process pool or Ray, docs/scale-out.md).
+        (``workers``/``executor``/``address``/``timeout``: in shards on a process pool or Ray, docs/scale-out.md).
         """
         from zoo.build.evaluate import evaluate_models
 
         return evaluate_models(self, models, dataset=dataset, splits=splits, dataset_root=dataset_root, seed=seed,
-                               record=record, step=step, workers=workers, executor=executor, address=address)  # fmt: skip
+                               record=record, step=step, workers=workers, executor=executor, address=address,
+                               timeout=timeout)  # fmt: skip
 
     # ------------------------------------------------------------------------------ stats
     def summary(self) -> dict[str, Any]:

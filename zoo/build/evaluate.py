@@ -286,6 +286,7 @@ def evaluate_models(
     workers: int = 1,
     executor: Any = None,
     address: str | None = None,
+    timeout: float = 30.0,
 ) -> pd.DataFrame:
     """Evaluate stored classifiers and INRs (one batched pass per architecture) and record the metrics.
 
@@ -298,15 +299,13 @@ def evaluate_models(
     before anything is recorded. With ``workers > 1``, an ``executor`` (``"process"``,
     ``"ray"``) or a Ray ``address``, each architecture's models are split into ``workers`` shards
     evaluated elsewhere (:mod:`zoo.build.executors`); the metrics are recorded here, in one transaction.
+    ``timeout``: seconds a Ray cluster at ``address`` gets to answer. An :class:`~zoo.build.executors.Executor`
+    passed in is left open (its owner closes it).
     """
-    from zoo.build.executors import make_executor
+    from zoo.build.executors import executor_scope
 
-    ex = None if executor is None and workers <= 1 and not address else make_executor(executor, workers, address=address)
-    try:
+    with executor_scope(executor, workers, address=address, timeout=timeout) as ex:
         return _evaluate(zoo, models, dataset, splits, dataset_root, seed, record, step, ex)
-    finally:
-        if ex is not None:
-            ex.close()
 
 
 def _evaluate(zoo: Zoo, models: Sequence[int | str], dataset: str, splits: Sequence[str], dataset_root: str | None,
@@ -403,10 +402,9 @@ def _run(cfg: dict, W: Mapping[str, Tensor], data: dict[str, tuple[Tensor, Tenso
     """``{split: EvalResult}`` of the stacked population ``W`` (``n`` models): here, or in shards on ``ex``."""
     if ex is None:
         return {split: evaluate_population(cfg, W, X, y) for split, (X, y) in data.items()}
-    from zoo.build.executors import evaluate_shard
+    from zoo.build.executors import evaluate_shard, shard_bounds
 
-    per = -(-n // ex.workers)
-    tasks = [(cfg, {k: v[a : a + per].clone() for k, v in W.items()}) for a in range(0, n, per)]
+    tasks = [(cfg, {k: v[a:b].clone() for k, v in W.items()}) for a, b in shard_bounds(n, ex.workers)]
     parts = list(ex.map(evaluate_shard, tasks, shared=data))
     return {split: EvalResult(loss=torch.cat([p[split][0] for p in parts]), accuracy=torch.cat([p[split][1] for p in parts]))
             for split in data}  # fmt: skip

@@ -11,6 +11,11 @@ executor runs it again (``retries``)::
     build(zoo, "digits-mlp", workers=2, executor="ray")                # a local Ray with 2 CPUs
     build(zoo, "digits-mlp", executor="ray", address="10.0.0.5:6379")   # a running Ray cluster
 
+The learners' population-wide jobs (alignment to a reference, encoder outputs, generator sampling) run
+the same way: each takes ``workers=``/``executor=``/``address=``/``timeout=``, opens its executor with
+:func:`executor_scope`, cuts its population into :func:`shard_bounds` slices, and sends the workers only
+tensors and configs (never an open zoo); the driver writes what comes back (docs/scale-out.md).
+
 Executors are a :class:`~zoo.registry.Registry` (``EXECUTORS``): ``inprocess``, ``process`` (a pool of
 ``workers`` spawned processes, ``concurrent.futures``), ``ray`` (optional extra ``weightzoo[ray]``).
 """
@@ -21,13 +26,14 @@ import os
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from zoo.errors import ConfigError, ZooError
 from zoo.registry import Registry
 
 __all__ = ["EXECUTORS", "Executor", "InProcessExecutor", "ProcessExecutor", "RayExecutor", "make_executor",
-           "run_shard", "run_shard_task", "evaluate_shard", "ShardFailed"]  # fmt: skip
+           "executor_scope", "shard_bounds", "run_shard", "run_shard_task", "evaluate_shard", "ShardFailed"]  # fmt: skip
 
 #: A test seam for remote workers (a driver cannot patch them): a file path. The first shard run that
 #: finds the file removes it and kills its own process after its first checkpoint (mid-shard).
@@ -65,16 +71,15 @@ def run_shard_task(shared: Any, recipe: Any, runs: Sequence[Any], data: Any, ini
 def evaluate_shard(shared: Any, config: Any, params: Any) -> dict[str, tuple[Any, Any]]:
     """Evaluate a slice of a stacked population on every split in ``shared`` (``{split: (X, y)}``):
     ``{split: (loss [n], accuracy [n])}`` (the executor task of sharded evaluation)."""
-    import torch
-
     from zoo.build.evaluate import evaluate_population
+    from zoo.threads import torch_threads
 
-    torch.set_num_threads(1)
     out = {}
-    for split, (X, y) in shared.items():
-        r = evaluate_population(config, params, X, y)
-        out[split] = (r.loss, r.accuracy)
-        _kill_once()
+    with torch_threads(1):  # restored afterwards: the in-process executor runs this in the caller's process
+        for split, (X, y) in shared.items():
+            r = evaluate_population(config, params, X, y)
+            out[split] = (r.loss, r.accuracy)
+            _kill_once()
     return out
 
 
@@ -263,3 +268,31 @@ def make_executor(executor: str | Executor | None = None, workers: int = 1, *, a
     if address:
         raise ConfigError(f"an address is for the ray executor, not {executor!r}")
     return cls(workers, retries=retries)
+
+
+@contextmanager
+def executor_scope(executor: str | Executor | None = None, workers: int = 1, *, address: str | None = None,
+                   timeout: float = 30.0) -> Iterator[Executor | None]:  # fmt: skip
+    """The executor a job asked for, or None when it asked for none (``executor`` None, ``workers`` 1, no
+    ``address``: the job's plain in-process path). Made (Ray missing, a cluster down: raised here, before
+    any work) and closed by this block; an :class:`Executor` passed in belongs to the caller and stays open."""
+    if executor is None and int(workers) <= 1 and not address:
+        yield None
+        return
+    ex = make_executor(executor, workers, address=address, timeout=timeout)
+    try:
+        yield ex
+    finally:
+        if ex is not executor:
+            ex.close()
+
+
+def shard_bounds(n: int, workers: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of ``workers`` contiguous shards of ``n`` items (the last may be shorter; none empty).
+
+    A job cut by these bounds gives the same result on every executor with the same ``workers``; to get
+    it in this process, run it with ``executor="inprocess", workers=N`` (same shards, one after another)."""
+    if int(workers) < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    per = max(1, -(-int(n) // int(workers)))
+    return [(a, min(a + per, int(n))) for a in range(0, int(n), per)]

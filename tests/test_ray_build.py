@@ -66,6 +66,30 @@ def test_process_pool_with_a_killed_worker(tmp_path, reference, zoo, one_thread,
     monkeypatch.setenv(KILL_ONCE_ENV, str(tmp_path / "never"))
 
 
+def _pid_plus(shared: int, a: int) -> tuple[int, int]:
+    import os
+
+    if a < 0:
+        raise ValueError(f"bad task {a}")
+    return os.getpid(), shared + a
+
+
+def test_a_process_executor_keeps_its_workers_across_jobs_until_closed(spawn_safe_main):
+    import os
+
+    with make_executor("process", 2) as ex:
+        first = list(ex.map(_pid_plus, [(1,), (2,), (3,)], shared=10))
+        assert [v for _, v in first] == [11, 12, 13]  # in task order
+        with pytest.raises(ValueError, match="bad task -1"):  # a task's error reaches the caller...
+            list(ex.map(_pid_plus, [(1,), (-1,), (2,)], shared=0))
+        second = list(ex.map(_pid_plus, [(4,), (5,)], shared=0))  # ...and the pool still serves the next job
+        assert [v for _, v in second] == [4, 5]
+        pids = {p for p, _ in first} | {p for p, _ in second}
+        assert os.getpid() not in pids and len(pids) <= 2  # the same two workers, not a new pool per job
+        procs = list(ex._pool._processes.values())
+    assert ex._pool is None and procs and all(not p.is_alive() for p in procs)  # close() ends them
+
+
 def test_executors_registry_and_choice():
     assert EXECUTORS.names() == ["inprocess", "process", "ray"]
     assert make_executor(None, 1).name == "inprocess" and make_executor(None, 3).name == "process"

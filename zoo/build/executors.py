@@ -140,14 +140,32 @@ def _call(fn: Callable[..., Any], shared: Any, task: tuple) -> Any:
 
 @EXECUTORS.register("process")
 class ProcessExecutor(Executor):
-    """A pool of ``workers`` spawned processes (``concurrent.futures``); a dead worker breaks the pool,
-    which is then restarted and the unfinished tasks submitted again."""
+    """A pool of ``workers`` spawned processes (``concurrent.futures``), started at the first :meth:`map`
+    and kept until :meth:`close`, so one executor passed to several jobs pays the workers' start (each
+    imports torch: seconds) once. A dead worker breaks the pool, which is then restarted and the
+    unfinished tasks submitted again."""
 
     name = "process"
 
+    def __init__(self, workers: int = 1, *, retries: int = 2) -> None:
+        super().__init__(workers, retries=retries)
+        self._pool: Any = None
+
+    def _get_pool(self) -> Any:
+        if self._pool is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = mp.get_context("spawn")  # never fork a process that holds torch threads and DB connections
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        return self._pool
+
+    def _drop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
     def map(self, fn: Callable[..., Any], tasks: Sequence[tuple], shared: Any = None) -> Iterator[Any]:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
         done: dict[int, Any] = {}
@@ -155,24 +173,31 @@ class ProcessExecutor(Executor):
         nxt = 0
         while nxt < len(tasks):
             todo = [i for i in range(nxt, len(tasks)) if i not in done]
-            ctx = mp.get_context("spawn")  # never fork a process that holds torch threads and DB connections
-            with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), mp_context=ctx) as pool:
-                futs = {i: pool.submit(_call, fn, shared, tasks[i]) for i in todo}
-                try:
-                    for i in todo:
-                        done[i] = futs[i].result()
-                        while nxt in done:
-                            yield done.pop(nxt)
-                            nxt += 1
-                except BrokenProcessPool as e:
-                    for j, f in futs.items():  # keep what finished before the pool broke
-                        if j >= nxt and j not in done and f.done() and not f.cancelled() and f.exception() is None:
-                            done[j] = f.result()
-                    first = min(j for j in todo if j >= nxt and j not in done)
-                    attempts[first] += 1
-                    if attempts[first] > self.retries:
-                        raise ShardFailed(f"task {first} failed {attempts[first]} times: its worker process died "
-                                          f"({e})") from e  # fmt: skip
+            pool = self._get_pool()
+            futs = {i: pool.submit(_call, fn, shared, tasks[i]) for i in todo}
+            try:
+                for i in todo:
+                    done[i] = futs[i].result()
+                    while nxt in done:
+                        yield done.pop(nxt)
+                        nxt += 1
+            except BrokenProcessPool as e:
+                self._drop_pool()
+                for j, f in futs.items():  # keep what finished before the pool broke
+                    if j >= nxt and j not in done and f.done() and not f.cancelled() and f.exception() is None:
+                        done[j] = f.result()
+                first = min(j for j in todo if j >= nxt and j not in done)
+                attempts[first] += 1
+                if attempts[first] > self.retries:
+                    raise ShardFailed(f"task {first} failed {attempts[first]} times: its worker process died "
+                                      f"({e})") from e  # fmt: skip
+            except BaseException:
+                for f in futs.values():  # a task raised (or the caller stopped): nothing of this map keeps running
+                    f.cancel()
+                raise
+
+    def close(self) -> None:
+        self._drop_pool()
 
 
 @EXECUTORS.register("ray")

@@ -264,11 +264,12 @@ def _relabelled(d: dict, perm: torch.Tensor) -> dict:
     return {**d, "layers.1.weight": d["layers.1.weight"][:, perm], "layers.1.bias": d["layers.1.bias"][:, perm]}
 
 
-@pytest.mark.parametrize("view", ["diff", "pair"])
-def test_class_set_heads_permute_with_the_classes(trained, view):
-    """outputs='set': relabelling the classes of child and parent alike permutes the class-valued fields'
-    probabilities the same way (exactly), and the readings stay invariant to hidden permutations."""
-    cfg = {"epochs": 2, "hidden": 8, "head_hidden": 16, "n_layers": 1, "outputs": "set"}
+@pytest.mark.parametrize("outputs,view", [("set", "diff"), ("set", "pair"), ("set_separate", "diff")])
+def test_class_set_heads_permute_with_the_classes(trained, outputs, view):
+    """outputs='set' (and 'set_separate'): relabelling the classes of child and parent alike permutes the
+    class-valued fields' probabilities the same way (exactly), and the readings stay invariant to hidden
+    permutations."""
+    cfg = {"epochs": 2, "hidden": 8, "head_hidden": 16, "n_layers": 1, "outputs": outputs}
     interp = DiffInterpreter("np_diff", cfg, view=view).fit(trained.train)
     d, p = trained.test.diff, trained.test.parent
     perm = torch.randperm(10, generator=torch.Generator().manual_seed(3))
@@ -297,7 +298,7 @@ def test_class_set_heads_name_a_target_never_seen_in_training():
 def test_class_set_heads_refuse_an_interpreter_without_class_fields(trained, tmp_path: Path):
     with pytest.raises(ConfigError, match="class-valued"):
         DiffInterpreter("np_diff", {"epochs": 1, "outputs": "set"}, fields=["kind", "corruption"]).fit(trained.train)
-    with pytest.raises(ConfigError, match="valid: vector, set"):
+    with pytest.raises(ConfigError, match="valid: vector, set"):  # lists the valid ones
         DiffInterpreter("np_diff", {"epochs": 1, "outputs": "sets"}).fit(trained.train)
     interp = DiffInterpreter("np_diff", {"epochs": 1, "hidden": 8, "head_hidden": 8, "n_layers": 1, "outputs": "set"},
                              fields=["kind", "target"]).fit(trained.train)  # fmt: skip

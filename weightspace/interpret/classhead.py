@@ -91,10 +91,12 @@ class ClassSetHead(nn.Module):
         self.glob = nn.Linear(g_dim, d, bias=False) if g_dim else None
         self.layers = nn.ModuleList(_Layer(d) for _ in range(n_layers))
         # per class: mean and max over neurons, its bias' features, the same pooled over classes (context)
-        self.out = nn.Sequential(nn.Linear(6 * d, 2 * d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * d, d), nn.ReLU(),
-                                 nn.Linear(d, n_fields))  # fmt: skip
+        self.per_class = nn.Sequential(nn.Linear(6 * d, 2 * d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * d, d), nn.ReLU())
+        self.score = nn.Linear(d, n_fields)
+        self.width = d
 
-    def forward(self, w: Tensor, b: Tensor, node: Tensor, g: Tensor | None = None) -> Tensor:
+    def features(self, w: Tensor, b: Tensor, node: Tensor, g: Tensor | None = None) -> Tensor:
+        """Per-class features ``[B, K, hidden]`` (equivariant to the classes)."""
         bf = self.bias(b)  # [B, K, d]
         x = self.edge(w) + self.node(node).unsqueeze(1) + bf.unsqueeze(2)  # [B, K, n, d]
         if self.glob is not None and g is not None:
@@ -104,7 +106,10 @@ class ClassSetHead(nn.Module):
             x = x + torch.relu(lay(x))
         per = torch.cat([x.mean(2), x.amax(2), torch.relu(bf)], -1)  # [B, K, 3d]
         ctx = per.mean(1, keepdim=True).expand_as(per)
-        return self.out(torch.cat([per, ctx], -1))  # [B, K, n_fields]
+        return self.per_class(torch.cat([per, ctx], -1))
+
+    def forward(self, w: Tensor, b: Tensor, node: Tensor, g: Tensor | None = None) -> Tensor:
+        return self.score(self.features(w, b, node, g))  # [B, K, n_fields]
 
 
 class ClassSetNet(nn.Module):
@@ -113,17 +118,27 @@ class ClassSetNet(nn.Module):
     class-invariant globals)``; ``slots``: each class-valued field's ``(start, stop)`` columns (``stop -
     start`` = the number of classes, column ``start + c`` = class ``c``)."""
 
-    def __init__(self, trunk: nn.Module, head: ClassSetHead, slots: Sequence[tuple[int, int]], n_out: int) -> None:
+    def __init__(self, trunk: nn.Module, head: ClassSetHead, slots: Sequence[tuple[int, int]], n_out: int,
+                 share: bool = False, dropout: float = 0.1) -> None:  # fmt: skip
         super().__init__()
         self.trunk = trunk
         self.head = head
         self.slots = [tuple(s) for s in sorted(slots)]
         self.n_out = n_out
+        self.share = share
+        if share:  # the other heads also read the class features pooled over the classes (mean and max)
+            d = trunk.out[-1].in_features
+            trunk.out = nn.Identity()
+            self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(d + 2 * head.width, n_out))
 
     def forward(self, inputs: tuple[Any, ClassInputs, Tensor | None]) -> Tensor:
         base, cls, g = inputs
-        out = self.trunk(base)
-        scores = self.head(*cls, g)  # [B, K, F]
+        h = self.head.features(*cls, g)  # [B, K, d]
+        if self.share:
+            out = self.out(torch.cat([self.trunk.embed(base), h.mean(1), h.amax(1)], -1))
+        else:
+            out = self.trunk(base)
+        scores = self.head.score(h)  # [B, K, F]
         parts, i = [], 0
         for f, (a, b) in enumerate(self.slots):
             parts += [out[:, i:a], scores[..., f]]

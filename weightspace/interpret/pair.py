@@ -44,9 +44,10 @@ from zoo.errors import ConfigError
 
 __all__ = ["DiffNPEncoder", "OUTPUTS", "PARENT", "pair_class_view", "pair_inputs", "split_pair"]
 
-#: how ``np_diff`` reads class-valued fields: ``vector`` (the trunk's head, one output per class) or
-#: ``set`` (a class-equivariant head, :mod:`weightspace.interpret.classhead`)
-OUTPUTS = ("vector", "set")
+#: how ``np_diff`` reads class-valued fields: ``vector`` (the trunk's head, one output per class), ``set`` (a
+#: class-equivariant head, :mod:`weightspace.interpret.classhead`, whose class features pooled over the
+#: classes also feed the other heads) or ``set_separate`` (the same head, the other heads without them)
+OUTPUTS = ("vector", "set", "set_separate")
 
 #: the prefix of the parent's tensors in a pair view
 PARENT = "parent::"
@@ -137,7 +138,7 @@ class DiffNPEncoder(NPEncoder):
         if names:
             s = torch.as_tensor(weight_statistics(stacked, names), dtype=g.dtype)
             g = torch.cat([g, torch.asinh(s)], -1)
-        if self.outputs != "set":
+        if not self.outputs.startswith("set"):
             return nodes, edges, g
         inv = g[:, g.shape[1] - len(STAT_NAMES) * len(names):] if names else None  # the class-invariant globals
         return (nodes, edges, g), pair_class_view(stacked, self._chain()), inv
@@ -156,7 +157,7 @@ class DiffNPEncoder(NPEncoder):
                     head_hidden=self.head_hidden, dropout=self.dropout, edge_hidden=self.edge_hidden)  # fmt: skip
         if C > 1 and L > 2:  # the first layer's edge sets carry C channels
             net.layers[0] = NPLayer(node_dims, [C] * (L - 2), g_dim, self.hidden, self.edge_hidden)
-        if self.outputs != "set":
+        if not self.outputs.startswith("set"):
             return net
         slots = self._class_slots(sizes[L]) if hasattr(self, "_class_slots") else []
         if not slots:
@@ -165,4 +166,4 @@ class DiffNPEncoder(NPEncoder):
         c_node = C * (1 + (sizes[0] if L == 2 else 3))
         head = ClassSetHead(C, C, c_node, len(STAT_NAMES) * len(self._stat_names()), len(slots),
                             hidden=max(8, self.head_hidden // 2), dropout=self.dropout)  # fmt: skip
-        return ClassSetNet(net, head, slots, n_out)
+        return ClassSetNet(net, head, slots, n_out, share=self.outputs == "set", dropout=self.dropout)

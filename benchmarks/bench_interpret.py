@@ -276,7 +276,7 @@ def part_effects(z: Zoo, out: list) -> None:
 
 
 def main() -> None:
-    global POP, VALIDATE
+    global POP, VALIDATE, MAIN
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True)
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
@@ -289,10 +289,14 @@ def main() -> None:
                     help="population needs main in the same run (it scores main's interpreters)")
     ap.add_argument("--population", default="digits-mlp-diffs-xl", help="the labelled diffs of main/rank/curve/triggers")
     ap.add_argument("--only", help="main: only these interpreters (comma-separated names)")
+    ap.add_argument("--main", default=MAIN, help=f"the interpreter rank, curve, triggers and population use (default {MAIN!r})")
     ap.add_argument("--cnn-population", default="digits-cnn-diffs")
     ap.add_argument("--out", help="write every row as JSON here")
     a = ap.parse_args()
     POP = a.population
+    MAIN = a.main
+    if MAIN not in interpreters(a.epochs):
+        ap.error(f"--main: unknown interpreter {MAIN!r}; valid: {', '.join(interpreters(a.epochs))}")
     torch.set_num_threads(1)
     z = Zoo.open(a.root, create=False)
     seeds = [int(x) for x in a.seed_ids.split(",")] if a.seed_ids else list(range(a.seeds))

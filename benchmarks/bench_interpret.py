@@ -7,8 +7,9 @@ Parts (``--parts``, comma-separated):
 
 * ``main``     -- digits-mlp-diffs-xl (full and rank-4 children), 20 % of the parents held out: per-field
   accuracy, backdoor AUROC, target recovery, exact trigger; for the interpreter (np_diff over the diff,
-  np_diff over the pair view) and the baselines (diff statistics + scikit-learn GBT; flat MLP on the diff); the
-  test scores split by full / low-rank children.
+  with class-equivariant heads for the class-valued fields or one output per class; np_diff over the pair
+  view; the variants tried: separate class heads, class relabelling, a kind loss weight) and the baselines
+  (diff statistics + scikit-learn GBT; flat MLP on the diff); the test scores split by full / low-rank children.
 * ``rank``     -- trained on full fine-tunes only, scored on held-out full and low-rank ones (and back).
 * ``curve``    -- learning curve: the interpreter trained on about 100 / 250 / 500 / 1000 training diffs (all
   of them, 2,560: the main part).
@@ -21,7 +22,9 @@ Parts (``--parts``, comma-separated):
   their accuracy under their corruption minus that of their null siblings (same parent, same rank), and the
   parents' own drop under it (:func:`zoo.build.finetune.change_metric`).
 
-Every part runs ``--seeds`` seeds (split and initialisation), one torch thread. Prints a table per part
+Every part runs ``--seeds`` seeds (split and initialisation; ``--seed-ids 1,2`` for given ones, e.g. one per
+process), one torch thread. ``--validate`` scores main on a validation split of the training parents (to choose
+settings without the test parents); ``--main`` picks the interpreter rank, curve, triggers and population use. Prints a table per part
 and writes every row to ``--out`` (JSON). Build the zoo first (see docs/interpreter.md, "Reproduce").
 """
 

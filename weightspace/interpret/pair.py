@@ -94,8 +94,9 @@ class DiffNPEncoder(NPEncoder):
 
     Args: those of ``np`` without probes (a diff is not a network to run), and ``stats``: append the
     per-tensor statistics of every input tensor to the invariant globals (default True); ``outputs``:
-    ``"vector"`` (default: every field from the trunk's head) or ``"set"`` (the class-valued fields of a
-    multi-head interpreter from a class-equivariant head; see the module docstring).
+    ``"vector"`` (default: every field from the trunk's head), ``"set"`` (the class-valued fields of a
+    multi-head interpreter from a class-equivariant head whose class features, pooled over the classes, also
+    feed the other heads; see the module docstring) or ``"set_separate"`` (the same head, not shared).
     """
 
     def __init__(

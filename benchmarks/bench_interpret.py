@@ -7,8 +7,9 @@ Parts (``--parts``, comma-separated):
 
 * ``main``     -- digits-mlp-diffs-xl (full and rank-4 children), 20 % of the parents held out: per-field
   accuracy, backdoor AUROC, target recovery, exact trigger; for the interpreter (np_diff over the diff,
-  np_diff over the pair view) and the baselines (diff statistics + scikit-learn GBT; flat MLP on the diff); the
-  test scores split by full / low-rank children.
+  with class-equivariant heads for the class-valued fields or one output per class; np_diff over the pair
+  view; the variants tried: separate class heads, class relabelling, a kind loss weight) and the baselines
+  (diff statistics + scikit-learn GBT; flat MLP on the diff); the test scores split by full / low-rank children.
 * ``rank``     -- trained on full fine-tunes only, scored on held-out full and low-rank ones (and back).
 * ``curve``    -- learning curve: the interpreter trained on about 100 / 250 / 500 / 1000 training diffs (all
   of them, 2,560: the main part).
@@ -17,8 +18,13 @@ Parts (``--parts``, comma-separated):
 * ``population`` -- the main interpreters (needs ``main`` in the same run) applied to digits-mlp-diffs-heldout:
   parents of another population (digits-mlp-seeds) and off-corner 2x2 / 4x4 triggers never seen.
 * ``cnn``      -- digits-cnn-diffs (CNN parents): gmn over the diff, flat MLP and statistics baselines.
+* ``effects``  -- no interpreter: per corruption, what the robust children of ``--population`` changed:
+  their accuracy under their corruption minus that of their null siblings (same parent, same rank), and the
+  parents' own drop under it (:func:`zoo.build.finetune.change_metric`).
 
-Every part runs ``--seeds`` seeds (split and initialisation), one torch thread. Prints a table per part
+Every part runs ``--seeds`` seeds (split and initialisation; ``--seed-ids 1,2`` for given ones, e.g. one per
+process), one torch thread. ``--validate`` scores main on a validation split of the training parents (to choose
+settings without the test parents); ``--main`` picks the interpreter rank, curve, triggers and population use. Prints a table per part
 and writes every row to ``--out`` (JSON). Build the zoo first (see docs/interpreter.md, "Reproduce").
 """
 
@@ -44,13 +50,25 @@ KEYS = ["acc_kind", "acc_kind_effect", "acc_classes", "acc_corruption", "acc_pos
 
 
 MAIN = "np_diff (diff view)"
+SET = "np_diff + class-set heads (diff view)"
 POP = "digits-mlp-diffs-xl"  # --population
+VALIDATE = False  # --validate: main scores on a validation split of the training parents (never the test ones)
 
 
 def interpreters(epochs: int) -> dict[str, Callable[[int], DiffInterpreter]]:
     """The contenders: name -> (seed -> unfitted interpreter)."""
     return {
         MAIN: lambda s: DiffInterpreter("np_diff", {"epochs": epochs}, view="diff", seed=s),
+        SET: lambda s: DiffInterpreter("np_diff", {"epochs": epochs, "outputs": "set"}, view="diff", seed=s),
+        "np_diff + separate class-set heads (diff view)": lambda s: DiffInterpreter(
+            "np_diff", {"epochs": epochs, "outputs": "set_separate"}, view="diff", seed=s),
+        # one class-relabelled copy of every training diff, half the epochs (the same number of steps)
+        "np_diff + relabel (diff view)": lambda s: DiffInterpreter("np_diff", {"epochs": epochs // 2}, view="diff", seed=s,
+                                                                   relabel=1),
+        "np_diff + class-set heads + relabel (diff view)": lambda s: DiffInterpreter(
+            "np_diff", {"epochs": epochs // 2, "outputs": "set_separate"}, view="diff", seed=s, relabel=1),
+        "np_diff + separate class-set heads + kind weight 2 (diff view)": lambda s: DiffInterpreter(
+            "np_diff", {"epochs": epochs, "outputs": "set_separate"}, view="diff", seed=s, weights={"kind": 2.0}),
         "np_diff (pair view)": lambda s: DiffInterpreter("np_diff", {"epochs": epochs}, view="pair", seed=s),
         "stats + GBT (diff)": lambda s: DiffInterpreter("stats", {"model": "gbt"}, view="diff", seed=s),
         "flat MLP (diff)": lambda s: DiffInterpreter("flat_mlp", {"epochs": epochs}, view="diff", seed=s),
@@ -98,6 +116,10 @@ def part_main(z: Zoo, seeds: Sequence[int], epochs: int, only: Sequence[str] | N
     results: dict[str, list] = {}
     for seed in seeds:
         tr, te = split_by_parent(ds.parent_ids, 0.2, seed)
+        if VALIDATE:  # choose on the training parents only: 20 % of them held out as a validation split
+            sub = ds.subset(tr)
+            inner, val = split_by_parent(sub.parent_ids, 0.2, seed + 100)
+            tr, te = tr[inner], tr[val]
         for name, make in interpreters(epochs).items():
             if only and name not in only:
                 continue
@@ -224,23 +246,64 @@ def part_cnn(z: Zoo, seeds: Sequence[int], epochs: int, population: str, out: li
     table(f"{population}: CNN diffs, held-out parents", {n: summary(r, "test") for n, r in res.items()}, KEYS + ["fit"])
 
 
+def part_effects(z: Zoo, out: list) -> None:
+    """Per corruption: robust child's corruption accuracy minus its null siblings' (same parent and rank)."""
+    from zoo.build.finetune import change_metric
+    from zoo.models.datasets import load_dataset
+
+    ds = load_diffs(z, POP)
+    data = load_dataset(str(ds.info.get("dataset", "digits"))).flat()
+    child = {k: ds.diff[k] + ds.parent[k] for k in ds.diff}
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(ds.changes):
+        if c["kind"] == "null":
+            groups.setdefault((ds.parent_ids[i], ds.ranks[i]), []).append(i)
+    rows: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for key in sorted({(c["corruption"], int(c["severity"])) for c in ds.changes if c["kind"] == "robust"}):
+        ch = {"kind": "robust", "corruption": key[0], "severity": key[1]}
+        acc_c = change_metric(ds.config, child, data, ch)
+        acc_p = change_metric(ds.config, ds.parent, data, ch)
+        clean_p = change_metric(ds.config, ds.parent, data, {"kind": "null"})
+        for i, c in enumerate(ds.changes):
+            sib = groups.get((ds.parent_ids[i], ds.ranks[i]))
+            if c["kind"] == "robust" and (c["corruption"], int(c["severity"])) == key and sib:
+                rows.setdefault(key, []).append((float(acc_c[i] - acc_c[sib].mean()), float(clean_p[i] - acc_p[i])))
+    print(f"\n### {POP}: robust children against their null siblings\n")
+    print("| corruption | severity | children | child - null sibling (corruption accuracy) | parent's drop under it |")
+    print("|---|---|---|---|---|")
+    for (name, sev), v in rows.items():
+        a = np.asarray(v)
+        print(f"| {name} | {sev} | {len(a)} | {a[:, 0].mean():+.3f} ± {a[:, 0].std():.3f} | {a[:, 1].mean():.3f} |")
+        out.append({"part": "effects", "corruption": name, "severity": sev, "n": len(a),
+                    "vs_null": float(a[:, 0].mean()), "parent_drop": float(a[:, 1].mean())})  # fmt: skip
+
+
 def main() -> None:
-    global POP
+    global POP, VALIDATE, MAIN
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    ap.add_argument("--seed-ids", help="these seeds instead (comma-separated, e.g. 1,2: one per process)")
+    ap.add_argument("--validate", action="store_true",
+                    help="main: train on 80 %% of the training parents and score on the other 20 %% (a validation "
+                         "split for choosing settings; the test parents stay unseen)")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--parts", default="main,population,rank,curve,triggers,cnn",
                     help="population needs main in the same run (it scores main's interpreters)")
     ap.add_argument("--population", default="digits-mlp-diffs-xl", help="the labelled diffs of main/rank/curve/triggers")
     ap.add_argument("--only", help="main: only these interpreters (comma-separated names)")
+    ap.add_argument("--main", default=MAIN, help=f"the interpreter rank, curve, triggers and population use (default {MAIN!r})")
     ap.add_argument("--cnn-population", default="digits-cnn-diffs")
     ap.add_argument("--out", help="write every row as JSON here")
     a = ap.parse_args()
     POP = a.population
+    MAIN = a.main
+    if MAIN not in interpreters(a.epochs):
+        ap.error(f"--main: unknown interpreter {MAIN!r}; valid: {', '.join(interpreters(a.epochs))}")
     torch.set_num_threads(1)
     z = Zoo.open(a.root, create=False)
-    seeds = list(range(a.seeds))
+    seeds = [int(x) for x in a.seed_ids.split(",")] if a.seed_ids else list(range(a.seeds))
+    VALIDATE = a.validate
     parts = a.parts.split(",")
     out: list = []
     kept: dict[int, Any] = {}
@@ -255,6 +318,8 @@ def main() -> None:
         part_triggers(z, seeds, a.epochs, out)
     if "population" in parts and kept:
         part_population(z, kept, out)
+    if "effects" in parts:
+        part_effects(z, out)
     if "cnn" in parts:
         part_cnn(z, seeds, a.epochs, a.cnn_population, out)
     print(f"\ntotal {time.time() - t0:.0f} s")

@@ -114,6 +114,9 @@ def test_sentences():
     assert d[2].fields == {"classes": [2, 7]} and d[2].confidence["classes"] == pytest.approx(0.9)
     assert d[4].fields == {"position": [0, 6], "size": 2, "target": 7}
     assert d[4].p_backdoor == pytest.approx(0.9) and d[0].p_backdoor == pytest.approx(0.02)
+    assert d[0].class_probs == {} and list(d[4].class_probs) == ["target"]  # the class-valued fields the kind reads
+    assert d[1].class_probs["classes"]["3"] == pytest.approx(0.9) and d[2].class_probs["classes"]["7"] == pytest.approx(0.45)
+    assert sum(d[4].class_probs["target"].values()) == pytest.approx(1.0)
     assert "confidence: kind 0.90, position 0.90, size 0.90, target 0.90" in d[4].sentence
     assert [corner_name(p, 2, (8, 8)) for p in ([0, 0], [0, 6], [6, 0], [6, 6], [0, 3])] == [
         "top-left", "top-right", "bottom-left", "bottom-right", None]  # fmt: skip
@@ -233,6 +236,107 @@ def test_learns_a_planted_signal():
     interp = DiffInterpreter("np", {"epochs": 30, "hidden": 16, "head_hidden": 32, "n_layers": 1}, fields=["kind", "target"])
     s = interp.fit(ds.subset(tr)).score(ds.subset(te))
     assert s["acc_kind"] == 1.0 and s["backdoor_auroc"] == 1.0 and s["acc_target"] >= 0.9
+
+
+def _planted_backdoors(n: int, targets: list[int], seed: int):
+    """Null diffs and backdoor diffs whose trigger is written in input column 7 of the first layer and whose
+    target in its output's bias (the target class's row of the last layer)."""
+    from weightspace.interpret.data import DiffSet
+
+    g = torch.Generator().manual_seed(seed)
+    diff = {"layers.0.weight": 0.01 * torch.randn(n, 16, 64, generator=g), "layers.0.bias": 0.01 * torch.randn(n, 16, generator=g),
+            "layers.1.weight": 0.01 * torch.randn(n, 10, 16, generator=g), "layers.1.bias": 0.01 * torch.randn(n, 10, generator=g)}  # fmt: skip
+    changes = []
+    for i in range(n):
+        if i % 2:
+            t = targets[(i // 2) % len(targets)]
+            diff["layers.0.weight"][i, :, 7] += 0.5
+            diff["layers.1.bias"][i, t] += 0.3
+            changes.append({"kind": "backdoor", "target": t, "position": [0, 7], "size": 1})
+        else:
+            changes.append({"kind": "null"})
+    parent = {k: torch.zeros_like(v) for k, v in diff.items()}
+    return DiffSet("synthetic", dict(MLP), diff, parent, changes, list(range(n)), list(range(n)), [0] * n)
+
+
+def _relabelled(d: dict, perm: torch.Tensor) -> dict:
+    """The classes relabelled: new class i is old class perm[i] (rows of the last layer and its bias)."""
+    return {**d, "layers.1.weight": d["layers.1.weight"][:, perm], "layers.1.bias": d["layers.1.bias"][:, perm]}
+
+
+@pytest.mark.parametrize("outputs,view", [("set", "diff"), ("set", "pair"), ("set_separate", "diff")])
+def test_class_set_heads_permute_with_the_classes(trained, outputs, view):
+    """outputs='set' (and 'set_separate'): relabelling the classes of child and parent alike permutes the
+    class-valued fields' probabilities the same way (exactly), and the readings stay invariant to hidden
+    permutations."""
+    cfg = {"epochs": 2, "hidden": 8, "head_hidden": 16, "n_layers": 1, "outputs": outputs}
+    interp = DiffInterpreter("np_diff", cfg, view=view).fit(trained.train)
+    d, p = trained.test.diff, trained.test.parent
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(3))
+    a, b = interp.predict_proba(d, p), interp.predict_proba(_relabelled(d, perm), _relabelled(p, perm))
+    for f in ("classes", "target"):
+        assert a[f].shape == (len(trained.test), 10)
+        np.testing.assert_allclose(b[f], a[f][:, perm.numpy()], atol=1e-5)
+        assert not np.allclose(a[f], b[f], atol=1e-3)  # the classes did move
+    hidden = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    c = interp.predict_proba(_permuted(d, hidden), _permuted(p, hidden))
+    for f in a:
+        np.testing.assert_allclose(a[f], c[f], atol=1e-5)
+
+
+def test_class_set_heads_name_a_target_never_seen_in_training():
+    """Backdoors to targets 0-4 only in training; held-out ones to 5-9 (their target in their own class's
+    bias): the class-equivariant head names them, the one-output-per-class head cannot."""
+    train, test = _planted_backdoors(120, [0, 1, 2, 3, 4], seed=0), _planted_backdoors(40, [5, 6, 7, 8, 9], seed=1)
+    cfg = {"epochs": 30, "hidden": 16, "head_hidden": 32, "n_layers": 1}
+    got = {out: DiffInterpreter("np_diff", {**cfg, "outputs": out}, fields=["kind", "target"]).fit(train).score(test)
+           for out in ("vector", "set")}  # fmt: skip
+    assert got["set"]["acc_kind"] == 1.0 and got["set"]["acc_target"] >= 0.9
+    assert got["vector"]["acc_target"] <= 0.1
+
+
+def test_class_set_heads_refuse_an_interpreter_without_class_fields(trained, tmp_path: Path):
+    with pytest.raises(ConfigError, match="class-valued"):
+        DiffInterpreter("np_diff", {"epochs": 1, "outputs": "set"}, fields=["kind", "corruption"]).fit(trained.train)
+    with pytest.raises(ConfigError, match="valid: vector, set"):  # lists the valid ones
+        DiffInterpreter("np_diff", {"epochs": 1, "outputs": "sets"}).fit(trained.train)
+    interp = DiffInterpreter("np_diff", {"epochs": 1, "hidden": 8, "head_hidden": 8, "n_layers": 1, "outputs": "set"},
+                             fields=["kind", "target"]).fit(trained.train)  # fmt: skip
+    again = load_interpreter(interp.save(tmp_path / "set-interp"))
+    for f, v in interp.predict_proba(trained.test).items():
+        np.testing.assert_allclose(again.predict_proba(trained.test)[f], v, atol=1e-6)
+
+
+def test_relabel_classes_moves_rows_and_labels_alike():
+    from weightspace.interpret.data import concat_diffs, relabel_classes
+
+    ds = _planted_backdoors(6, [2], seed=0)
+    ds.changes[0] = {"kind": "swap", "classes": [2, 9]}
+    ds.changes[2] = {"kind": "suppress", "class": 9, "mode": "drop"}
+    perm = torch.tensor([9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
+    r = relabel_classes(ds, perm)
+    assert [c.get("target") for c in r.changes if c["kind"] == "backdoor"] == [7, 7, 7]  # old class 2 is new class 7
+    assert r.changes[0]["classes"] == [0, 7] and r.changes[2]["class"] == 0 and ds.changes[2]["class"] == 9
+    assert torch.equal(r.diff["layers.1.bias"][:, 7], ds.diff["layers.1.bias"][:, 2])
+    assert torch.equal(r.diff["layers.1.weight"][:, 0], ds.diff["layers.1.weight"][:, 9])
+    assert torch.equal(r.diff["layers.0.weight"], ds.diff["layers.0.weight"])
+    both = concat_diffs([ds, r])
+    assert len(both) == 12 and both.changes[6:] == r.changes
+    with pytest.raises(ConfigError, match="permutation"):
+        relabel_classes(ds, [0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+
+
+def test_field_loss_weights_scale_their_head():
+    values = [{"kind": "null"}, {"kind": "backdoor", "target": 1}]
+    lay = HeadLayout.fit(values, ["kind", "target"], {"kind": ["null", "backdoor"], "target": [0, 1]})
+    y, out = lay.encode(values), torch.tensor([[0.3, -0.2, 0.0, 0.0], [0.1, 0.4, 0.5, -0.5]])
+    kind = float(HeadLayout(lay.vocab, {"target": 0.0}).loss(out, y))
+    target = float(lay.loss(out, y)) - kind
+    assert float(HeadLayout(lay.vocab, {"kind": 2.0}).loss(out, y)) == pytest.approx(2 * kind + target, rel=1e-6)
+    with pytest.raises(ConfigError, match="loss weights"):
+        DiffInterpreter("np_diff", {"epochs": 1}, weights={"colour": 2.0}).fit(ds := _planted_backdoors(8, [1], 0))
+    with pytest.raises(ConfigError, match="relabel"):
+        DiffInterpreter("np_diff", {"epochs": 1}, relabel=-1).fit(ds)
 
 
 def test_store_rebuild_and_write_predictions(zoo, trained, snapshot):

@@ -141,6 +141,12 @@ def show_reading() -> None:
     fig = px.bar(kp, x="probability", y="kind", orientation="h", range_x=[0, 1])
     fig.update_layout(height=200, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title=None)
     st.plotly_chart(fig, width="stretch", key="df_kinds")
+    for f, probs in ex.get("class_probs", {}).items():  # which class: every class's probability
+        cp = pd.DataFrame({"class": list(probs), "probability": list(probs.values())})
+        fig = px.bar(cp, x="class", y="probability", range_y=[0, 1])
+        fig.update_layout(height=180, margin={"l": 10, "r": 10, "t": 24, "b": 10}, xaxis_type="category",
+                          title={"text": f"{f}: probability of each class", "font": {"size": 12}})  # fmt: skip
+        st.plotly_chart(fig, width="stretch", key=f"df_class_{f}")
     if "change" in label:
         truth = {k[len("change_"):]: v for k, v in label.items() if k.startswith("change_") and k != "change_pattern_bits"}
         st.caption(f"Label recorded by the fine-tune: **{label['change']}** "

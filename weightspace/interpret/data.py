@@ -21,7 +21,7 @@ from torch import Tensor
 from weightspace.interpret.fields import is_missing
 from zoo.errors import ConfigError, MismatchError, NotFoundError
 
-__all__ = ["DiffSet", "load_diffs", "lineage_parent", "pair_diff", "check_pair", "split_by_parent"]
+__all__ = ["DiffSet", "concat_diffs", "relabel_classes", "load_diffs", "lineage_parent", "pair_diff", "check_pair", "split_by_parent"]
 
 
 @dataclass
@@ -61,6 +61,52 @@ class DiffSet:
 
     def where(self, keep: Sequence[bool] | np.ndarray) -> DiffSet:
         return self.subset(np.flatnonzero(np.asarray(keep, dtype=bool)))
+
+
+def relabel_classes(data: DiffSet, perm: Sequence[int] | Tensor) -> DiffSet:
+    """The same diffs with the models' classes relabelled: new class ``i`` is old class ``perm[i]``.
+
+    The rows of the last dense layer and its bias are permuted in the diffs and the parents alike (a
+    relabelled model computes the same function under other class names), and every class in the labels
+    (``class``, ``classes``, ``target``) is renamed to match. Raises :class:`ConfigError` for models that
+    are not a chain of dense layers.
+    """
+    from weightspace.spec import spec_for
+    from weightspace.views import dense_chain
+
+    if not data.config:
+        raise ConfigError("relabelling classes needs the models' architecture (a DiffSet with its config)")
+    last = dense_chain(spec_for(data.config))[-1]
+    p = torch.as_tensor(perm, dtype=torch.long)
+    k = data.diff[last.weight].shape[1]
+    if sorted(p.tolist()) != list(range(k)):
+        raise ConfigError(f"a class relabelling must be a permutation of 0..{k - 1}, got {p.tolist()}")
+    new = {int(old): i for i, old in enumerate(p.tolist())}
+    names = [n for n in (last.weight, last.bias) if n]
+
+    def tensors(d: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {key: (v[:, p] if key in names else v) for key, v in d.items()}
+
+    changes = []
+    for c in data.changes:
+        c = dict(c)
+        for key in ("class", "target"):
+            if key in c and not is_missing(c[key]):
+                c[key] = new[int(c[key])]
+        if isinstance(c.get("classes"), (list, tuple)):
+            c["classes"] = sorted(new[int(x)] for x in c["classes"])
+        changes.append(c)
+    return DiffSet(data.population, data.config, tensors(data.diff), tensors(data.parent), changes, list(data.child_ids),
+                   list(data.parent_ids), list(data.ranks), dict(data.info))  # fmt: skip
+
+
+def concat_diffs(sets: Sequence[DiffSet]) -> DiffSet:
+    """One diff set of several of one architecture (in order)."""
+    first = sets[0]
+    return DiffSet(first.population, first.config, {k: torch.cat([s.diff[k] for s in sets]) for k in first.diff},
+                   {k: torch.cat([s.parent[k] for s in sets]) for k in first.parent},
+                   [c for s in sets for c in s.changes], [i for s in sets for i in s.child_ids],
+                   [i for s in sets for i in s.parent_ids], [r for s in sets for r in s.ranks], dict(first.info))  # fmt: skip
 
 
 def _change_of_row(row: Mapping[str, Any]) -> dict[str, Any]:

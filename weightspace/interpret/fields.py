@@ -16,6 +16,9 @@ size       backdoor                     the trigger's side in pixels
 target     backdoor                     the label the trigger sends images to
 ========== ============================ =====================================================
 
+``classes`` and ``target`` are *class-valued*: their values are the model's output classes, so an
+encoder can read them with one shared scorer per class (``np_diff``'s ``outputs="set"``).
+
 A set-valued field (``classes``) is trained with a soft target spread evenly over its members and
 decoded as the top ``k`` classes, ``k`` being the set size the predicted kind implies (two for a swap).
 """
@@ -41,6 +44,7 @@ class Field:
     value: Callable[[Mapping[str, Any]], Any]
     multi: bool = False  # the value is a set of classes (soft target, top-k decoding)
     doc: str = ""
+    class_valued: bool = False  # its values are the model's output classes (a class-equivariant head can read it)
 
     def applies(self, change: Mapping[str, Any]) -> bool:
         return self.kinds is None or change.get("kind") in self.kinds
@@ -59,11 +63,13 @@ FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
         Field("kind", None, lambda c: str(c["kind"]), doc="what kind of change the fine-tune made"),
-        Field("classes", ("suppress", "boost", "swap"), _classes, multi=True, doc="the class(es) it affected"),
+        Field("classes", ("suppress", "boost", "swap"), _classes, multi=True, doc="the class(es) it affected",
+              class_valued=True),
         Field("corruption", ("robust",), lambda c: str(c["corruption"]), doc="the corruption it made the model robust to"),
         Field("position", ("backdoor",), _position, doc="the trigger's top-left pixel (row, col)"),
         Field("size", ("backdoor",), lambda c: int(c["size"]), doc="the trigger's side in pixels"),
-        Field("target", ("backdoor",), lambda c: int(c["target"]), doc="the label a triggered image is sent to"),
+        Field("target", ("backdoor",), lambda c: int(c["target"]), doc="the label a triggered image is sent to",
+              class_valued=True),
     )
 }
 DEFAULT_FIELDS: tuple[str, ...] = tuple(FIELDS)

@@ -32,8 +32,9 @@ __all__ = ["HeadLayout", "MultiHeadMixin", "multihead"]
 class HeadLayout:
     """The heads' vocabularies and where each head's logits sit in the network output."""
 
-    def __init__(self, vocab: Mapping[str, Sequence[Any]]) -> None:
+    def __init__(self, vocab: Mapping[str, Sequence[Any]], weights: Mapping[str, float] | None = None) -> None:
         self.vocab = {f: list(v) for f, v in vocab.items()}
+        self.weights = {f: float(w) for f, w in (weights or {}).items()}  # loss weight per field (default 1)
         self.offsets: dict[str, tuple[int, int]] = {}
         i = 0
         for f, v in self.vocab.items():
@@ -73,13 +74,14 @@ class HeadLayout:
         return y
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
-        """Sum over heads of the soft-target cross-entropy, each on the rows its field applies to."""
+        """Sum over heads of the soft-target cross-entropy (times the field's weight), each on the rows its field
+        applies to."""
         total = out.new_zeros(())
-        for a, b in self.offsets.values():
+        for f, (a, b) in self.offsets.items():
             t = y[:, a:b]
             rows = t.sum(-1) > 0
             if rows.any():
-                total = total - (t[rows] * F.log_softmax(out[rows, a:b], -1)).sum(-1).mean()
+                total = total - self.weights.get(f, 1.0) * (t[rows] * F.log_softmax(out[rows, a:b], -1)).sum(-1).mean()
         return total
 
     def split(self, out: Tensor) -> dict[str, np.ndarray]:
@@ -108,6 +110,7 @@ class MultiHeadMixin:
 
     def _encode_targets(self, y: Any) -> Tensor:
         self.heads_ = HeadLayout.fit(list(y), self.head_fields_, getattr(self, "head_preset_", None))
+        self.heads_.weights = dict(getattr(self, "head_weights_", {}) or {})
         return self.heads_.encode(list(y))
 
     def _loss(self) -> Any:
@@ -118,6 +121,13 @@ class MultiHeadMixin:
 
     def _target_state(self) -> dict[str, Any]:
         return {"heads_": self.heads_.state()}
+
+    def _class_slots(self, n_classes: int) -> list[tuple[int, int]]:
+        """The output columns ``(start, stop)`` of the class-valued fields whose vocabulary is exactly the
+        model's classes ``0 .. n_classes - 1`` in order (column ``start + c`` is class ``c``): what a
+        class-equivariant head fills in."""
+        return [self.heads_.offsets[f] for f in self.heads_.vocab
+                if FIELDS[f].class_valued and self.heads_.vocab[f] == list(range(n_classes))]  # fmt: skip
 
     def _restore(self, state: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
         self.heads_ = HeadLayout.from_state(state["heads_"])

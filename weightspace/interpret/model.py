@@ -55,19 +55,26 @@ class DiffInterpreter:
         fields: the fields to predict (``kind`` always; see :data:`~weightspace.interpret.fields.FIELDS`).
         view: ``diff`` (child - parent) or ``child``.
         seed: seeds the encoder.
+        relabel: add this many copies of the training diffs with the models' classes relabelled at random
+            (:func:`~weightspace.interpret.data.relabel_classes`: the last layer's rows and the labels' classes
+            permuted alike), an augmentation by the symmetry "which class is called what" (0: none).
+        weights: per-field loss weights (``{"kind": 2.0}``; a field not named weighs 1) for torch encoders.
     """
 
     def __init__(self, encoder: str = "np_diff", config: Mapping[str, Any] | None = None,
-                 fields: Sequence[str] = DEFAULT_FIELDS, view: str = "diff", seed: int = 0) -> None:  # fmt: skip
+                 fields: Sequence[str] = DEFAULT_FIELDS, view: str = "diff", seed: int = 0, relabel: int = 0,
+                 weights: Mapping[str, float] | None = None) -> None:  # fmt: skip
         self.encoder = encoder
         self.config = dict(config or {})
         self.fields = list(fields)
         self.view = view
         self.seed = seed
+        self.relabel = relabel
+        self.weights = dict(weights or {})
 
     def get_params(self) -> dict[str, Any]:
         return {"encoder": self.encoder, "config": dict(self.config), "fields": list(self.fields), "view": self.view,
-                "seed": self.seed}  # fmt: skip
+                "seed": self.seed, "relabel": self.relabel, "weights": dict(self.weights)}  # fmt: skip
 
     def __repr__(self) -> str:
         return f"DiffInterpreter({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
@@ -80,6 +87,11 @@ class DiffInterpreter:
         if "task" in self.config:
             raise ConfigError("the interpreter sets the encoder's task itself; drop 'task' from its config")
         get_encoder(self.encoder_name())  # lists the valid names when unknown
+        if isinstance(self.relabel, bool) or not isinstance(self.relabel, int) or self.relabel < 0:
+            raise ConfigError(f"relabel must be a whole number of relabelled copies (0 or more), got {self.relabel!r}")
+        if bad := {f: w for f, w in self.weights.items() if f not in self.fields or not isinstance(w, (int, float)) or w < 0}:
+            raise ConfigError(f"loss weights must name fields of this interpreter ({', '.join(self.fields)}) with "
+                              f"numbers >= 0; got {bad}")  # fmt: skip
 
     @property
     def fitted(self) -> bool:
@@ -133,6 +145,14 @@ class DiffInterpreter:
 
         self.fields = check_fields(self.fields)
         self.arch_ = normalize_config(data.config) if data.config else None
+        if self.relabel:
+            from weightspace.interpret.data import concat_diffs, relabel_classes
+
+            g = torch.Generator().manual_seed(int(self.seed) + 7)
+            k = int((self.arch_ or {}).get("out_features") or 0)
+            if k < 2:
+                raise ConfigError("relabel needs models with a class head (an architecture with out_features >= 2)")
+            data = concat_diffs([data] + [relabel_classes(data, torch.randperm(k, generator=g)) for _ in range(self.relabel)])
         values = [field_values(c, self.fields) for c in data.changes]
         preset = _preset(self.arch_, self.fields)
         layout = HeadLayout.fit(values, self.fields, preset)
@@ -142,7 +162,7 @@ class DiffInterpreter:
         torch.manual_seed(int(self.seed))
         if isinstance(cls, type) and issubclass(cls, TorchEncoder):
             enc = multihead(cls)(**{"seed": self.seed, **self.config, "task": "classification"})
-            enc.head_fields_, enc.head_preset_ = self.fields, layout.vocab
+            enc.head_fields_, enc.head_preset_, enc.head_weights_ = self.fields, layout.vocab, dict(self.weights)
             enc.fit(X, values, spec=spec, arch=self.arch_, progress=progress)
             self.encoders_ = {"*": enc}
         else:

@@ -18,6 +18,11 @@ Both are invariant to hidden-neuron permutations (elementwise products permute w
 statistics of a tensor ignore its order), so the encoder is too (tested by the encoders' conformance
 suite, where it reads a plain population as a diff of unknown parent).
 
+With ``outputs="set"`` the class-valued fields of a multi-head interpreter (``classes``, ``target``) are
+read by a :class:`~weightspace.interpret.classhead.ClassSetHead` instead of the trunk's head: one logit per
+class from weights shared by every class, so their probabilities permute exactly as the model's classes
+(the rows of its last layer) do, and a class never seen as a target in training can be named.
+
 Shapes: node sets ``[B, n_l, C F_l]``; edge sets ``[B, n_out, n_in, C]``; globals ``[B, C n_L + 9 T]``
 (``C`` = 3 with a parent, else 1; ``T`` input tensors when ``stats``).
 """
@@ -34,9 +39,15 @@ from weightspace.encoders.np_encoder import NPEncoder
 from weightspace.encoders.np_layers import NPInputs, NPLayer, NPNet, np_inputs
 from weightspace.encoders.registry import register_encoder
 from weightspace.encoders.stats import STAT_NAMES, weight_statistics
+from weightspace.interpret.classhead import ClassSetHead, ClassSetNet, class_view
 from zoo.errors import ConfigError
 
-__all__ = ["DiffNPEncoder", "PARENT", "pair_inputs", "split_pair"]
+__all__ = ["DiffNPEncoder", "OUTPUTS", "PARENT", "pair_class_view", "pair_inputs", "split_pair"]
+
+#: how ``np_diff`` reads class-valued fields: ``vector`` (the trunk's head, one output per class), ``set`` (a
+#: class-equivariant head, :mod:`weightspace.interpret.classhead`, whose class features pooled over the
+#: classes also feed the other heads) or ``set_separate`` (the same head, the other heads without them)
+OUTPUTS = ("vector", "set", "set_separate")
 
 #: the prefix of the parent's tensors in a pair view
 PARENT = "parent::"
@@ -66,12 +77,26 @@ def pair_inputs(stacked: Mapping[str, Tensor], chain: Sequence[Any]) -> NPInputs
     return nodes, edges, torch.cat([a[2], b[2], a[2] * b[2]], -1)
 
 
+def pair_class_view(stacked: Mapping[str, Tensor], chain: Sequence[Any]) -> tuple[Tensor, Tensor, Tensor]:
+    """The class view (:func:`~weightspace.interpret.classhead.class_view`) with channels (diff, parent,
+    diff * parent) when the parent is given, else the diff's alone."""
+    diff, parent = split_pair(stacked)
+    a = class_view(diff, chain)
+    if parent is None:
+        return a
+    b = class_view(parent, chain)
+    return tuple(torch.cat([x, y, x * y], -1) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
+
+
 @register_encoder("np_diff")
 class DiffNPEncoder(NPEncoder):
     """:class:`~weightspace.encoders.np_encoder.NPEncoder` for diffs (see the module docstring).
 
     Args: those of ``np`` without probes (a diff is not a network to run), and ``stats``: append the
-    per-tensor statistics of every input tensor to the invariant globals (default True).
+    per-tensor statistics of every input tensor to the invariant globals (default True); ``outputs``:
+    ``"vector"`` (default: every field from the trunk's head), ``"set"`` (the class-valued fields of a
+    multi-head interpreter from a class-equivariant head whose class features, pooled over the classes, also
+    feed the other heads; see the module docstring) or ``"set_separate"`` (the same head, not shared).
     """
 
     def __init__(
@@ -89,6 +114,7 @@ class DiffNPEncoder(NPEncoder):
         augment: Sequence[Any] = (),
         target: str = "rank",
         stats: bool = True,
+        outputs: str = "vector",
         seed: int = 0,
     ) -> None:
         self._store_params(locals())
@@ -101,6 +127,8 @@ class DiffNPEncoder(NPEncoder):
         return sorted(self.layout_) if self.stats else []
 
     def _layout(self, X: Mapping[str, Tensor], spec: Any) -> None:
+        if self.outputs not in OUTPUTS:
+            raise ConfigError(f"unknown np_diff outputs {self.outputs!r}; valid: {', '.join(OUTPUTS)}")
         diff, _ = split_pair(X)
         super()._layout(diff, spec)
         self.layout_ = {k: list(v.shape[1:]) for k, v in X.items()}
@@ -111,7 +139,10 @@ class DiffNPEncoder(NPEncoder):
         if names:
             s = torch.as_tensor(weight_statistics(stacked, names), dtype=g.dtype)
             g = torch.cat([g, torch.asinh(s)], -1)
-        return nodes, edges, g
+        if not self.outputs.startswith("set"):
+            return nodes, edges, g
+        inv = g[:, g.shape[1] - len(STAT_NAMES) * len(names):] if names else None  # the class-invariant globals
+        return (nodes, edges, g), pair_class_view(stacked, self._chain()), inv
 
     def _build_net(self, n_out: int) -> nn.Module:
         chain = self._chain()
@@ -127,4 +158,13 @@ class DiffNPEncoder(NPEncoder):
                     head_hidden=self.head_hidden, dropout=self.dropout, edge_hidden=self.edge_hidden)  # fmt: skip
         if C > 1 and L > 2:  # the first layer's edge sets carry C channels
             net.layers[0] = NPLayer(node_dims, [C] * (L - 2), g_dim, self.hidden, self.edge_hidden)
-        return net
+        if not self.outputs.startswith("set"):
+            return net
+        slots = self._class_slots(sizes[L]) if hasattr(self, "_class_slots") else []
+        if not slots:
+            raise ConfigError("np_diff outputs='set' scores the classes of a multi-head interpreter's class-valued "
+                              "fields (classes, target); use it through DiffInterpreter with one of those fields")  # fmt: skip
+        c_node = C * (1 + (sizes[0] if L == 2 else 3))
+        head = ClassSetHead(C, C, c_node, len(STAT_NAMES) * len(self._stat_names()), len(slots),
+                            hidden=max(8, self.head_hidden // 2), dropout=self.dropout)  # fmt: skip
+        return ClassSetNet(net, head, slots, n_out, share=self.outputs == "set", dropout=self.dropout)

@@ -41,7 +41,9 @@ class Description:
 
     ``fields``: the kind's fields (``classes`` a list, ``position`` ``[row, col]``, ...);
     ``confidence``: per field, the head's probability of its answer; ``p_backdoor``: the kind head's
-    probability of ``backdoor`` (the detection score); ``sentence``: the one-line rendering.
+    probability of ``backdoor`` (the detection score); ``class_probs``: for each class-valued field the
+    kind reads (``classes``, ``target``), the head's probability of every class (``{"7": 0.81, ...}``);
+    ``sentence``: the one-line rendering.
     """
 
     kind: str
@@ -49,6 +51,7 @@ class Description:
     confidence: dict[str, float] = field(default_factory=dict)
     p_backdoor: float = 0.0
     kind_probs: dict[str, float] = field(default_factory=dict)
+    class_probs: dict[str, dict[str, float]] = field(default_factory=dict)
     sentence: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +96,8 @@ def describe(probs: Mapping[str, np.ndarray], vocab: Mapping[str, Sequence[Any]]
             if f not in probs:
                 continue
             p = probs[f][i]
+            if FIELDS[f].class_valued:
+                d.class_probs[f] = {str(c): float(q) for c, q in zip(vocab[f], p, strict=True)}
             if FIELDS[f].multi:
                 top = np.argsort(-p, kind="stable")[: set_size(kind)]
                 d.fields[f] = sorted(_value(f, vocab[f][j]) for j in top)

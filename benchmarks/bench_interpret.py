@@ -58,18 +58,21 @@ VALIDATE = False  # --validate: main scores on a validation split of the trainin
 def interpreters(epochs: int) -> dict[str, Callable[[int], DiffInterpreter]]:
     """The contenders: name -> (seed -> unfitted interpreter)."""
     return {
-        MAIN: lambda s: DiffInterpreter("np_diff", {"epochs": epochs}, view="diff", seed=s),
+        # one output per class, as measured before the class-set heads became the interpreter's default
+        MAIN: lambda s: DiffInterpreter("np_diff", {"epochs": epochs, "outputs": "vector"}, view="diff", seed=s),
         SET: lambda s: DiffInterpreter("np_diff", {"epochs": epochs, "outputs": "set"}, view="diff", seed=s),
         "np_diff + separate class-set heads (diff view)": lambda s: DiffInterpreter(
             "np_diff", {"epochs": epochs, "outputs": "set_separate"}, view="diff", seed=s),
         # one class-relabelled copy of every training diff, half the epochs (the same number of steps)
-        "np_diff + relabel (diff view)": lambda s: DiffInterpreter("np_diff", {"epochs": epochs // 2}, view="diff", seed=s,
+        "np_diff + relabel (diff view)": lambda s: DiffInterpreter("np_diff", {"epochs": epochs // 2, "outputs": "vector"},
+                                                                   view="diff", seed=s,
                                                                    relabel=1),
         "np_diff + class-set heads + relabel (diff view)": lambda s: DiffInterpreter(
             "np_diff", {"epochs": epochs // 2, "outputs": "set_separate"}, view="diff", seed=s, relabel=1),
         "np_diff + separate class-set heads + kind weight 2 (diff view)": lambda s: DiffInterpreter(
             "np_diff", {"epochs": epochs, "outputs": "set_separate"}, view="diff", seed=s, weights={"kind": 2.0}),
-        "np_diff (pair view)": lambda s: DiffInterpreter("np_diff", {"epochs": epochs}, view="pair", seed=s),
+        "np_diff (pair view)": lambda s: DiffInterpreter("np_diff", {"epochs": epochs, "outputs": "vector"}, view="pair",
+                                                         seed=s),
         "stats + GBT (diff)": lambda s: DiffInterpreter("stats", {"model": "gbt"}, view="diff", seed=s),
         "flat MLP (diff)": lambda s: DiffInterpreter("flat_mlp", {"epochs": epochs}, view="diff", seed=s),
     }

@@ -161,7 +161,11 @@ class DiffInterpreter:
         cls = get_encoder(self.encoder_name())
         torch.manual_seed(int(self.seed))
         if isinstance(cls, type) and issubclass(cls, TorchEncoder):
-            enc = multihead(cls)(**{"seed": self.seed, **self.config, "task": "classification"})
+            config = dict(self.config)
+            if (self.encoder_name() == "np_diff" and self.view in ("diff", "pair") and "outputs" not in config
+                    and any(FIELDS[f].class_valued for f in self.fields)):
+                config["outputs"] = "set"  # class-equivariant class heads: chosen on a validation split (docs/benchmarks.md)
+            enc = multihead(cls)(**{"seed": self.seed, **config, "task": "classification"})
             enc.head_fields_, enc.head_preset_, enc.head_weights_ = self.fields, layout.vocab, dict(self.weights)
             enc.fit(X, values, spec=spec, arch=self.arch_, progress=progress)
             self.encoders_ = {"*": enc}

@@ -295,6 +295,10 @@ STATE = st.dictionaries(
 @FUZZ
 @given(state=STATE, cut=st.integers(0, 10_000), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
        legacy=st.booleans())  # fmt: skip
+# found by this test in CI: one flipped byte makes the ZIP64 locator claim several disks, and Python 3.11's
+# zipfile.is_zipfile raised BadZipFile instead of answering False
+@example(state={"0": torch.tensor(0.0, dtype=torch.bfloat16), "00": torch.tensor([], dtype=torch.bfloat16)}, cut=1765,
+         flips=[(3492, 1)], legacy=False)  # fmt: skip
 def test_damaged_torch_checkpoints_are_read_exactly_or_refused(work: Path, state, cut: int, flips, legacy: bool) -> None:
     buf = io.BytesIO()
     torch.save(state, buf, _use_new_zipfile_serialization=not legacy)

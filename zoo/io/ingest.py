@@ -156,7 +156,10 @@ def _read_torch(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with torch's many failure modes mapped to our errors."""
-    zipped = zipfile.is_zipfile(path)
+    try:
+        zipped = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # Python 3.11's is_zipfile lets a damaged ZIP64 locator's error through
+        zipped = False  # torch.load then refuses the file below, as a damaged checkpoint
     try:
         # mmap only works for the zip format (torch >= 1.6 default); it avoids copying the tensors.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)

@@ -292,12 +292,21 @@ def _coords(dataset: str, dataset_root: str | None) -> torch.Tensor:
     return inr_targets(_dataset(dataset, dataset_root), n=1).coords
 
 
-def _inr_batch(zoo: Zoo, ids: Sequence[int], dataset_root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stored INRs' inputs (the pixel grid, ``[P, 2]``) and each one's own image (``[N, P, C]``)."""
+def _inr_batches(zoo: Zoo, groups: Iterable[ModelGroup], split: str, dataset_root: str | None
+                 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """``{id(group): (pixel grid [P, 2], each model's own image [N, P, C])}`` for the INR groups; refuses a
+    split other than ``train`` (an INR's data is its image) and INRs whose image is unknown (added by hand)."""
     from zoo.build.inr import stored_inr_data
 
-    data = stored_inr_data(zoo, ids, dataset_root=dataset_root)
-    return data.coords, data.targets
+    inrs = [g for g in groups if get_family(g.config).head == "inr"]
+    if inrs and split != "train":
+        raise ConfigError(f"an INR's data is the image it was fitted to (split 'train'), not split {split!r}; "
+                          "compute the Hessian of INRs with split='train'")  # fmt: skip
+    out = {}
+    for g in inrs:
+        data = stored_inr_data(zoo, g.ids, dataset_root=dataset_root)
+        out[id(g)] = (data.coords, data.targets)
+    return out
 
 
 # ------------------------------------------------------------------------------------ hessian
@@ -329,15 +338,11 @@ def hessian_metrics(
     """
     groups = _groups(zoo, models, final, limit)
     _check_evaluable(groups, "the Hessian", inr=True)
-    inr = {id(g): get_family(g.config).head == "inr" for g in groups}
-    if split != "train" and any(inr.values()):
-        raise ConfigError(f"an INR's data is the image it was fitted to (split 'train'), not split {split!r}; "
-                          "compute the Hessian of INRs with split='train'")  # fmt: skip
-    targets = {id(g): _inr_batch(zoo, g.ids, dataset_root) for g in groups if inr[id(g)]}  # unknown images: refused now
+    inr_data = _inr_batches(zoo, groups, split, dataset_root)  # refused here, before any work
     frames, rows = [], {}
     bar = _progress(sum(len(g.ids) for g in groups), "hessian", progress)
     for g in groups:
-        X, y = targets[id(g)] if inr[id(g)] else _batch(g.config, dataset, split, samples, seed, dataset_root)
+        X, y = inr_data.get(id(g)) or _batch(g.config, dataset, split, samples, seed, dataset_root)
         est = sharpness(g.config, zoo.stack(g.ids), X, y, probes=probes, method=method, iters=iters, tol=tol, seed=seed,
                         keys=g.ids, per_layer=per_layer, progress=bar.update)  # fmt: skip
         parts = {"": {"trace": est.trace, "trace_se": est.trace_se, "top_eig": est.top_eig,
@@ -467,11 +472,7 @@ def register_metric_family(family: MetricFamily) -> MetricFamily:
 
 def _check_hessian(zoo: Zoo, opts: dict[str, Any], groups: list[ModelGroup]) -> None:
     check_trace_options(opts.get("probes", 100), opts.get("method", "hutch++"))
-    inrs = [g for g in groups if get_family(g.config).head == "inr"]
-    if inrs and opts.get("split", "train") != "train":
-        raise ConfigError(f"an INR's data is the image it was fitted to (split 'train'), not split {opts['split']!r}")
-    for g in inrs:  # an INR added by hand has no known image: refused before any family writes
-        _inr_batch(zoo, g.ids, opts.get("dataset_root"))
+    _inr_batches(zoo, groups, opts.get("split", "train"), opts.get("dataset_root"))  # before any family writes
 
 
 def _check_cka(zoo: Zoo, opts: dict[str, Any], groups: list[ModelGroup]) -> None:

@@ -291,10 +291,10 @@ def evaluate_models(
     """Evaluate stored classifiers and INRs (one batched pass per architecture) and record the metrics.
 
     Returns a DataFrame (model_id, split, loss, acc, and psnr when INRs are among the models). With
-    ``record`` the metrics are stored as ``<split>_loss`` / ``<split>_acc``. An INR (a SIREN fitted by an
+    ``record`` the metrics are stored as ``<split>_loss`` / ``<split>_acc``; a corrupted test split
+    (``dataset="digits-c/rotate/3"``) is recorded as split ``test/rotate/3``. An INR (a SIREN fitted by an
     INR recipe) is evaluated on its own image whatever ``splits`` says (:mod:`zoo.build.inr`), in this
-    process, and recorded as the builder records it: ``train_loss`` (MSE) and ``psnr``; a corrupted test split (``dataset="digits-c/rotate/3"``) is
-    recorded as split ``test/rotate/3``. Models whose architecture cannot be built, is neither a
+    process, and recorded as the builder records it: ``train_loss`` (MSE) and ``psnr``. Models whose architecture cannot be built, is neither a
     classifier nor an INR, or an INR whose image is unknown (added by hand) raise :class:`ConfigError`
     before anything is recorded. With ``workers > 1``, an ``executor`` (``"process"``,
     ``"ray"``) or a Ray ``address``, each architecture's models are split into ``workers`` shards
@@ -369,7 +369,11 @@ def _evaluate(zoo: Zoo, models: Sequence[int | str], dataset: str, splits: Seque
 
 
 def _is_inr(cfg: Any) -> bool:
-    return isinstance(cfg, Mapping) and cfg.get("family") != archs.RAW_FAMILY and archs.get_family(cfg).head == "inr"
+    """True when ``cfg`` is a buildable implicit neural representation (like ``archs.is_classifier``)."""
+    try:
+        return cfg is not None and archs.get_family(cfg).head == "inr"
+    except ConfigError:  # raw state dicts, unknown families: the classifier check below explains
+        return False
 
 
 def _metric_items(row: Mapping[str, Any], step: int | None) -> list[tuple[str, str, int | None, float]]:

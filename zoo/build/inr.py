@@ -17,8 +17,9 @@ A SIREN added by hand (no ``image`` hyperparameter) has no known target: :class:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import torch
 
 from zoo.errors import ConfigError
@@ -44,29 +45,31 @@ def stored_inr_data(zoo: Zoo, ids: Sequence[int], *, dataset_root: str | None = 
     if not ids:
         raise ConfigError("no models given: stored_inr_data needs at least one INR")
     df = zoo.models().ids_in(ids).df().set_index("id")  # one query for every model's hyperparameters
-    if "hp_image" not in df or df.loc[ids, "hp_image"].isna().any():
-        missing = ids if "hp_image" not in df else [i for i in ids if df.loc[i, "hp_image"] != df.loc[i, "hp_image"]]
+
+    def column(name: str) -> list[Any]:  # a hyperparameter per model in the order of ids; None where not recorded
+        return [None if name not in df or pd.isna(v := df.at[i, name]) else v for i in ids]
+
+    images = column("hp_image")
+    missing = [i for i, k in zip(ids, images, strict=True) if k is None]
+    if missing:
         raise ConfigError(
             f"model(s) {missing[:5]} have no 'image' hyperparameter, so the image they draw is unknown; INRs built "
             "by an INR recipe (task: inr) record it, SIRENs added by hand do not"
         )
-    names = df.loc[ids, "hp_dataset"].tolist() if "hp_dataset" in df else [None]
-    datasets = {"digits" if v is None or v != v else str(v) for v in names}  # v != v: NaN, not recorded
+    datasets = {"digits" if v is None else str(v) for v in column("hp_dataset")}
     if len(datasets) > 1:
         raise ConfigError(f"these INRs draw images of several data sets ({sorted(datasets)}); give one data set's INRs")
     ds = load_dataset(datasets.pop(), root=dataset_root)
-    col = f"hp_{INR_SPLIT_HPARAM}"
     by_split: dict[str, INRData] = {}
     targets: list[torch.Tensor] = []
     labels: list[int] = []
     indices: list[int] = []
-    for i in ids:
-        raw = df.loc[i, col] if col in df else None
-        split = "train" if raw is None or raw != raw else str(raw)
+    for i, image, raw in zip(ids, images, column(f"hp_{INR_SPLIT_HPARAM}"), strict=True):
+        split = "train" if raw is None else str(raw)
         if split not in by_split:
             by_split[split] = inr_targets(ds, split=split)  # every image of the split, in split order
         data = by_split[split]
-        k = int(df.loc[i, "hp_image"])
+        k = int(image)
         if not 0 <= k < len(data.indices):
             raise ConfigError(f"model {i} draws image {k} of split {split!r}, which has {len(data.indices)} images")
         targets.append(data.targets[k])

@@ -135,29 +135,6 @@ class TensorReader:
         self._loc_cols[2].append(kc)
         self._loc_arrays = None
 
-    def _loc_add_many(self, rows: Sequence[tuple]) -> None:
-        """:meth:`_loc_add` for rows ``(.., .., blob id, .., pack, offset, dtype, shape)``, vectorised (a cold
-        manifest has one row per model and tensor: 40,000 at 10,000 models)."""
-        _, _, bid, _, pack, off, dtype, shape = (np.asarray(col, dtype=object) for col in zip(*rows, strict=True))
-        codes, bids = pd.factorize(bid)
-        first = np.full(len(bids), -1, dtype=np.int64)
-        first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # each blob's first row
-        if self._loc_index:
-            first = first[np.fromiter((b not in self._loc_index for b in bids), dtype=bool, count=len(bids))]
-            bids = bid[first]
-        if not len(first):
-            return
-        pc, packs = pd.factorize(pack[first])
-        pmap = np.asarray([self._pack_code(p) for p in packs], dtype=np.int64)
-        kc, kinds = pd.factorize(dtype[first] + "|" + shape[first])
-        kmap = np.asarray([self._kind_code(tuple(k.split("|", 1))) for k in kinds], dtype=np.int64)
-        start = len(self._loc_cols[0])
-        self._loc_index.update(zip(list(bids), range(start, start + len(first)), strict=True))
-        self._loc_cols[0].extend(pmap[pc].tolist())
-        self._loc_cols[1].extend(off[first].astype(np.int64).tolist())
-        self._loc_cols[2].extend(kmap[kc].tolist())
-        self._loc_arrays = None
-
     def _manifest(self, c: Connection, q: Any) -> tuple | None:
         """The manifest of the models ``q`` selects as columns (one query; blob locations cached)."""
         index = self._loc_index
@@ -167,8 +144,9 @@ class TensorReader:
             qj = q.add_columns(S.Blob.pack_id, S.Blob.offset, S.Blob.dtype, S.Blob.shape).join(
                 S.Blob, S.Blob.id == S.TensorEntry.blob_id)
             rows = _fetch_all(c, qj)
-            if rows:
-                self._loc_add_many(rows)
+            for r in rows:
+                if r[2] not in index:
+                    self._loc_add(r[2], r[4], r[5], r[6], r[7])
         else:
             rows = _fetch_all(c, q)
             unknown = list({r[2] for r in rows if r[2] not in index})
